@@ -1,0 +1,66 @@
+"""Shared fixtures: offline environment, the real HH-RLHF data, tiny models with the real tokenizer.
+
+Tiny models are built from a config with random weights (fast, deterministic shape) and carry the
+real SmolLM2 tokenizer, so chat templates, padding and special tokens behave as in production.
+"""
+from __future__ import annotations
+
+import os
+
+# Before anything imports gradio or huggingface_hub: no phoning home from tests.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PREFSTUDIO_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+HH_FILE = SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
+
+
+@pytest.fixture(scope="session")
+def hh_path() -> Path:
+    if not HH_FILE.exists():
+        pytest.skip(f"HH-RLHF test split not found at {HH_FILE} (it lives in ../shared/data beside the project)")
+    return HH_FILE
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2 tokenizer (from the embedded GGUF), saved as a normal tokenizer folder."""
+    from alignment.models import embedded_gguf_path
+    from transformers import AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    out = tmp_path_factory.mktemp("tokenizer")
+    tok.save_pretrained(out)
+    return out
+
+
+def build_tiny_model(tokenizer_dir: Path, out: Path, seed: int = 0, num_labels: int | None = None) -> Path:
+    """A 2-layer Llama with random weights and the real tokenizer, saved as an HF folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    return build_tiny_model(tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"))
