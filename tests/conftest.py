@@ -64,3 +64,11 @@ def build_tiny_model(tokenizer_dir: Path, out: Path, seed: int = 0, num_labels: 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tokenizer_dir, tmp_path_factory) -> Path:
     return build_tiny_model(tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def db(tmp_path):
+    """A fresh, migrated SQLite database file for one test."""
+    from storage.db import open_database
+
+    return open_database(tmp_path / "test.db")

@@ -1,0 +1,362 @@
+"""The annotate loop: serve the next item, record a label, skip, undo.
+
+An `ItemView` is what one annotator was shown: the item, its responses in the (randomised) order
+shown, and a fresh client token. The UI keeps it in per-session state and hands it back with the
+label, so the label records exactly what was on screen. Each submission is one transaction and is
+idempotent: the same token (double click, network retry) returns the first receipt, and the
+(item, annotator) unique constraints stop a second label for the same item.
+"""
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from annotation.services.projects import ensure_user, find_project
+from storage.db import Database, transaction
+from storage.errors import InputError
+from storage.models import (
+    Choice,
+    Item,
+    ItemStatus,
+    LabelSource,
+    Mode,
+    PairwiseLabel,
+    Project,
+    Ranking,
+    Rating,
+    Response,
+    Rewrite,
+    Skip,
+    User,
+)
+
+LEASE = timedelta(minutes=10)
+MAX_RATIONALE_CHARS = 10_000
+MAX_REWRITE_CHARS = 100_000
+
+
+@dataclass
+class ShownResponse:
+    id: int
+    position: int  # position within the item as generated
+    text: str
+
+
+@dataclass
+class ItemView:
+    item_id: int
+    project: str
+    mode: str
+    user: str
+    prompt_messages: list[dict[str, str]]
+    is_chat: bool
+    responses: list[ShownResponse]  # in the order shown: responses[0] is A / the first card
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    shown_at: float = field(default_factory=time.time)
+
+    @property
+    def shown_order(self) -> list[int]:
+        return [r.position for r in self.responses]
+
+    def elapsed_ms(self) -> int:
+        return max(0, int((time.time() - self.shown_at) * 1000))
+
+
+@dataclass
+class Receipt:
+    kind: str  # "pairwise" | "ranking" | "ratings" | "skip"
+    item_id: int
+    label_ids: list[int]
+    duplicate: bool = False  # True when this submission had already been recorded
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back naive; they were stored in UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _label_model(mode: Mode):
+    return {Mode.pairwise: PairwiseLabel, Mode.listwise: Ranking, Mode.pointwise: Rating}[mode]
+
+
+def _labelled_by(mode: Mode, user_id: int):
+    model = _label_model(mode)
+    return exists().where(model.item_id == Item.id, model.user_id == user_id)
+
+
+def _label_count(session, item: Item, mode: Mode) -> int:
+    model = _label_model(mode)
+    column = model.user_id
+    return int(session.scalar(select(func.count(func.distinct(column))).where(model.item_id == item.id)) or 0)
+
+
+def next_item(db: Database, project_name: str, user_name: str, rng: random.Random | None = None) -> ItemView | None:
+    """Lease and return the next item this annotator has not labelled or skipped (None when none)."""
+    rng = rng or random.Random()
+    now = _now()
+    with transaction(db) as s:
+        project = find_project(s, project_name)
+        user = ensure_user(s, user_name)
+        lease_free = or_(Item.leased_by.is_(None), Item.leased_by == user.id, Item.lease_expires < now)
+        stmt = (
+            select(Item)
+            .where(Item.project_id == project.id, Item.status == ItemStatus.ready)
+            .where(~_labelled_by(project.mode, user.id))
+            .where(~exists().where(Skip.item_id == Item.id, Skip.user_id == user.id))
+            # With overlap 1 a lease keeps two annotators off the same item; with more, all may see it.
+            .where(lease_free if project.overlap == 1 else True)
+            # Resume an item this annotator was already shown before taking a new one.
+            .order_by((Item.leased_by == user.id).desc(), Item.id)
+            .limit(1)
+        )
+        item = s.scalar(stmt)
+        if item is None:
+            return None
+        item.leased_by, item.lease_expires = user.id, now + LEASE
+        responses = [ShownResponse(r.id, r.position, r.text) for r in item.responses]
+        rng.shuffle(responses)  # randomised sides / card order; the order is recorded with the label
+        return ItemView(item_id=item.id, project=project.name, mode=project.mode.value, user=user.name,
+                        prompt_messages=item.prompt.messages, is_chat=item.prompt.is_chat, responses=responses)
+
+
+def _load_for_submit(s, view: ItemView, mode: Mode) -> tuple[Item, Project, User]:
+    item = s.get(Item, view.item_id)
+    if item is None:
+        raise InputError(f"unknown item {view.item_id}")
+    project = s.get(Project, item.project_id)
+    if project.mode != mode:
+        raise InputError(f"item {item.id} belongs to a {project.mode.value} project, not {mode.value}")
+    known = {r.id for r in item.responses}
+    for r in view.responses:
+        if r.id not in known:
+            raise InputError(f"unknown response id {r.id} for item {item.id}")
+    return item, project, ensure_user(s, view.user)
+
+
+def _finish_item(s, item: Item, project: Project) -> None:
+    s.flush()
+    if _label_count(s, item, project.mode) >= project.overlap:
+        item.status = ItemStatus.done
+    item.leased_by, item.lease_expires = None, None
+
+
+def _clean_text(value: str | None, what: str, limit: int) -> str | None:
+    value = (value or "").strip()
+    if len(value) > limit:
+        raise InputError(f"{what} is {len(value)} characters long (limit {limit})")
+    return value or None
+
+
+def _existing(s, model, view: ItemView, user_id: int):
+    """A label already recorded for this token, or by this annotator for this item."""
+    return s.scalar(select(model).where(or_(model.client_token == view.token,
+                                            (model.item_id == view.item_id) & (model.user_id == user_id))))
+
+
+def _idempotent(submit):
+    """Run a submission; if a concurrent duplicate won the race on a unique constraint, report it."""
+    def wrapper(db: Database, view: ItemView, *args, **kwargs) -> Receipt:
+        try:
+            return submit(db, view, *args, **kwargs)
+        except IntegrityError:
+            receipt = submit(db, view, *args, **kwargs)  # now finds the existing label
+            receipt.duplicate = True
+            return receipt
+    wrapper.__doc__, wrapper.__name__ = submit.__doc__, submit.__name__
+    return wrapper
+
+
+@_idempotent
+def submit_pairwise(db: Database, view: ItemView, choice: str, strength: int | None = None,
+                    rationale: str | None = None, rewrite: str | None = None) -> Receipt:
+    """Record A/B/tie/both-bad for a pairwise item (and the rewrite written after "both bad")."""
+    try:
+        choice_enum = Choice(choice)
+    except ValueError:
+        raise InputError(f"unknown choice {choice!r}: use a, b, tie or both_bad") from None
+    if strength is not None and strength not in (1, 2, 3):
+        raise InputError("strength must be 1 (slightly), 2 (clearly) or 3 (much) better")
+    if len(view.responses) != 2:
+        raise InputError("a pairwise label needs exactly two responses")
+    rationale = _clean_text(rationale, "rationale", MAX_RATIONALE_CHARS)
+    rewrite = _clean_text(rewrite, "rewrite", MAX_REWRITE_CHARS)
+    if rewrite and choice_enum != Choice.both_bad:
+        raise InputError("a rewrite goes with 'both bad'")
+    with transaction(db) as s:
+        item, project, user = _load_for_submit(s, view, Mode.pairwise)
+        found = _existing(s, PairwiseLabel, view, user.id)
+        if found is not None:
+            return Receipt("pairwise", item.id, [found.id], duplicate=True)
+        label = PairwiseLabel(
+            prompt_id=item.prompt_id, item_id=item.id, user_id=user.id,
+            response_a_id=view.responses[0].id, response_b_id=view.responses[1].id,
+            shown_order=view.shown_order, choice=choice_enum,
+            strength=strength if choice_enum in (Choice.a, Choice.b) else None,
+            rationale=rationale, source=LabelSource.human, time_taken_ms=view.elapsed_ms(),
+            client_token=view.token,
+        )
+        s.add(label)
+        if rewrite:
+            label.rewrite = Rewrite(prompt_id=item.prompt_id, user_id=user.id, text=rewrite)
+        _finish_item(s, item, project)
+        return Receipt("pairwise", item.id, [label.id])
+
+
+def validate_groups(groups: list[list[int]], response_ids: set[int]) -> list[list[int]]:
+    """A ranking must be a permutation of the item's responses (ties = ids in one group)."""
+    groups = [list(g) for g in groups if len(g)]
+    flat = [rid for g in groups for rid in g]
+    unknown = sorted(set(flat) - response_ids)
+    if unknown:
+        raise InputError(f"unknown response id(s) in ranking: {unknown}")
+    if len(flat) != len(set(flat)):
+        raise InputError("the ranking lists a response more than once: it must be a permutation")
+    missing = sorted(response_ids - set(flat))
+    if missing:
+        raise InputError(f"the ranking leaves out response(s) {missing}: rank every response")
+    return groups
+
+
+def groups_from_ranks(view: ItemView, ranks: list[int]) -> list[list[int]]:
+    """UI helper: rank numbers per shown card (1 = best, equal numbers = tie) -> groups best first."""
+    if len(ranks) != len(view.responses):
+        raise InputError(f"give a rank to each of the {len(view.responses)} responses")
+    by_rank: dict[int, list[int]] = {}
+    for r, rank in zip(view.responses, ranks):
+        if rank is None or int(rank) < 1:
+            raise InputError("every response needs a rank of 1 or more")
+        by_rank.setdefault(int(rank), []).append(r.id)
+    return [by_rank[k] for k in sorted(by_rank)]
+
+
+@_idempotent
+def submit_ranking(db: Database, view: ItemView, groups: list[list[int]], rationale: str | None = None) -> Receipt:
+    """Record a full order of the item's responses, best first, ties allowed."""
+    rationale = _clean_text(rationale, "rationale", MAX_RATIONALE_CHARS)
+    with transaction(db) as s:
+        item, project, user = _load_for_submit(s, view, Mode.listwise)
+        groups = validate_groups(groups, {r.id for r in item.responses})
+        if len(groups) < 2:
+            raise InputError("all responses tied: a ranking needs at least two different ranks")
+        found = _existing(s, Ranking, view, user.id)
+        if found is not None:
+            return Receipt("ranking", item.id, [found.id], duplicate=True)
+        ranking = Ranking(prompt_id=item.prompt_id, item_id=item.id, user_id=user.id, groups=groups,
+                          shown_order=view.shown_order, rationale=rationale, source=LabelSource.human,
+                          time_taken_ms=view.elapsed_ms(), client_token=view.token)
+        s.add(ranking)
+        _finish_item(s, item, project)
+        return Receipt("ranking", item.id, [ranking.id])
+
+
+@_idempotent
+def submit_ratings(db: Database, view: ItemView, scores: list[int], rationale: str | None = None) -> Receipt:
+    """Record a 1-5 rating for each response shown (scores in shown order)."""
+    rationale = _clean_text(rationale, "rationale", MAX_RATIONALE_CHARS)
+    if len(scores) != len(view.responses):
+        raise InputError(f"rate each of the {len(view.responses)} responses")
+    for score in scores:
+        if score is None or int(score) not in range(1, 6):
+            raise InputError("every rating must be a whole number from 1 to 5")
+    with transaction(db) as s:
+        item, project, user = _load_for_submit(s, view, Mode.pointwise)
+        tokens = [f"{view.token}:{r.id}" for r in view.responses]
+        found = s.scalars(select(Rating).where(or_(Rating.client_token.in_(tokens),
+                                                   (Rating.item_id == item.id) & (Rating.user_id == user.id)))).all()
+        if found:
+            return Receipt("ratings", item.id, [r.id for r in found], duplicate=True)
+        ratings = [Rating(response_id=r.id, item_id=item.id, user_id=user.id, score=int(score),
+                          rationale=rationale, source=LabelSource.human, time_taken_ms=view.elapsed_ms(),
+                          client_token=token)
+                   for r, score, token in zip(view.responses, scores, tokens)]
+        s.add_all(ratings)
+        _finish_item(s, item, project)
+        return Receipt("ratings", item.id, [r.id for r in ratings])
+
+
+def skip(db: Database, view: ItemView) -> Receipt:
+    """Pass on an item: it is not shown to this annotator again, and others may take it."""
+    with transaction(db) as s:
+        item = s.get(Item, view.item_id)
+        if item is None:
+            raise InputError(f"unknown item {view.item_id}")
+        user = ensure_user(s, view.user)
+        found = s.scalar(select(Skip).where(Skip.item_id == item.id, Skip.user_id == user.id))
+        if found is None:
+            found = Skip(item_id=item.id, user_id=user.id)
+            s.add(found)
+        if item.leased_by == user.id:
+            item.leased_by, item.lease_expires = None, None
+        s.flush()
+        return Receipt("skip", item.id, [found.id])
+
+
+@dataclass
+class Undone:
+    item_id: int
+    kind: str
+
+
+def undo_last(db: Database, project_name: str, user_name: str) -> Undone | None:
+    """Delete this annotator's most recent label in the project; its item comes back to them first."""
+    with transaction(db) as s:
+        project = find_project(s, project_name)
+        user = ensure_user(s, user_name)
+        model = _label_model(project.mode)
+        last = s.scalar(select(model).join(Item, model.item_id == Item.id)
+                        .where(Item.project_id == project.id, model.user_id == user.id,
+                               model.source == LabelSource.human)
+                        .order_by(model.created_at.desc(), model.id.desc()).limit(1))
+        if last is None:
+            return None
+        item = s.get(Item, last.item_id)
+        if project.mode == Mode.pointwise:
+            # One pointwise submission wrote a rating per response: remove them together.
+            s.execute(delete(Rating).where(Rating.item_id == item.id, Rating.user_id == user.id))
+        else:
+            s.delete(last)
+        s.flush()
+        item.status = ItemStatus.ready
+        item.leased_by, item.lease_expires = user.id, _now() + LEASE
+        return Undone(item_id=item.id, kind=project.mode.value)
+
+
+@dataclass
+class Progress:
+    mine: int  # items this annotator has labelled in the project
+    done: int  # items with all the labels the project asks for
+    ready: int  # items generated and waiting for labels
+    prompts_without_items: int
+
+
+def progress(db: Database, project_name: str, user_name: str | None) -> Progress:
+    from storage.models import Prompt  # local: only this query needs it
+
+    with transaction(db) as s:
+        project = find_project(s, project_name)
+        model = _label_model(project.mode)
+        mine = 0
+        if user_name:
+            user = s.scalar(select(User).where(User.name == user_name.strip()))
+            if user is not None:
+                mine = int(s.scalar(select(func.count(func.distinct(model.item_id))).join(Item, model.item_id == Item.id)
+                                    .where(Item.project_id == project.id, model.user_id == user.id)) or 0)
+        counts = dict(s.execute(select(Item.status, func.count()).where(Item.project_id == project.id)
+                                .group_by(Item.status)).all())
+        pending = int(s.scalar(select(func.count()).select_from(Prompt)
+                               .where(Prompt.project_id == project.id)
+                               .where(~exists().where(Item.prompt_id == Prompt.id))) or 0)
+        return Progress(mine=mine, done=counts.get(ItemStatus.done, 0), ready=counts.get(ItemStatus.ready, 0),
+                        prompts_without_items=pending)

@@ -1,0 +1,176 @@
+"""Projects and users: create, update, look up, and the counts the data tab shows.
+
+Every function is one user action and owns one transaction; bad input raises InputError before
+anything is written.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from sqlalchemy import func, select
+
+from storage.db import Database, transaction
+from storage.errors import InputError
+from storage.models import (
+    Item,
+    ItemStatus,
+    Mode,
+    PairwiseLabel,
+    Project,
+    Prompt,
+    Ranking,
+    Rating,
+    Response,
+    Rewrite,
+    Role,
+    User,
+)
+
+
+@dataclass
+class ProjectSettings:
+    """Everything a project is configured with; the UI form and the CLI are built from these fields."""
+
+    name: str = field(metadata={"help": "Unique project name."})
+    mode: str = field(default="pairwise", metadata={"help": "pairwise (A/B), listwise (rank K) or pointwise (rate 1-5)."})
+    k: int = field(default=2, metadata={"help": "Responses generated per prompt: 2 for pairwise, 3-8 for listwise."})
+    model: str = field(default="default", metadata={"help": "'default' (embedded SmolLM2), an HF id, a folder or a .gguf file."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (0 = greedy)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling threshold, in (0, 1]."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest response, in tokens."})
+    guidelines: str = field(default="", metadata={"help": "Shown to annotators above every item (markdown)."})
+    overlap: int = field(default=1, metadata={"help": "How many annotators label each item."})
+    queue_target: int = field(default=8, metadata={"help": "Items kept generated and ready ahead of annotators."})
+
+    def validate(self) -> ProjectSettings:
+        self.name = (self.name or "").strip()
+        if not self.name:
+            raise InputError("project name is empty")
+        if len(self.name) > 128:
+            raise InputError("project name is longer than 128 characters")
+        if self.mode not in {m.value for m in Mode}:
+            raise InputError(f"unknown mode {self.mode!r}: use pairwise, listwise or pointwise")
+        if self.mode == Mode.pairwise.value and self.k != 2:
+            raise InputError("pairwise projects compare two responses: K must be 2")
+        if self.mode == Mode.listwise.value and not 3 <= self.k <= 8:
+            raise InputError("listwise projects rank 3 to 8 responses: K must be in 3..8")
+        if self.mode == Mode.pointwise.value and not 1 <= self.k <= 8:
+            raise InputError("pointwise projects rate 1 to 8 responses per prompt: K must be in 1..8")
+        if not 0 <= self.temperature <= 5:
+            raise InputError("temperature must be between 0 and 5")
+        if not 0 < self.top_p <= 1:
+            raise InputError("top-p must be in (0, 1]")
+        if not 1 <= self.max_new_tokens <= 4096:
+            raise InputError("max new tokens must be between 1 and 4096")
+        if self.overlap < 1:
+            raise InputError("overlap must be at least 1")
+        if not 0 <= self.queue_target <= 1000:
+            raise InputError("queue target must be between 0 and 1000")
+        if not (self.model or "").strip():
+            raise InputError("model is empty: use 'default' for the embedded model")
+        return self
+
+
+SETTING_FIELDS = [f.name for f in fields(ProjectSettings)]
+
+
+def settings_of(project: Project) -> ProjectSettings:
+    return ProjectSettings(**{name: getattr(project, name).value if name == "mode" else getattr(project, name)
+                              for name in SETTING_FIELDS})
+
+
+def find_project(session, name: str) -> Project:
+    project = session.scalar(select(Project).where(Project.name == name))
+    if project is None:
+        known = session.scalars(select(Project.name).order_by(Project.name)).all()
+        hint = f" Known projects: {', '.join(known)}." if known else " There are no projects yet."
+        raise InputError(f"unknown project {name!r}.{hint}")
+    return project
+
+
+def create_project(db: Database, settings: ProjectSettings) -> ProjectSettings:
+    settings.validate()
+    with transaction(db) as s:
+        if s.scalar(select(Project.id).where(Project.name == settings.name)) is not None:
+            raise InputError(f"a project named {settings.name!r} already exists")
+        values = asdict(settings)
+        values["mode"] = Mode(values["mode"])
+        s.add(Project(**values))
+    return settings
+
+
+def update_project(db: Database, settings: ProjectSettings) -> ProjectSettings:
+    settings.validate()
+    with transaction(db) as s:
+        project = find_project(s, settings.name)
+        has_items = s.scalar(select(Item.id).where(Item.project_id == project.id).limit(1)) is not None
+        if has_items and (settings.mode != project.mode.value or settings.k != project.k):
+            # Items already generated have the old K and are labelled in the old mode.
+            raise InputError("mode and K cannot change once items have been generated: create a new project")
+        for name in SETTING_FIELDS:
+            value = getattr(settings, name)
+            setattr(project, name, Mode(value) if name == "mode" else value)
+    return settings
+
+
+def get_settings(db: Database, name: str) -> ProjectSettings:
+    with transaction(db) as s:
+        return settings_of(find_project(s, name))
+
+
+def project_names(db: Database) -> list[str]:
+    with transaction(db) as s:
+        return list(s.scalars(select(Project.name).order_by(Project.created_at, Project.id)))
+
+
+def ensure_user(session, name: str, role: Role = Role.annotator) -> User:
+    name = (name or "").strip()
+    if not name:
+        raise InputError("enter your annotator name first")
+    if len(name) > 64:
+        raise InputError("annotator name is longer than 64 characters")
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        user = User(name=name, role=role)
+        session.add(user)
+        session.flush()
+    return user
+
+
+@dataclass
+class ProjectCounts:
+    name: str
+    mode: str
+    prompts: int
+    items_ready: int
+    items_done: int
+    pairwise_labels: int
+    rankings: int
+    ratings: int
+    rewrites: int
+
+
+def _count(session, stmt) -> int:
+    return int(session.scalar(stmt) or 0)
+
+
+def project_counts(db: Database) -> list[ProjectCounts]:
+    """Per-project totals for the data tab (one small query per table; projects are few)."""
+    out = []
+    with transaction(db) as s:
+        for p in s.scalars(select(Project).order_by(Project.created_at, Project.id)):
+            items = dict(s.execute(select(Item.status, func.count()).where(Item.project_id == p.id)
+                                   .group_by(Item.status)).all())
+            prompt_ids = select(Prompt.id).where(Prompt.project_id == p.id)
+            out.append(ProjectCounts(
+                name=p.name, mode=p.mode.value,
+                prompts=_count(s, select(func.count()).select_from(Prompt).where(Prompt.project_id == p.id)),
+                items_ready=items.get(ItemStatus.ready, 0), items_done=items.get(ItemStatus.done, 0),
+                pairwise_labels=_count(s, select(func.count()).select_from(PairwiseLabel)
+                                       .where(PairwiseLabel.prompt_id.in_(prompt_ids))),
+                rankings=_count(s, select(func.count()).select_from(Ranking).where(Ranking.prompt_id.in_(prompt_ids))),
+                ratings=_count(s, select(func.count()).select_from(Rating).join(Response)
+                               .where(Response.prompt_id.in_(prompt_ids))),
+                rewrites=_count(s, select(func.count()).select_from(Rewrite).where(Rewrite.prompt_id.in_(prompt_ids))),
+            ))
+    return out

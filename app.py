@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""prefstudio: collect human preferences on LLM outputs and turn them into training data.
+
+    python app.py serve                      # the web UI on http://127.0.0.1:7860
+    python app.py import FILE --project P    # prompts or preference pairs into a project
+    python app.py export OUT --project P     # labels as TRL / listwise / ratings / SFT data
+    python app.py generate --project P       # sample K responses for prompts, headless
+
+Every subcommand takes --db (a file path or an SQLAlchemy URL; default data/prefstudio.db).
+"""
+from __future__ import annotations
+
+import os
+
+# Before gradio or huggingface_hub are imported: no telemetry, no hub calls at run time.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse
+import logging
+import sys
+
+DB_HELP = "database: a file path or an SQLAlchemy URL (default: data/prefstudio.db)"
+MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), an HF model id, a local folder or a .gguf file"
+EXPORT_FORMATS = ["trl", "trl-chat", "listwise", "ratings", "sft", "pairs-from-rankings"]
+IMPORT_FORMATS = ["jsonl", "csv", "parquet", "datasets", "hh", "trl"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="app.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="start the web UI", description="Start the web UI and the background generator.")
+    serve.add_argument("--db", default=None, help=DB_HELP)
+    serve.add_argument("--model", default="default",
+                       help=f"model for the starter project and new projects: {MODEL_HELP}")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    serve.add_argument("--no-worker", action="store_true", help="do not generate in the background")
+    serve.add_argument("--no-seed", action="store_true", help="do not create the starter project on an empty database")
+
+    imp = sub.add_parser("import", help="import prompts or preference pairs",
+                         description="Import a file into a project. All-or-nothing: any bad record and nothing "
+                                     "is stored; every bad line is reported with its reason.")
+    imp.add_argument("file", help="JSONL(.gz), CSV, Parquet file or a `datasets` folder")
+    imp.add_argument("--db", default=None, help=DB_HELP)
+    imp.add_argument("--project", default="starter", help="project to import into (default: starter)")
+    imp.add_argument("--create", action="store_true", help="create the project (pairwise, K=2) if it does not exist")
+    imp.add_argument("--format", choices=IMPORT_FORMATS, default=None,
+                     help="file format / schema (default: detect from the file)")
+
+    exp = sub.add_parser("export", help="export labels for training",
+                         description="Export a project's labels in TRL's formats.")
+    exp.add_argument("out", help="output .jsonl file, or a folder with --datasets")
+    exp.add_argument("--db", default=None, help=DB_HELP)
+    exp.add_argument("--project", default="starter", help="project to export (default: starter)")
+    exp.add_argument("--format", choices=EXPORT_FORMATS, default="trl",
+                     help="trl: prompt/chosen/rejected strings; trl-chat: conversational; listwise: prompt + "
+                          "ordered completions; ratings; sft: rewrites as prompt/completion; "
+                          "pairs-from-rankings: rankings expanded into pairs (default: trl)")
+    exp.add_argument("--datasets", action="store_true", help="write a `datasets` folder instead of JSONL")
+
+    gen = sub.add_parser("generate", help="sample responses for a project's prompts",
+                         description="Sample K responses for prompts that have none yet, and store them as "
+                                     "items ready for labelling.")
+    gen.add_argument("--db", default=None, help=DB_HELP)
+    gen.add_argument("--project", default="starter", help="project (default: starter)")
+    gen.add_argument("--model", default=None, help=f"{MODEL_HELP} (default: the project's model)")
+    gen.add_argument("--k", type=int, default=None, help="responses per prompt (default: the project's K)")
+    gen.add_argument("--limit", type=int, default=10, help="at most this many prompts (default 10)")
+    gen.add_argument("--temperature", type=float, default=None, help="default: the project's")
+    gen.add_argument("--top-p", type=float, default=None, help="default: the project's")
+    gen.add_argument("--max-new-tokens", type=int, default=None, help="default: the project's")
+    gen.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    return parser
+
+
+def cmd_serve(args) -> int:
+    from annotation.server import serve
+
+    serve(db=args.db, model=args.model, host=args.host, port=args.port, worker=not args.no_worker,
+          seed=not args.no_seed)
+    return 0
+
+
+def cmd_import(args) -> int:
+    from annotation.services.data import import_file
+    from annotation.services import open_database
+
+    db = open_database(args.db)
+    result = import_file(db, args.file, args.project, fmt=args.format, create=args.create)
+    print(result.summary())
+    return 0
+
+
+def cmd_export(args) -> int:
+    from annotation.services.data import export_labels
+    from annotation.services import open_database
+
+    db = open_database(args.db)
+    result = export_labels(db, args.project, args.format, args.out, as_datasets=args.datasets)
+    print(result.summary())
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from tqdm import tqdm
+
+    from annotation.generation import default_backend_factory, generate_items
+    from annotation.services.projects import get_settings
+    from annotation.services import open_database
+
+    db = open_database(args.db)
+    model = args.model or get_settings(db, args.project).model
+    print(f"loading {model} ...", file=sys.stderr)
+    backend = default_backend_factory(model)
+    bar = tqdm(total=0, unit="prompt", desc="generating")
+
+    def on_progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    result = generate_items(db, args.project, backend, args.limit, k=args.k, temperature=args.temperature,
+                            top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                            progress=on_progress, model_label=model)
+    bar.close()
+    print(f"generated {result.items} items ({result.responses} responses) in project {args.project!r}")
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "import": cmd_import, "export": cmd_export, "generate": cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from annotation.services import InputError
+
+    try:
+        return COMMANDS[args.command](args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""The database schema: typed SQLAlchemy 2 models for everything prefstudio stores.
+
+Provenance is the point of this schema: every response records the model, adapter, sampling
+parameters and seed that produced it; every label records who gave it, what they were shown and in
+which order, how long it took and where it came from (a human in the UI, an import, ...). Labels are
+never edited in place; undo deletes the annotator's own last label in one transaction.
+
+Duplicate protection lives in the schema, not in the UI: a named unique constraint allows one label
+per (item, annotator), and a client token (one per item shown) makes a retried submission idempotent.
+Changing a model here needs a new Alembic revision under storage/migrations/versions.
+"""
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Named constraints so Alembic migrations stay stable across databases.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Role(str, enum.Enum):
+    admin = "admin"
+    annotator = "annotator"
+
+
+class Mode(str, enum.Enum):
+    pairwise = "pairwise"
+    listwise = "listwise"
+    pointwise = "pointwise"
+
+
+class Choice(str, enum.Enum):
+    a = "a"
+    b = "b"
+    tie = "tie"
+    both_bad = "both_bad"
+
+
+class LabelSource(str, enum.Enum):
+    human = "human"
+    imported = "import"
+
+
+class ItemStatus(str, enum.Enum):
+    ready = "ready"  # responses generated, waiting for annotators
+    done = "done"  # has as many labels as the project's overlap asks for
+
+
+def _enum(e: type[enum.Enum], name: str) -> Enum:
+    # Store the values ("import", not "imported"); a CHECK keeps SQLite honest.
+    return Enum(e, name=name, values_callable=lambda x: [m.value for m in x], validate_strings=True,
+                create_constraint=True)
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class User(TimestampMixin, Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    role: Mapped[Role] = mapped_column(_enum(Role, "role"), default=Role.annotator, nullable=False)
+
+
+class Project(TimestampMixin, Base):
+    __tablename__ = "projects"
+    __table_args__ = (
+        CheckConstraint("k >= 1 AND k <= 16", name="k_range"),
+        CheckConstraint("overlap >= 1", name="overlap_positive"),
+        CheckConstraint("queue_target >= 0", name="queue_target_nonnegative"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    mode: Mapped[Mode] = mapped_column(_enum(Mode, "mode"), default=Mode.pairwise, nullable=False)
+    k: Mapped[int] = mapped_column(Integer, default=2, nullable=False)
+    model: Mapped[str] = mapped_column(String(512), default="default", nullable=False)
+    adapter: Mapped[str | None] = mapped_column(String(512))
+    temperature: Mapped[float] = mapped_column(Float, default=0.8, nullable=False)
+    top_p: Mapped[float] = mapped_column(Float, default=0.95, nullable=False)
+    max_new_tokens: Mapped[int] = mapped_column(Integer, default=256, nullable=False)
+    guidelines: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    # How many annotators label each item, and how many items the generator keeps ready.
+    overlap: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
+    queue_target: Mapped[int] = mapped_column(Integer, default=8, nullable=False)
+
+    prompts: Mapped[list[Prompt]] = relationship(back_populates="project", cascade="all, delete-orphan",
+                                                 passive_deletes=True)
+
+
+class Prompt(TimestampMixin, Base):
+    __tablename__ = "prompts"
+    __table_args__ = (UniqueConstraint("project_id", "content_hash", name="uq_prompts_project_content"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False,
+                                            index=True)
+    # Always a list of {"role", "content"}; a plain-text prompt is one user message with is_chat False.
+    messages: Mapped[list[dict[str, str]]] = mapped_column(JSON, nullable=False)
+    is_chat: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    # sha256 of the canonical messages JSON: the same prompt imported twice is stored once.
+    content_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    source: Mapped[str] = mapped_column(String(32), default="typed", nullable=False)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+
+    project: Mapped[Project] = relationship(back_populates="prompts")
+    responses: Mapped[list[Response]] = relationship(back_populates="prompt", cascade="all, delete-orphan",
+                                                     passive_deletes=True)
+
+
+class Item(TimestampMixin, Base):
+    """One unit of annotation work: a prompt with the K responses generated for it together."""
+
+    __tablename__ = "items"
+    __table_args__ = (Index("ix_items_project_status", "project_id", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), nullable=False,
+                                           index=True)
+    status: Mapped[ItemStatus] = mapped_column(_enum(ItemStatus, "item_status"), default=ItemStatus.ready,
+                                               nullable=False)
+    # A short lease so two annotators are not shown the same item when one label is enough.
+    leased_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    prompt: Mapped[Prompt] = relationship()
+    responses: Mapped[list[Response]] = relationship(back_populates="item", order_by="Response.position")
+
+
+class Response(TimestampMixin, Base):
+    __tablename__ = "responses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), nullable=False,
+                                           index=True)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0, nullable=False)  # index within its item
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    # Provenance: which model (spec as given), which adapter, which sampling parameters and seed.
+    model: Mapped[str] = mapped_column(String(512), nullable=False)
+    adapter: Mapped[str | None] = mapped_column(String(512))
+    sampling: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    seed: Mapped[int | None] = mapped_column(Integer)
+    num_tokens: Mapped[int | None] = mapped_column(Integer)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(32), default="generated", nullable=False)
+
+    prompt: Mapped[Prompt] = relationship(back_populates="responses")
+    item: Mapped[Item | None] = relationship(back_populates="responses")
+
+
+class LabelMixin(TimestampMixin):
+    """Provenance shared by every kind of label."""
+
+    source: Mapped[LabelSource] = mapped_column(_enum(LabelSource, "label_source"), default=LabelSource.human,
+                                                nullable=False)
+    time_taken_ms: Mapped[int | None] = mapped_column(Integer)
+    # One token per item shown in the UI: a retried submission with the same token is a no-op.
+    client_token: Mapped[str | None] = mapped_column(String(64), unique=True)
+
+
+class PairwiseLabel(LabelMixin, Base):
+    __tablename__ = "pairwise_labels"
+    __table_args__ = (
+        UniqueConstraint("item_id", "user_id", name="uq_pairwise_labels_item_user"),
+        CheckConstraint("response_a_id <> response_b_id", name="distinct_responses"),
+        CheckConstraint("strength IS NULL OR (strength >= 1 AND strength <= 3)", name="strength_range"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), nullable=False,
+                                           index=True)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    # A and B are the responses as shown (A on the left); shown_order lists their item positions, so
+    # a randomised side assignment can be audited later.
+    response_a_id: Mapped[int] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"), nullable=False)
+    response_b_id: Mapped[int] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"), nullable=False)
+    shown_order: Mapped[list[int]] = mapped_column(JSON, default=list, nullable=False)
+    choice: Mapped[Choice] = mapped_column(_enum(Choice, "choice"), nullable=False)
+    strength: Mapped[int | None] = mapped_column(Integer)  # 1 slightly, 2 clearly, 3 much better
+    rationale: Mapped[str | None] = mapped_column(Text)
+
+    response_a: Mapped[Response] = relationship(foreign_keys=[response_a_id])
+    response_b: Mapped[Response] = relationship(foreign_keys=[response_b_id])
+    prompt: Mapped[Prompt] = relationship()
+    user: Mapped[User | None] = relationship()
+    rewrite: Mapped[Rewrite | None] = relationship(back_populates="pairwise_label", cascade="all, delete-orphan",
+                                                   passive_deletes=True)
+
+
+class Ranking(LabelMixin, Base):
+    __tablename__ = "rankings"
+    __table_args__ = (UniqueConstraint("item_id", "user_id", name="uq_rankings_item_user"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), nullable=False,
+                                           index=True)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    # Best first; each inner list is a group of tied response ids: [[7], [5, 9], [6]].
+    groups: Mapped[list[list[int]]] = mapped_column(JSON, nullable=False)
+    shown_order: Mapped[list[int]] = mapped_column(JSON, default=list, nullable=False)
+    rationale: Mapped[str | None] = mapped_column(Text)
+
+    prompt: Mapped[Prompt] = relationship()
+    user: Mapped[User | None] = relationship()
+
+
+class Rating(LabelMixin, Base):
+    __tablename__ = "ratings"
+    __table_args__ = (
+        UniqueConstraint("response_id", "user_id", name="uq_ratings_response_user"),
+        CheckConstraint("score >= 1 AND score <= 5", name="score_range"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    response_id: Mapped[int] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"), nullable=False,
+                                             index=True)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    score: Mapped[int] = mapped_column(Integer, nullable=False)
+    rationale: Mapped[str | None] = mapped_column(Text)
+    # A pointwise submission rates all K responses of an item at once; the token is per response.
+    client_token: Mapped[str | None] = mapped_column(String(80), unique=True)
+
+    response: Mapped[Response] = relationship()
+    user: Mapped[User | None] = relationship()
+
+
+class Rewrite(TimestampMixin, Base):
+    """A better answer written by the annotator after judging both responses bad (SFT data)."""
+
+    __tablename__ = "rewrites"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), nullable=False,
+                                           index=True)
+    pairwise_label_id: Mapped[int | None] = mapped_column(
+        ForeignKey("pairwise_labels.id", ondelete="CASCADE"), unique=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+
+    pairwise_label: Mapped[PairwiseLabel | None] = relationship(back_populates="rewrite")
+    prompt: Mapped[Prompt] = relationship()
+
+
+class Skip(TimestampMixin, Base):
+    """An annotator passed on an item; it is not shown to them again."""
+
+    __tablename__ = "skips"
+    __table_args__ = (UniqueConstraint("item_id", "user_id", name="uq_skips_item_user"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), nullable=False)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
