@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--create", action="store_true", help="create the project (pairwise, K=2) if it does not exist")
     imp.add_argument("--format", choices=IMPORT_FORMATS, default=None,
                      help="file format / schema (default: detect from the file)")
+    imp.add_argument("--skip-invalid", action="store_true",
+                     help="store the valid records and list the bad ones, instead of refusing the whole file")
 
     exp = sub.add_parser("export", help="export labels for training",
                          description="Export a project's labels in TRL's formats.")
@@ -92,7 +94,8 @@ def cmd_import(args) -> int:
     from annotation.services import open_database
 
     db = open_database(args.db)
-    result = import_file(db, args.file, args.project, fmt=args.format, create=args.create)
+    result = import_file(db, args.file, args.project, fmt=args.format, create=args.create,
+                         skip_invalid=args.skip_invalid)
     print(result.summary())
     return 0
 
@@ -145,7 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        errors = getattr(exc, "errors", None)  # an import refused record by record
+        if errors:
+            print(f"error: nothing was imported: {len(errors)} bad record(s) (fix them, or pass --skip-invalid "
+                  f"to store the valid ones and list the rest):", file=sys.stderr)
+            for error in errors:
+                print(f"  {error}", file=sys.stderr)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -79,6 +79,7 @@ class Database:
 
 def upgrade_schema(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision (creates it on an empty database)."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-plugin INFO lines drown the app's
     from alembic import command
     from alembic.config import Config
 

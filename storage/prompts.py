@@ -5,8 +5,8 @@ import hashlib
 import json
 
 from storage.errors import InputError
+from storage.records import ROLES
 
-ROLES = ("system", "user", "assistant")
 MAX_PROMPT_CHARS = 100_000
 
 

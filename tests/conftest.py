@@ -22,6 +22,11 @@ SHARED_DATA = Path(os.environ.get("PREFSTUDIO_SHARED_DATA", PROJECT_ROOT.parent 
 HH_FILE = SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: end-to-end test on the real embedded SmolLM2 model (slow)")
+    config.addinivalue_line("markers", "browser: drives the real UI in headless Chromium through Playwright")
+
+
 @pytest.fixture(scope="session")
 def hh_path() -> Path:
     if not HH_FILE.exists():

@@ -1,0 +1,37 @@
+"""`app.py serve`: open the database, seed a fresh one, start the generator, serve the UI."""
+from __future__ import annotations
+
+import logging
+
+from annotation.generation import GenerationWorker
+from annotation.services.prompts import seed_starter_project
+from annotation.ui.app import build_app, launch_kwargs
+from annotation.ui.context import UIContext
+from storage.db import open_database
+
+log = logging.getLogger(__name__)
+
+
+def create_context(db: str | None, model: str = "default", worker: bool = True, seed: bool = True) -> UIContext:
+    database = open_database(db)
+    if seed and seed_starter_project(database, model=model):
+        log.info("new database: created the 'starter' project with the starter prompts")
+    ctx = UIContext(db=database, default_model=model)
+    if worker:
+        ctx.worker = GenerationWorker(database)
+        ctx.worker.start()
+    return ctx
+
+
+def serve(db: str | None = None, model: str = "default", host: str = "127.0.0.1", port: int = 7860,
+          worker: bool = True, seed: bool = True) -> None:
+    ctx = create_context(db, model=model, worker=worker, seed=seed)
+    log.info("database: %s", ctx.db.url)
+    demo = build_app(ctx)
+    print(f"prefstudio is starting on http://{host}:{port}", flush=True)
+    try:
+        demo.queue(default_concurrency_limit=8).launch(server_name=host, server_port=port, show_error=True,
+                                                       **launch_kwargs())
+    finally:
+        if ctx.worker is not None:
+            ctx.worker.stop()

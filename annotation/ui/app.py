@@ -1,0 +1,83 @@
+"""The Gradio app: tabs composed, keyboard shortcuts and styling. One module per tab beside this one."""
+from __future__ import annotations
+
+import gradio as gr
+
+from annotation.services import projects
+from annotation.ui.annotate import build_annotate_tab
+from annotation.ui.context import UIContext
+from annotation.ui.data import build_data_tab, counts_table
+from annotation.ui.projects import build_projects_tab
+
+# Keys act only when focus is not in a text field, so typing a rationale never fires a shortcut.
+SHORTCUTS_JS = """
+<script>
+(() => {
+  if (window.__prefstudioKeys) return;
+  window.__prefstudioKeys = true;
+  const typing = (el) => el && (el.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(el.tagName)
+      && !(el.tagName === "INPUT" && ["radio", "checkbox", "button"].includes(el.type)));
+  const visible = (el) => el && el.offsetParent !== null;
+  const click = (sel) => { const el = document.querySelector(sel); if (visible(el)) { el.click(); return true; } return false; };
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || typing(document.activeElement)) return;
+    const choice = {"1": 0, "2": 1, "3": 2, "4": 3}[e.key];
+    if (choice !== undefined) {
+      const inputs = document.querySelectorAll("#choice input[type=radio]");
+      if (inputs[choice] && visible(inputs[choice])) { inputs[choice].click(); e.preventDefault(); }
+    } else if (e.key === "Enter") {
+      if (click("#submit")) e.preventDefault();
+    } else if (e.key === "s" || e.key === "S") {
+      if (click("#skip")) e.preventDefault();
+    } else if (e.key === "u" || e.key === "U") {
+      if (click("#undo")) e.preventDefault();
+    }
+  });
+})();
+</script>
+"""
+
+CSS = """
+.ps-response { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 0.6em 0.9em; }
+.ps-response-title { font-weight: 600; opacity: 0.7; margin-bottom: 0.3em; }
+.ps-prompt { border-left: 4px solid var(--color-accent); padding: 0.3em 0.9em; margin: 0.4em 0; }
+.ps-turn { margin: 0.3em 0; } .ps-role { font-size: 0.8em; text-transform: uppercase; opacity: 0.6; }
+"""
+
+
+def build_app(ctx: UIContext) -> gr.Blocks:
+    with gr.Blocks(title="prefstudio", analytics_enabled=False) as demo:
+        gr.Markdown("## prefstudio · preference annotation")
+        with gr.Tabs():
+            with gr.Tab("Annotate", id="annotate") as annotate_tab:
+                annotate = build_annotate_tab(ctx)
+            with gr.Tab("Projects", id="projects") as projects_tab:
+                setup = build_projects_tab(ctx)
+            with gr.Tab("Data", id="data") as data_tab:
+                data = build_data_tab(ctx)
+
+        # The annotator name persists in the browser, so a reload picks up where it left off.
+        saved_name = gr.BrowserState("", storage_key="prefstudio-annotator")
+        annotate.annotator.change(lambda name: name, annotate.annotator, saved_name)
+
+        def names_update(current=None):
+            names = projects.project_names(ctx.db)
+            return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
+
+        def on_load(name):
+            return {annotate.annotator: name or "", annotate.project: names_update(),
+                    data.project: names_update(), setup.project: setup.refresh_choices(ctx),
+                    data.counts: counts_table(ctx)}
+
+        demo.load(on_load, saved_name, [annotate.annotator, annotate.project, data.project, setup.project,
+                                        data.counts])
+        annotate_tab.select(names_update, annotate.project, annotate.project)
+        data_tab.select(lambda current: (names_update(current), counts_table(ctx)), data.project,
+                        [data.project, data.counts])
+        projects_tab.select(lambda current: setup.refresh_choices(ctx, current), setup.project, setup.project)
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """Arguments for Blocks.launch that Gradio 6 takes there rather than in Blocks()."""
+    return {"head": SHORTCUTS_JS, "css": CSS, "footer_links": ["api"], "ssr_mode": False}

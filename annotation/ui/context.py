@@ -1,0 +1,32 @@
+"""What every tab needs: the database and the background generator (a small engine object that
+wires the tabs, instead of module globals)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from annotation.generation import GenerationWorker
+from storage.db import Database
+
+
+@dataclass
+class UIContext:
+    db: Database
+    default_model: str = "default"
+    worker: GenerationWorker | None = None
+
+    def wake_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
+
+    def worker_summary(self, project: str) -> str:
+        """A short note on the generator for the progress line (empty when there is nothing to say)."""
+        if self.worker is None:
+            return " · generator off"
+        status = self.worker.status
+        if project in status.errors:
+            return f" · ⚠️ generator error: {status.errors[project]}"
+        if status.state == "loading model":
+            return f" · {status.message}…"
+        if status.state == "generating" and status.project == project:
+            return " · generating…"
+        return ""

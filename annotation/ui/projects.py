@@ -1,0 +1,153 @@
+"""The Projects tab: create or edit a project (form generated from ProjectSettings), type prompts,
+and import a file with a clear report of what was stored or why nothing was."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from annotation.services import data, projects, prompts
+from annotation.ui.context import UIContext
+from annotation.ui.forms import build_form, fill_form, read_form
+from storage.errors import InputError
+
+NEW = "(new project)"
+IMPORT_FORMATS = ["auto", "jsonl", "csv", "parquet", "datasets", "hh", "trl"]
+
+
+@dataclass
+class ProjectsTab:
+    project: gr.Dropdown
+    form: dict
+    create: gr.Button
+    save: gr.Button
+    prompt_text: gr.Textbox
+    add_prompts: gr.Button
+    upload: gr.File
+    import_format: gr.Dropdown
+    import_button: gr.Button
+    report: gr.Markdown
+
+    def refresh_choices(self, ctx: UIContext, selected: str | None = None):
+        names = projects.project_names(ctx.db)
+        value = selected if selected in names else (names[0] if names else NEW)
+        return gr.update(choices=[NEW, *names], value=value)
+
+
+def build_projects_tab(ctx: UIContext) -> ProjectsTab:
+    project = gr.Dropdown(label="Project", choices=[NEW], value=NEW, elem_id="setup-project")
+    with gr.Accordion("Settings", open=True):
+        form = build_form(projects.ProjectSettings, choices={"mode": ["pairwise", "listwise", "pointwise"]},
+                          multiline=("guidelines",), prefix="setting-")
+        with gr.Row():
+            create = gr.Button("Create project", variant="primary", elem_id="create-project")
+            save = gr.Button("Save settings", elem_id="save-project")
+    with gr.Accordion("Add prompts", open=True):
+        prompt_text = gr.Textbox(label="Prompts: one per line, or blocks separated by a line with ---", lines=5,
+                                 elem_id="prompt-text")
+        add_prompts = gr.Button("Add prompts", elem_id="add-prompts")
+        with gr.Row():
+            upload = gr.File(label="Import a file (JSONL, CSV, Parquet, HH-RLHF, TRL; zip a datasets folder)",
+                             file_types=[".jsonl", ".json", ".gz", ".csv", ".parquet", ".zip"], elem_id="import-file")
+            import_format = gr.Dropdown(IMPORT_FORMATS, value="auto", label="Format", elem_id="import-format")
+        import_button = gr.Button("Import file", elem_id="import-button")
+    report = gr.Markdown("", elem_id="setup-report")
+    tab = ProjectsTab(project, form, create, save, prompt_text, add_prompts, upload, import_format, import_button,
+                      report)
+    _wire(ctx, tab)
+    return tab
+
+
+def _wire(ctx: UIContext, tab: ProjectsTab) -> None:
+    fields = list(tab.form.values())
+    names = list(tab.form.keys())
+
+    def select(name):
+        if not name or name == NEW:
+            return fill_form(projects.ProjectSettings(name=""))
+        return fill_form(projects.get_settings(ctx.db, name))
+
+    tab.project.change(select, tab.project, fields)
+
+    def settings_from(values) -> projects.ProjectSettings:
+        try:
+            return read_form(projects.ProjectSettings, dict(zip(names, values)))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"invalid setting: {exc}") from None
+
+    def create(*values):
+        try:
+            settings = projects.create_project(ctx.db, settings_from(values))
+        except InputError as exc:
+            return {tab.report: f"⚠️ {exc}"}
+        ctx.wake_worker()
+        return {tab.report: f"✅ Project **{settings.name}** created. Add prompts below; the generator "
+                            f"prepares items for annotation in the background.",
+                tab.project: tab.refresh_choices(ctx, settings.name)}
+
+    tab.create.click(create, fields, [tab.report, tab.project], api_name="create_project")
+
+    def save(*values):
+        try:
+            settings = projects.update_project(ctx.db, settings_from(values))
+        except InputError as exc:
+            return {tab.report: f"⚠️ {exc}"}
+        ctx.wake_worker()
+        return {tab.report: f"✅ Settings of **{settings.name}** saved."}
+
+    tab.save.click(save, fields, [tab.report], api_name="save_project")
+
+    def add(name, text):
+        try:
+            if not name or name == NEW:
+                raise InputError("pick or create a project first")
+            added = prompts.add_text_prompts(ctx.db, name, text)
+        except InputError as exc:
+            return {tab.report: f"⚠️ {exc}"}
+        ctx.wake_worker()
+        dup = f" ({added.duplicates} already in the project)" if added.duplicates else ""
+        return {tab.report: f"✅ Added {added.added} prompts to **{name}**{dup}.", tab.prompt_text: ""}
+
+    tab.add_prompts.click(add, [tab.project, tab.prompt_text], [tab.report, tab.prompt_text], api_name="add_prompts")
+
+    def do_import(name, file, fmt):
+        try:
+            if not name or name == NEW:
+                raise InputError("pick or create a project first")
+            if not file:
+                raise InputError("choose a file to import first")
+            result = data.import_file(ctx.db, _unpacked(file), name, fmt=None if fmt == "auto" else fmt)
+        except InputError as exc:
+            return {tab.report: _failure_report(exc)}
+        ctx.wake_worker()
+        return {tab.report: f"✅ {result.summary()}"}
+
+    tab.import_button.click(do_import, [tab.project, tab.upload, tab.import_format], [tab.report],
+                            api_name="import_file")
+
+
+def _unpacked(path: str) -> str:
+    """A zipped `datasets` folder is unpacked next to the upload; other files are used as they are."""
+    import zipfile
+    from pathlib import Path
+
+    p = Path(path)
+    if p.suffix.lower() != ".zip":
+        return path
+    out = p.with_suffix("")
+    with zipfile.ZipFile(p) as z:
+        for member in z.namelist():  # refuse paths that would escape the folder
+            if member.startswith("/") or ".." in Path(member).parts:
+                raise InputError(f"unsafe path in zip: {member}")
+        z.extractall(out)
+    entries = [e for e in out.iterdir()]
+    return str(entries[0]) if len(entries) == 1 and entries[0].is_dir() else str(out)
+
+
+def _failure_report(exc: InputError) -> str:
+    lines = str(exc).splitlines()
+    if len(lines) <= 1:
+        return f"⚠️ {exc}"
+    shown = "\n".join(f"- {line}" for line in lines[:50])
+    more = f"\n- … and {len(lines) - 50} more" if len(lines) > 50 else ""
+    return f"⚠️ **Nothing was imported**: {len(lines)} bad records.\n\n{shown}{more}"

@@ -1,0 +1,136 @@
+"""Export a project's labels as training data in TRL's formats.
+
+Formats:
+- ``trl``: ``prompt``/``chosen``/``rejected`` strings (TRL standard preference format);
+- ``trl-chat``: the same in TRL's conversational format (prompt as messages);
+- ``listwise``: prompt + completions best first + ranks (equal ranks are ties);
+- ``ratings``: prompt + completion + rating (1-5);
+- ``sft``: rewrites written after "both bad", as TRL prompt/completion rows;
+- ``pairs-from-rankings``: every ranking expanded into its K(K-1)/2 (chosen, rejected) pairs.
+Ties and "both bad" carry no preference and are left out of the pairwise formats.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from storage.errors import InputError
+from storage.exporters import (
+    listwise_row,
+    ranking_to_pairs,
+    rating_row,
+    sft_row,
+    trl_chat_pair_row,
+    trl_pair_row,
+    write_rows,
+)
+from storage.models import Choice, PairwiseLabel, Project, Prompt, Ranking, Rating, Response, Rewrite
+
+EXPORT_FORMATS = ("trl", "trl-chat", "listwise", "ratings", "sft", "pairs-from-rankings")
+
+
+@dataclass
+class ExportResult:
+    project: str
+    format: str
+    rows: int
+    path: Path
+
+    def summary(self) -> str:
+        return f"wrote {self.rows} {self.format} rows from project {self.project!r} to {self.path}"
+
+
+def _pairwise_rows(session: Session, project: Project, conversational: bool) -> Iterator[dict]:
+    build = trl_chat_pair_row if conversational else trl_pair_row
+    labels = session.scalars(
+        select(PairwiseLabel).join(Prompt, PairwiseLabel.prompt_id == Prompt.id)
+        .where(Prompt.project_id == project.id, PairwiseLabel.choice.in_([Choice.a, Choice.b]))
+        .options(selectinload(PairwiseLabel.prompt), selectinload(PairwiseLabel.response_a),
+                 selectinload(PairwiseLabel.response_b))
+        .order_by(PairwiseLabel.id))
+    for label in labels:
+        chosen, rejected = ((label.response_a, label.response_b) if label.choice == Choice.a
+                            else (label.response_b, label.response_a))
+        yield build(label.prompt.messages, label.prompt.is_chat, chosen.text, rejected.text)
+
+
+def _rankings(session: Session, project: Project) -> Iterator[tuple[Prompt, list[list[Response]]]]:
+    rankings = session.scalars(select(Ranking).join(Prompt, Ranking.prompt_id == Prompt.id)
+                               .where(Prompt.project_id == project.id)
+                               .options(selectinload(Ranking.prompt)).order_by(Ranking.id)).all()
+    ids = {rid for r in rankings for g in r.groups for rid in g}
+    responses = {r.id: r for r in session.scalars(select(Response).where(Response.id.in_(ids)))}
+    for ranking in rankings:
+        yield ranking.prompt, [[responses[rid] for rid in group] for group in ranking.groups]
+
+
+def _conversational(prompts: list[Prompt]) -> bool:
+    """One shape per file: if any prompt is a chat, every row is written in conversational form
+    (a plain prompt is a one-message chat), so JSONL columns and `datasets` features stay uniform."""
+    return any(p.is_chat for p in prompts)
+
+
+def _listwise_rows(session: Session, project: Project) -> Iterator[dict]:
+    rankings = list(_rankings(session, project))
+    chat = _conversational([prompt for prompt, _ in rankings])
+    for prompt, groups in rankings:
+        completions = [r.text for group in groups for r in group]
+        ranks = [rank for rank, group in enumerate(groups) for _ in group]
+        yield listwise_row(prompt.messages, chat, completions, ranks)
+
+
+def _ranking_pair_rows(session: Session, project: Project) -> Iterator[dict]:
+    for prompt, groups in _rankings(session, project):
+        for chosen, rejected in ranking_to_pairs(groups):
+            yield trl_pair_row(prompt.messages, prompt.is_chat, chosen.text, rejected.text)
+
+
+def _rating_rows(session: Session, project: Project) -> Iterator[dict]:
+    ratings = session.scalars(
+        select(Rating).join(Response, Rating.response_id == Response.id).join(Prompt, Response.prompt_id == Prompt.id)
+        .where(Prompt.project_id == project.id)
+        .options(selectinload(Rating.response).selectinload(Response.prompt)).order_by(Rating.id))
+    ratings = ratings.all()
+    chat = _conversational([r.response.prompt for r in ratings])
+    for rating in ratings:
+        yield rating_row(rating.response.prompt.messages, chat, rating.response.text, rating.score)
+
+
+def _sft_rows(session: Session, project: Project) -> Iterator[dict]:
+    rewrites = session.scalars(select(Rewrite).join(Prompt, Rewrite.prompt_id == Prompt.id)
+                               .where(Prompt.project_id == project.id)
+                               .options(selectinload(Rewrite.prompt)).order_by(Rewrite.id))
+    rewrites = rewrites.all()
+    chat = _conversational([r.prompt for r in rewrites])
+    for rewrite in rewrites:
+        yield sft_row(rewrite.prompt.messages, chat, rewrite.text)
+
+
+ROW_BUILDERS: dict[str, Callable[[Session, Project], Iterator[dict]]] = {
+    "trl": lambda s, p: _pairwise_rows(s, p, conversational=False),
+    "trl-chat": lambda s, p: _pairwise_rows(s, p, conversational=True),
+    "listwise": _listwise_rows,
+    "ratings": _rating_rows,
+    "sft": _sft_rows,
+    "pairs-from-rankings": _ranking_pair_rows,
+}
+
+
+def export_rows(session: Session, project: Project, fmt: str) -> list[dict]:
+    if fmt not in ROW_BUILDERS:
+        raise InputError(f"unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    return list(ROW_BUILDERS[fmt](session, project))
+
+
+def export_project(session: Session, project: Project, fmt: str, out: str | Path,
+                   as_datasets: bool = False) -> ExportResult:
+    rows = export_rows(session, project, fmt)
+    if not rows:
+        raise InputError(f"project {project.name!r} has no labels to export as {fmt} yet")
+    path = Path(out)
+    write_rows(rows, path, as_datasets=as_datasets)
+    return ExportResult(project=project.name, format=fmt, rows=len(rows), path=path)

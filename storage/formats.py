@@ -1,0 +1,28 @@
+"""The file-format layer, in one import: read prompt/preference files, build and write TRL rows.
+
+Pure functions over files and plain records; no database, no model, no torch (``datasets`` is only
+imported lazily when writing a datasets folder). The pieces live in:
+
+* ``storage.records``   – PromptRecord, PairRecord, RecordError, ImportReport, ImportFailed;
+* ``storage.importers`` – read_import_file and the schema detection behind it;
+* ``storage.exporters`` – prompt_text, the row builders, ranking_to_pairs, write_rows.
+"""
+from storage.exporters import (
+    listwise_row, prompt_text, ranking_to_pairs, rating_row, render_hh_dialogue, sft_row,
+    trl_chat_pair_row, trl_pair_row, write_rows,
+)
+from storage.importers import (
+    CONTAINER_FORMATS, DEFAULT_MAX_CHARS, SCHEMA_FORMATS, detect_container, parse_hh_dialogue,
+    read_import_file, split_hh_pair,
+)
+from storage.records import (
+    ROLES, ImportFailed, ImportReport, PairRecord, PromptRecord, RecordError,
+)
+
+__all__ = [
+    "CONTAINER_FORMATS", "DEFAULT_MAX_CHARS", "ROLES", "SCHEMA_FORMATS",
+    "ImportFailed", "ImportReport", "PairRecord", "PromptRecord", "RecordError",
+    "detect_container", "listwise_row", "parse_hh_dialogue", "prompt_text", "ranking_to_pairs",
+    "rating_row", "read_import_file", "render_hh_dialogue", "sft_row", "split_hh_pair",
+    "trl_chat_pair_row", "trl_pair_row", "write_rows",
+]
