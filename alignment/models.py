@@ -271,19 +271,19 @@ def load_model(spec: str, device: str | None = None) -> LoadedModel:
 # Process-wide model cache
 # --------------------------------------------------------------------------------------------
 
-_loaded: dict[tuple[str, str | None], LoadedModel] = {}
+_loaded: dict[tuple[str, str], LoadedModel] = {}
 # One lock for the whole cache: loads are rare, and holding it while loading guarantees that two
 # threads asking for the same model never load it twice.
 _loaded_lock = threading.Lock()
 
 
 def get_model(spec: str = DEFAULT_MODEL, device: str | None = None) -> LoadedModel:
-    """The shared, lazily loaded instance of ``spec`` (thread-safe)."""
-    key = (spec, device)
+    """The shared, lazily loaded instance of ``spec`` on ``device`` (thread-safe)."""
+    device = device or default_device()
     with _loaded_lock:
-        if key not in _loaded:
-            _loaded[key] = load_model(spec, device)
-        return _loaded[key]
+        if (spec, device) not in _loaded:
+            _loaded[(spec, device)] = load_model(spec, device)
+        return _loaded[(spec, device)]
 
 
 def clear_model_cache() -> None:

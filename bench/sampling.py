@@ -108,15 +108,28 @@ def format_throughput_table(batched: Measurement, naive: Measurement) -> str:
     return "\n".join(lines)
 
 
+def _median(measurements: list[Measurement]) -> Measurement:
+    """The middle run by tokens/s (the faster middle one for an even count)."""
+    return sorted(measurements, key=lambda m: m.tokens_per_s)[len(measurements) // 2]
+
+
 def run_throughput(loaded: LoadedModel, args: argparse.Namespace) -> tuple[Measurement, Measurement]:
-    """Part 1: batched vs naive generated tokens/s on the same prompts and settings."""
+    """Part 1: batched vs naive generated tokens/s on the same prompts and settings.
+
+    With ``--repeats N`` the two methods alternate N times and the median run of each is shown:
+    on a shared CPU, neighbours' load comes and goes, and alternating exposes both methods to it.
+    """
     prompts = BENCH_PROMPTS[:args.prompts]
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens, seed=args.seed)
-    batched = measure_batched(loaded, prompts, args.k, params, args.batch_rows)
-    naive = measure_naive(loaded, prompts, args.k, params)
+    batched_runs, naive_runs = [], []
+    for _ in range(args.repeats):
+        batched_runs.append(measure_batched(loaded, prompts, args.k, params, args.batch_rows))
+        naive_runs.append(measure_naive(loaded, prompts, args.k, params))
+    batched, naive = _median(batched_runs), _median(naive_runs)
     print(f"\n== Throughput: {len(prompts)} prompts x K={args.k}, max_new_tokens={args.max_new_tokens}, "
-          f"temperature={args.temperature}, top_p={args.top_p}, seed={args.seed}")
+          f"temperature={args.temperature}, top_p={args.top_p}, seed={args.seed}, "
+          f"median of {args.repeats} run(s)")
     print(format_throughput_table(batched, naive))
     return batched, naive
 
@@ -132,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--batch-rows", type=int, default=8, help="max rows per batched generate call")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate both methods N times, report medians")
     return parser
 
 

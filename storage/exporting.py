@@ -128,9 +128,15 @@ def export_rows(session: Session, project: Project, fmt: str) -> list[dict]:
 
 def export_project(session: Session, project: Project, fmt: str, out: str | Path,
                    as_datasets: bool = False) -> ExportResult:
+    path = Path(out)
+    # A clear message instead of an OSError (and a traceback in the CLI) from the rename at the end.
+    if as_datasets and path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file: a datasets export writes a folder, give a folder path")
+    if not as_datasets and path.is_dir():
+        raise InputError(f"{path} is a folder: a JSONL export writes a file, give a file path "
+                         "(or export as a datasets folder)")
     rows = export_rows(session, project, fmt)
     if not rows:
         raise InputError(f"project {project.name!r} has no labels to export as {fmt} yet")
-    path = Path(out)
     write_rows(rows, path, as_datasets=as_datasets)
     return ExportResult(project=project.name, format=fmt, rows=len(rows), path=path)

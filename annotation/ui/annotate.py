@@ -61,14 +61,14 @@ def build_annotate_tab(ctx: UIContext) -> AnnotateTab:
         project = gr.Dropdown(label="Project", choices=[], elem_id="annotate-project", scale=1)
         progress = gr.Markdown("", elem_id="progress")
     view = gr.State(None)
-    guidelines = gr.HTML("", elem_id="guidelines")
+    guidelines = gr.HTML("", elem_id="guidelines", js_on_load=None)
     status = gr.Markdown("Enter your name and pick a project to start.", elem_id="status")
-    prompt = gr.HTML("", elem_id="prompt")
+    prompt = gr.HTML("", elem_id="prompt", js_on_load=None)
 
     with gr.Column(visible=False) as pair_panel:
         with gr.Row(equal_height=False):
-            resp_a = gr.HTML("", elem_id="resp-a")
-            resp_b = gr.HTML("", elem_id="resp-b")
+            resp_a = gr.HTML("", elem_id="resp-a", js_on_load=None)
+            resp_b = gr.HTML("", elem_id="resp-b", js_on_load=None)
         choice = gr.Radio(choices=CHOICES, label="Which is better? (keys 1-4, Enter to submit)", elem_id="choice")
         strength = gr.Radio(choices=STRENGTHS, label="How much better? (optional)", elem_id="strength")
         rewrite = gr.Textbox(label="Both bad: write a better answer (optional, saved as SFT data)", lines=4,
@@ -78,7 +78,7 @@ def build_annotate_tab(ctx: UIContext) -> AnnotateTab:
     with gr.Column(visible=False) as list_panel:
         for i in range(MAX_CARDS):
             with gr.Group(visible=False, elem_id=f"card-{i}") as box:
-                cards.append(gr.HTML("", elem_id=f"card-text-{i}"))
+                cards.append(gr.HTML("", elem_id=f"card-text-{i}", js_on_load=None))
                 ranks.append(gr.Number(label="Rank (1 = best; equal numbers = tie)", precision=0, minimum=1,
                                        maximum=MAX_CARDS, value=None, elem_id=f"rank-{i}"))
                 ratings.append(gr.Radio(choices=[1, 2, 3, 4, 5], label="Rating (1 = poor, 5 = excellent)",
@@ -156,7 +156,7 @@ def _load_next(ctx: UIContext, tab: AnnotateTab, project: str | None, user: str 
         ctx.wake_worker()
         message = "No items ready for you right now: the generator is working on more; this page checks again."
         return _show(ctx, tab, None, project, user, " ".join(filter(None, [done_message, message])))
-    return _show(ctx, tab, view, project, user, done_message or f"Item {view.item_id}.")
+    return _show(ctx, tab, view, project, user, " ".join(filter(None, [done_message, f"Item {view.item_id}."])))
 
 
 def _wire(ctx: UIContext, tab: AnnotateTab) -> None:

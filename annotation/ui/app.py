@@ -48,7 +48,7 @@ CSS = """
 def build_app(ctx: UIContext) -> gr.Blocks:
     with gr.Blocks(title="prefstudio", analytics_enabled=False) as demo:
         gr.Markdown("## prefstudio · preference annotation")
-        with gr.Tabs():
+        with gr.Tabs(elem_id="main-tabs"):
             with gr.Tab("Annotate", id="annotate") as annotate_tab:
                 annotate = build_annotate_tab(ctx)
             with gr.Tab("Projects", id="projects") as projects_tab:
@@ -57,19 +57,23 @@ def build_app(ctx: UIContext) -> gr.Blocks:
                 data = build_data_tab(ctx)
 
         # The annotator name persists in the browser, so a reload picks up where it left off.
-        saved_name = gr.BrowserState("", storage_key="prefstudio-annotator")
+        # A fixed secret: the default is random per process, which would forget the name on restart.
+        saved_name = gr.BrowserState("", storage_key="prefstudio-annotator", secret="prefstudio-annotator-name")
         annotate.annotator.change(lambda name: name, annotate.annotator, saved_name)
 
         def names_update(current=None):
             names = projects.project_names(ctx.db)
             return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
 
-        def on_load(name):
-            return {annotate.annotator: name or "", annotate.project: names_update(),
+        def on_load(saved, typed, project):
+            # The inputs are a snapshot from when the page asked: never blank a name or a project the
+            # annotator picked meanwhile, only fill in what was remembered.
+            name = gr.update(value=saved) if saved and not typed else gr.update()
+            return {annotate.annotator: name, annotate.project: names_update(project),
                     data.project: names_update(), setup.project: setup.refresh_choices(ctx),
                     data.counts: counts_table(ctx)}
 
-        demo.load(on_load, saved_name, [annotate.annotator, annotate.project, data.project, setup.project,
+        demo.load(on_load, [saved_name, annotate.annotator, annotate.project], [annotate.annotator, annotate.project, data.project, setup.project,
                                         data.counts])
         annotate_tab.select(names_update, annotate.project, annotate.project)
         data_tab.select(lambda current: (names_update(current), counts_table(ctx)), data.project,
@@ -80,4 +84,6 @@ def build_app(ctx: UIContext) -> gr.Blocks:
 
 def launch_kwargs() -> dict:
     """Arguments for Blocks.launch that Gradio 6 takes there rather than in Blocks()."""
-    return {"head": SHORTCUTS_JS, "css": CSS, "footer_links": ["api"], "ssr_mode": False}
+    # No node SSR server, no MCP server, no monitoring endpoint: just the UI and its API.
+    return {"head": SHORTCUTS_JS, "css": CSS, "footer_links": ["api"], "ssr_mode": False, "mcp_server": False,
+            "enable_monitoring": False, "pwa": False}

@@ -1,0 +1,115 @@
+"""Running the real app in a subprocess and driving it with Playwright on Debian's Chromium."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+               "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def require_chromium() -> None:
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip("Debian chromium is not installed (bash .ci/setup --test installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`python app.py serve ...` on a free port, with its log in a file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict | None = None, timeout: float = 180):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "serve", "--port", str(self.port), *args],
+                                     cwd=ROOT, env={**os.environ, **OFFLINE_ENV, **(env or {})},
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait_ready(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if "Running on local URL" in self.log():
+                try:
+                    if httpx.get(self.url, timeout=2).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def launch_browser(playwright):
+    require_chromium()
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def new_page(browser, url: str):
+    """A fresh browser context on the app; records any request that leaves localhost."""
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    page.external_requests = []
+    page.on("request", lambda r: page.external_requests.append(r.url)
+            if urlparse(r.url).hostname not in ("127.0.0.1", "localhost", None)
+            and not r.url.startswith(("data:", "blob:")) else None)
+    page.goto(url)
+    # demo.load has run once the project list is filled in.
+    page.wait_for_function("() => { const i = document.querySelector('#annotate-project input[role=combobox]');"
+                           " return i && i.value !== ''; }")
+    return page
+
+
+def goto_tab(page, tab_id: str) -> None:
+    page.click(f"#main-tabs button[role=tab][data-tab-id='{tab_id}']")
+
+
+def pick_dropdown(page, elem_id: str, value: str) -> None:
+    page.click(f"#{elem_id} input[role=combobox]")
+    page.locator(f"#{elem_id} [role=option][aria-label='{value}']").click()
+
+
+def status_text(page, elem_id: str = "status") -> str:
+    return page.locator(f"#{elem_id}").inner_text()
+
+
+def wait_status(page, pattern: str, elem_id: str = "status", timeout: float = 60_000) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator(f"#{elem_id}")).to_contain_text(re.compile(pattern), timeout=timeout)
