@@ -8,11 +8,15 @@ one short transaction, so labels submitted meanwhile are never blocked for long.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from sqlalchemy import exists, func, select
 
@@ -105,25 +109,45 @@ def ready_deficit(db: Database, project_name: str) -> int:
 
 @dataclass
 class WorkerStatus:
-    state: str = "idle"  # idle | loading model | generating | error
+    state: str = "idle"  # idle | loading model | generating | error | stopped
     project: str | None = None
     message: str = ""
     generated: int = 0
     errors: dict[str, str] = field(default_factory=dict)  # project -> last error
 
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self)), encoding="utf-8")
+        os.replace(tmp, path)  # readers never see a half-written file
+
+    @classmethod
+    def load(cls, path: Path) -> WorkerStatus:
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return cls(state="starting")
+
 
 class GenerationWorker(threading.Thread):
-    """Keeps every project's ready queue topped up, one small batch at a time."""
+    """Keeps every project's ready queue topped up, one small batch at a time.
+
+    A project whose generation fails (say, a model that cannot be loaded) is retried after
+    `retry_seconds`, not on every poll, and the others carry on meanwhile.
+    """
 
     def __init__(self, db: Database, backend_factory: BackendFactory = default_backend_factory,
-                 poll_seconds: float = 1.0, batch_prompts: int = 2):
+                 poll_seconds: float = 1.0, batch_prompts: int = 2, retry_seconds: float = 30.0,
+                 status_path: Path | None = None):
         super().__init__(name="generation-worker", daemon=True)
         self.db = db
         self.backend_factory = backend_factory
         self.poll_seconds = poll_seconds
         self.batch_prompts = batch_prompts
+        self.retry_seconds = retry_seconds
+        self.status_path = status_path
         self.status = WorkerStatus()
         self._backends: dict[str, GenerationBackend] = {}
+        self._failed_at: dict[str, float] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
 
@@ -133,13 +157,24 @@ class GenerationWorker(threading.Thread):
 
     def wake(self) -> None:
         """Ask for an immediate pass (after prompts are added or settings change)."""
+        self._failed_at.clear()
         self._wake.set()
+
+    def _publish(self, **changes) -> None:
+        for key, value in changes.items():
+            setattr(self.status, key, value)
+        if self.status_path is not None:
+            self.status.save(self.status_path)
 
     def _backend(self, spec: str) -> GenerationBackend:
         if spec not in self._backends:
-            self.status.state, self.status.message = "loading model", f"loading {spec}"
+            self._publish(state="loading model", message=f"loading {spec}")
             self._backends[spec] = self.backend_factory(spec)
         return self._backends[spec]
+
+    def _in_backoff(self, project: str) -> bool:
+        failed = self._failed_at.get(project)
+        return failed is not None and time.monotonic() - failed < self.retry_seconds
 
     def run_once(self) -> int:
         """One pass over all projects; returns how many items were generated."""
@@ -149,21 +184,25 @@ class GenerationWorker(threading.Thread):
         for name, spec in projects:
             if self._stop.is_set():
                 break
+            if self._in_backoff(name):
+                continue
             try:
                 deficit = ready_deficit(self.db, name)
                 if deficit == 0:
                     continue
                 backend = self._backend(spec)
-                self.status.state, self.status.project = "generating", name
+                self._publish(state="generating", project=name, message="")
                 result = generate_items(self.db, name, backend, limit=min(deficit, self.batch_prompts),
                                         batch_prompts=self.batch_prompts)
                 made += result.items
                 self.status.generated += result.items
                 self.status.errors.pop(name, None)
+                self._failed_at.pop(name, None)
             except Exception as exc:  # noqa: BLE001 - one bad project must not stop the others
                 log.exception("generation failed for project %s", name)
                 self.status.errors[name] = f"{type(exc).__name__}: {exc}"
-        self.status.state, self.status.project = ("idle", None) if not self.status.errors else ("error", None)
+                self._failed_at[name] = time.monotonic()
+        self._publish(state="error" if self.status.errors else "idle", project=None, message="")
         return made
 
     def run(self) -> None:

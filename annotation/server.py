@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from annotation.generation import GenerationWorker
+from annotation.generator_process import GeneratorProcess
 from annotation.services.prompts import seed_starter_project
 from annotation.ui.app import build_app, launch_kwargs
 from annotation.ui.context import UIContext
@@ -18,7 +18,7 @@ def create_context(db: str | None, model: str = "default", worker: bool = True, 
         log.info("new database: created the 'starter' project with the starter prompts")
     ctx = UIContext(db=database, default_model=model)
     if worker:
-        ctx.worker = GenerationWorker(database)
+        ctx.worker = GeneratorProcess(database.engine.url.render_as_string(hide_password=False))
         ctx.worker.start()
     return ctx
 

@@ -146,17 +146,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--batch-rows", type=int, default=8, help="max rows per batched generate call")
     parser.add_argument("--repeats", type=int, default=1, help="alternate both methods N times, report medians")
+    parser.add_argument("--labels", type=int, default=20, help="labels submitted in the latency part")
+    parser.add_argument("--skip-throughput", action="store_true", help="run only the latency part")
+    parser.add_argument("--skip-latency", action="store_true", help="run only the throughput part")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    started = time.perf_counter()
-    loaded = get_model(args.model)
-    print(f"model: {loaded.name} on {loaded.device} (loaded in {time.perf_counter() - started:.1f} s), "
-          f"torch threads: {torch.get_num_threads()}")
-    warm_up(loaded)
-    run_throughput(loaded, args)
+    if not args.skip_throughput:
+        started = time.perf_counter()
+        loaded = get_model(args.model)
+        print(f"model: {loaded.name} on {loaded.device} (loaded in {time.perf_counter() - started:.1f} s), "
+              f"torch threads: {torch.get_num_threads()}")
+        warm_up(loaded)
+        run_throughput(loaded, args)
+    if not args.skip_latency:
+        from bench.queue_latency import measure_label_latency
+
+        print("\n== label -> next item latency in the browser, warm queue (target p95 < 300 ms)")
+        idle = measure_label_latency(args.model, labels=args.labels, generator=False)
+        print("generator stopped (UI and database alone):\n" + idle.table())
+        busy = measure_label_latency(args.model, labels=args.labels, generator=True)
+        print("generator sampling in the background (normal operation):\n" + busy.table())
+        verdict = "meets" if busy.percentile(95) < 300 else "MISSES"
+        print(f"p95 with the generator running: {busy.percentile(95):.0f} ms, {verdict} the 300 ms target")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def test_pairwise_with_keyboard_rewrite_undo_and_skip(page, server):
     page.keyboard.press("4")
     page.locator("#rewrite textarea").fill("A careful, correct answer.")
     page.locator("#rationale textarea").fill("both ignore the question")
-    page.click("#submit")
+    page.click("#submit-pair")
     wait_status(page, f"saved \\(item {second}\\)")
     labels = user_labels(db, PairwiseLabel, "alice")
     assert [lab.choice for lab in labels] == [Choice.a, Choice.both_bad]
@@ -167,7 +167,7 @@ def test_listwise_project_made_in_the_ui_then_ranked(page, server, tiny_model_di
     for i, rank in enumerate([2, 1, 2]):
         page.locator(f"#rank-{i} input").fill(str(rank))
         page.locator(f"#rank-{i} input").press("Tab")
-    page.click("#submit")
+    page.click("#submit-list")
     wait_status(page, f"ranking saved \\(item {item_id}\\)")
     (ranking,) = user_labels(server.db, Ranking, "bob")
     with transaction(server.db) as s:
@@ -180,11 +180,11 @@ def test_listwise_project_made_in_the_ui_then_ranked(page, server, tiny_model_di
 def test_pointwise_ratings(page, server):
     start_annotating(page, "carol", "rate")
     item_id = wait_item(page, timeout=20_000)
-    page.click("#submit")
+    page.click("#submit-list")
     wait_status(page, "rate every response")
     for i, score in enumerate([5, 2, 4]):
         page.locator(f"#rating-{i} label", has_text=str(score)).click()
-    page.click("#submit")
+    page.click("#submit-list")
     wait_status(page, f"ratings saved \\(item {item_id}\\)")
     ratings = user_labels(server.db, Rating, "carol")
     assert sorted(r.score for r in ratings) == [2, 4, 5] and {r.item_id for r in ratings} == {item_id}

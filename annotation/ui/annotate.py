@@ -4,6 +4,12 @@ The item on screen lives in per-session `gr.State` as an `ItemView` (what was sh
 with which client token), so the label stored is exactly what the annotator saw. Every handler
 returns a dict of component updates built by `_show`, so all modes render through one function.
 Keyboard: 1-4 pick A / B / tie / both bad, Enter submits, S skips, U undoes (see ui/app.py).
+
+Latency matters here (an annotator submits hundreds of labels): each event declares only the
+components it needs, because Gradio pays per declared input and output on every call. Pairwise
+and list modes therefore have their own submit button and event, the 32 card components stay out
+of the pairwise path, and the "waiting for items" poller is a timer that is active only while
+the queue is empty.
 """
 from __future__ import annotations
 
@@ -29,8 +35,8 @@ class AnnotateTab:
     project: gr.Dropdown
     view: gr.State
     guidelines: gr.HTML
-    progress: gr.Markdown
-    status: gr.Markdown
+    progress: gr.HTML
+    status: gr.HTML
     prompt: gr.HTML
     pair_panel: gr.Column
     resp_a: gr.HTML
@@ -45,24 +51,37 @@ class AnnotateTab:
     ratings: list[gr.Radio]
     rationale: gr.Textbox
     actions: gr.Row
-    submit: gr.Button
+    pair_submit: gr.Button
+    list_submit: gr.Button
     skip: gr.Button
     undo: gr.Button
+    waiting: gr.Timer
 
-    def item_outputs(self) -> list:
-        return [self.view, self.guidelines, self.prompt, self.pair_panel, self.resp_a, self.resp_b, self.choice,
-                self.strength, self.rewrite, self.list_panel, *self.cards, *self.card_boxes, *self.ranks,
-                *self.ratings, self.rationale, self.actions, self.status, self.progress]
+    def common_outputs(self) -> list:
+        return [self.view, self.guidelines, self.status, self.progress, self.prompt, self.pair_panel,
+                self.list_panel, self.actions, self.rationale, self.waiting]
+
+    def pair_outputs(self) -> list:
+        return [self.resp_a, self.resp_b, self.choice, self.strength, self.rewrite]
+
+    def card_outputs(self) -> list:
+        return [*self.cards, *self.card_boxes, *self.ranks, *self.ratings]
+
+    def all_outputs(self) -> list:
+        return self.common_outputs() + self.pair_outputs() + self.card_outputs()
 
 
 def build_annotate_tab(ctx: UIContext) -> AnnotateTab:
     with gr.Row():
         annotator = gr.Textbox(label="Your name", placeholder="annotator name", elem_id="annotator", scale=1)
         project = gr.Dropdown(label="Project", choices=[], elem_id="annotate-project", scale=1)
-        progress = gr.Markdown("", elem_id="progress")
+        progress = gr.HTML("", elem_id="progress", js_on_load=None)
     view = gr.State(None)
     guidelines = gr.HTML("", elem_id="guidelines", js_on_load=None)
-    status = gr.Markdown("Enter your name and pick a project to start.", elem_id="status")
+    # Status and progress are gr.HTML fed with server-rendered safe markdown: cheaper for the browser
+    # to update on every label than gr.Markdown, and messages may quote user input.
+    status = gr.HTML(markdown_to_safe_html("Enter your name and pick a project to start."), elem_id="status",
+                     js_on_load=None)
     prompt = gr.HTML("", elem_id="prompt", js_on_load=None)
 
     with gr.Column(visible=False) as pair_panel:
@@ -73,6 +92,7 @@ def build_annotate_tab(ctx: UIContext) -> AnnotateTab:
         strength = gr.Radio(choices=STRENGTHS, label="How much better? (optional)", elem_id="strength")
         rewrite = gr.Textbox(label="Both bad: write a better answer (optional, saved as SFT data)", lines=4,
                              visible=False, elem_id="rewrite")
+        pair_submit = gr.Button("Submit (Enter)", variant="primary", elem_id="submit-pair")
 
     cards, card_boxes, ranks, ratings = [], [], [], []
     with gr.Column(visible=False) as list_panel:
@@ -84,18 +104,23 @@ def build_annotate_tab(ctx: UIContext) -> AnnotateTab:
                 ratings.append(gr.Radio(choices=[1, 2, 3, 4, 5], label="Rating (1 = poor, 5 = excellent)",
                                         elem_id=f"rating-{i}"))
             card_boxes.append(box)
+        list_submit = gr.Button("Submit (Enter)", variant="primary", elem_id="submit-list")
 
     rationale = gr.Textbox(label="Rationale (optional)", lines=2, elem_id="rationale")
     with gr.Row(visible=False) as actions:
-        submit = gr.Button("Submit (Enter)", variant="primary", elem_id="submit")
         skip = gr.Button("Skip (S)", elem_id="skip")
         undo = gr.Button("Undo last (U)", elem_id="undo")
 
+    waiting = gr.Timer(2.0, active=False)
     tab = AnnotateTab(annotator, project, view, guidelines, progress, status, prompt, pair_panel, resp_a, resp_b,
                       choice, strength, rewrite, list_panel, cards, card_boxes, ranks, ratings, rationale, actions,
-                      submit, skip, undo)
+                      pair_submit, list_submit, skip, undo, waiting)
     _wire(ctx, tab)
     return tab
+
+
+def _md(text: str) -> str:
+    return markdown_to_safe_html(text)
 
 
 def _progress_text(ctx: UIContext, project: str | None, user: str | None) -> str:
@@ -106,28 +131,43 @@ def _progress_text(ctx: UIContext, project: str | None, user: str | None) -> str
     except InputError:
         return ""
     worker = ctx.worker_summary(project)
-    return (f"**{p.mine}** labelled by you · **{p.ready}** ready · **{p.done}** done"
-            f" · {p.prompts_without_items} prompts waiting for generation{worker}")
+    return _md(f"**{p.mine}** labelled by you · **{p.ready}** ready · **{p.done}** done"
+               f" · {p.prompts_without_items} prompts waiting for generation{worker}")
 
 
 def _show(ctx: UIContext, tab: AnnotateTab, view: ItemView | None, project: str | None, user: str | None,
-          message: str) -> dict:
-    """Updates for every item component: the new item (or the empty state) plus a status line."""
-    updates: dict = {tab.view: view, tab.status: message, tab.progress: _progress_text(ctx, project, user),
-                     tab.rationale: gr.update(value="")}
-    guidelines = ""
-    if project:
-        try:
-            guidelines = get_settings(ctx.db, project).guidelines
-        except InputError:
-            pass
-    updates[tab.guidelines] = markdown_to_safe_html(guidelines) if guidelines else ""
+          message: str, parts: str = "all") -> dict:
+    """Updates for the new item (or the empty state) plus a status line.
+
+    `parts` names the outputs the calling event declared: "all", "pair" (a pairwise submit: the
+    project, and so the guidelines and the mode, stay the same) or "cards" (a list-mode submit).
+    """
     mode = view.mode if view else None
-    updates[tab.prompt] = render_messages(view.prompt_messages, view.is_chat) if view else ""
-    updates[tab.actions] = gr.update(visible=view is not None)
-    updates[tab.pair_panel] = gr.update(visible=mode == "pairwise")
-    updates[tab.list_panel] = gr.update(visible=mode in ("listwise", "pointwise"))
-    updates[tab.choice] = gr.update(value=None)
+    updates: dict = {tab.view: view, tab.status: _md(message), tab.progress: _progress_text(ctx, project, user),
+                     tab.rationale: gr.update(value=""), tab.waiting: gr.Timer(active=view is None),
+                     tab.prompt: render_messages(view.prompt_messages, view.is_chat) if view else ""}
+    if parts == "all" or view is None:
+        updates[tab.actions] = gr.update(visible=view is not None)
+        updates[tab.pair_panel] = gr.update(visible=mode == "pairwise")
+        updates[tab.list_panel] = gr.update(visible=mode in ("listwise", "pointwise"))
+    if parts == "all":
+        guidelines = ""
+        if project:
+            try:
+                guidelines = get_settings(ctx.db, project).guidelines
+            except InputError:
+                pass
+        updates[tab.guidelines] = markdown_to_safe_html(guidelines) if guidelines else ""
+    if parts in ("all", "pair"):
+        updates.update(_pair_updates(tab, view))
+    if parts in ("all", "cards"):
+        updates.update(_card_updates(tab, view))
+    return updates
+
+
+def _pair_updates(tab: AnnotateTab, view: ItemView | None) -> dict:
+    mode = view.mode if view else None
+    updates: dict = {tab.choice: gr.update(value=None)}
     updates[tab.strength] = gr.update(value=None)
     updates[tab.rewrite] = gr.update(value="", visible=False)
     if mode == "pairwise":
@@ -135,8 +175,17 @@ def _show(ctx: UIContext, tab: AnnotateTab, view: ItemView | None, project: str 
         updates[tab.resp_b] = render_response(view.responses[1].text, "B")
     else:
         updates[tab.resp_a] = updates[tab.resp_b] = ""
+    return updates
+
+
+def _card_updates(tab: AnnotateTab, view: ItemView | None) -> dict:
+    mode = view.mode if view else None
+    if mode not in ("listwise", "pointwise"):
+        # The card panel is hidden: leave its 32 components alone.
+        return {}
+    updates: dict = {}
     for i in range(MAX_CARDS):
-        present = mode in ("listwise", "pointwise") and i < len(view.responses)
+        present = i < len(view.responses)
         updates[tab.card_boxes[i]] = gr.update(visible=present)
         updates[tab.cards[i]] = render_response(view.responses[i].text, f"Response {i + 1}") if present else ""
         updates[tab.ranks[i]] = gr.update(value=None, visible=present and mode == "listwise")
@@ -144,23 +193,26 @@ def _show(ctx: UIContext, tab: AnnotateTab, view: ItemView | None, project: str 
     return updates
 
 
-def _load_next(ctx: UIContext, tab: AnnotateTab, project: str | None, user: str | None, done_message: str = "") -> dict:
+def _load_next(ctx: UIContext, tab: AnnotateTab, project: str | None, user: str | None, done_message: str = "",
+               parts: str = "all") -> dict:
     user = (user or "").strip()
     if not project or not user:
-        return _show(ctx, tab, None, project, user, "Enter your name and pick a project to start.")
+        return _show(ctx, tab, None, project, user, "Enter your name and pick a project to start.", parts)
     try:
         view = labelling.next_item(ctx.db, project, user)
     except InputError as exc:
-        return _show(ctx, tab, None, project, user, f"⚠️ {exc}")
+        return _show(ctx, tab, None, project, user, f"⚠️ {exc}", parts)
     if view is None:
         ctx.wake_worker()
         message = "No items ready for you right now: the generator is working on more; this page checks again."
-        return _show(ctx, tab, None, project, user, " ".join(filter(None, [done_message, message])))
-    return _show(ctx, tab, view, project, user, " ".join(filter(None, [done_message, f"Item {view.item_id}."])))
+        return _show(ctx, tab, None, project, user, " ".join(filter(None, [done_message, message])), parts)
+    message = " ".join(filter(None, [done_message, f"Item {view.item_id}."]))
+    return _show(ctx, tab, view, project, user, message, parts)
 
 
 def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
-    outputs = tab.item_outputs()
+    outputs = tab.all_outputs()
+    item_inputs = [tab.project, tab.annotator, tab.view]
 
     def start(project, user, view):
         # Keep the item on screen if it still belongs to this project and annotator.
@@ -168,66 +220,83 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
             return {tab.progress: _progress_text(ctx, project, user)}
         return _load_next(ctx, tab, project, user)
 
-    tab.project.change(start, [tab.project, tab.annotator, tab.view], outputs)
-    tab.annotator.submit(start, [tab.project, tab.annotator, tab.view], outputs)
-    tab.annotator.blur(start, [tab.project, tab.annotator, tab.view], outputs)
+    tab.project.change(start, item_inputs, outputs)
+    tab.annotator.submit(start, item_inputs, outputs)
+    tab.annotator.blur(start, item_inputs, outputs)
 
-    def submit(project, user, view, choice, strength, rewrite, rationale, *cards):
-        if view is None:
-            return _load_next(ctx, tab, project, user)
-        ranks, ratings = cards[:MAX_CARDS], cards[MAX_CARDS:]
-        n = len(view.responses)
+    def recorded(receipt: labelling.Receipt, said: str) -> str:
+        note = "already saved" if receipt.duplicate else "saved"
+        return f"✅ {said} {note} (item {receipt.item_id})."
+
+    def submit_pair(project, user, view, choice, strength, rewrite, rationale):
+        if view is None or view.mode != "pairwise":
+            return _load_next(ctx, tab, project, user, parts="pair")
         try:
-            if view.mode == "pairwise":
-                if not choice:
-                    raise InputError("pick A, B, tie or both bad first (keys 1-4)")
-                receipt = labelling.submit_pairwise(ctx.db, view, choice, strength=strength or None,
-                                                    rationale=rationale, rewrite=rewrite)
-                said = dict((v, k) for k, v in CHOICES)[choice]
-            elif view.mode == "listwise":
-                if any(r is None for r in ranks[:n]):
+            if not choice:
+                raise InputError("pick A, B, tie or both bad first (keys 1-4)")
+            receipt = labelling.submit_pairwise(ctx.db, view, choice, strength=strength or None,
+                                                rationale=rationale, rewrite=rewrite)
+        except InputError as exc:
+            return {tab.status: _md(f"⚠️ {exc}")}
+        said = dict((value, text) for text, value in CHOICES)[choice]
+        return _load_next(ctx, tab, project, user, recorded(receipt, said), parts="pair")
+
+    tab.pair_submit.click(submit_pair, [*item_inputs, tab.choice, tab.strength, tab.rewrite, tab.rationale],
+                          tab.common_outputs() + tab.pair_outputs(), api_name="submit_pairwise", queue=False,
+                          show_progress="hidden")
+
+    def submit_list(project, user, view, rationale, *cards):
+        if view is None or view.mode not in ("listwise", "pointwise"):
+            return _load_next(ctx, tab, project, user, parts="cards")
+        n = len(view.responses)
+        ranks, ratings = cards[:MAX_CARDS][:n], cards[MAX_CARDS:][:n]
+        try:
+            if view.mode == "listwise":
+                if any(r is None for r in ranks):
                     raise InputError("give every response a rank (1 = best; equal numbers = tie)")
-                groups = labelling.groups_from_ranks(view, list(ranks[:n]))
-                receipt = labelling.submit_ranking(ctx.db, view, groups, rationale=rationale)
-                said = "ranking"
+                groups = labelling.groups_from_ranks(view, list(ranks))
+                receipt, said = labelling.submit_ranking(ctx.db, view, groups, rationale=rationale), "ranking"
             else:
-                if any(r is None for r in ratings[:n]):
+                if any(r is None for r in ratings):
                     raise InputError("rate every response from 1 to 5")
-                receipt = labelling.submit_ratings(ctx.db, view, [int(r) for r in ratings[:n]], rationale=rationale)
+                receipt = labelling.submit_ratings(ctx.db, view, [int(r) for r in ratings], rationale=rationale)
                 said = "ratings"
         except InputError as exc:
-            return {tab.status: f"⚠️ {exc}"}
-        note = "already saved" if receipt.duplicate else "saved"
-        return _load_next(ctx, tab, project, user, f"✅ {said} {note} (item {receipt.item_id}).")
+            return {tab.status: _md(f"⚠️ {exc}")}
+        return _load_next(ctx, tab, project, user, recorded(receipt, said), parts="cards")
 
-    submit_inputs = [tab.project, tab.annotator, tab.view, tab.choice, tab.strength, tab.rewrite, tab.rationale,
-                     *tab.ranks, *tab.ratings]
-    tab.submit.click(submit, submit_inputs, outputs, api_name="submit_label", concurrency_limit=None)
+    tab.list_submit.click(submit_list, [*item_inputs, tab.rationale, *tab.ranks, *tab.ratings],
+                          tab.common_outputs() + tab.card_outputs(), api_name="submit_list", queue=False,
+                          show_progress="hidden")
 
     def skip(project, user, view):
         if view is not None:
             labelling.skip(ctx.db, view)
         return _load_next(ctx, tab, project, user, "Skipped.")
 
-    tab.skip.click(skip, [tab.project, tab.annotator, tab.view], outputs, api_name="skip_item")
+    tab.skip.click(skip, item_inputs, outputs, api_name="skip_item")
 
     def undo(project, user, view):
         try:
             undone = labelling.undo_last(ctx.db, project, (user or "").strip()) if project and user else None
         except InputError as exc:
-            return {tab.status: f"⚠️ {exc}"}
+            return {tab.status: _md(f"⚠️ {exc}")}
         if undone is None:
-            return {tab.status: "Nothing to undo."}
+            return {tab.status: _md("Nothing to undo.")}
         return _load_next(ctx, tab, project, user, f"↩️ Label on item {undone.item_id} removed: label it again.")
 
-    tab.undo.click(undo, [tab.project, tab.annotator, tab.view], outputs, api_name="undo_last")
+    tab.undo.click(undo, item_inputs, outputs, api_name="undo_last")
 
-    tab.choice.change(lambda c: gr.update(visible=c == "both_bad"), tab.choice, tab.rewrite)
+    # .input, not .change: only a click by the annotator, not the reset when the next item loads.
+    tab.choice.input(lambda c: gr.update(visible=c == "both_bad"), tab.choice, tab.rewrite, queue=False,
+                     show_progress="hidden")
 
-    def poll(project, user, view):
-        # While the queue is empty the page polls, and shows a new item as soon as one is generated.
+    def wait_for_items(project, user, view):
+        # Active only while nothing is on screen: shows a new item as soon as one is generated.
         if view is None and project and (user or "").strip():
             return _load_next(ctx, tab, project, user)
-        return {tab.progress: _progress_text(ctx, project, user)}
+        return {tab.waiting: gr.Timer(active=False)}
 
-    gr.Timer(2.0).tick(poll, [tab.project, tab.annotator, tab.view], outputs, show_progress="hidden")
+    tab.waiting.tick(wait_for_items, item_inputs, outputs, show_progress="hidden")
+    gr.Timer(5.0).tick(lambda project, user: _progress_text(ctx, project, user), [tab.project, tab.annotator],
+                       tab.progress, show_progress="hidden", queue=False)

@@ -26,7 +26,7 @@ SHORTCUTS_JS = """
       const inputs = document.querySelectorAll("#choice input[type=radio]");
       if (inputs[choice] && visible(inputs[choice])) { inputs[choice].click(); e.preventDefault(); }
     } else if (e.key === "Enter") {
-      if (click("#submit")) e.preventDefault();
+      if (click("#submit-pair") || click("#submit-list")) e.preventDefault();
     } else if (e.key === "s" || e.key === "S") {
       if (click("#skip")) e.preventDefault();
     } else if (e.key === "u" || e.key === "U") {

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from annotation.generation import GenerationWorker
+from typing import Protocol
+
+from annotation.generation import WorkerStatus
 from storage.db import Database
+
+
+class Worker(Protocol):
+    """The background generator as the UI sees it: a thread in tests, a process in `serve`."""
+
+    @property
+    def status(self) -> WorkerStatus: ...
+
+    def wake(self) -> None: ...
 
 
 @dataclass
 class UIContext:
     db: Database
     default_model: str = "default"
-    worker: GenerationWorker | None = None
+    worker: Worker | None = None
 
     def wake_worker(self) -> None:
         if self.worker is not None:
@@ -25,6 +36,8 @@ class UIContext:
         status = self.worker.status
         if project in status.errors:
             return f" · ⚠️ generator error: {status.errors[project]}"
+        if status.state == "stopped":
+            return f" · ⚠️ {status.message}"
         if status.state == "loading model":
             return f" · {status.message}…"
         if status.state == "generating" and status.project == project:

@@ -17,13 +17,15 @@ def _label(name: str) -> str:
 
 
 def build_form(cls: type, choices: dict[str, list] | None = None, multiline: tuple[str, ...] = (),
-               prefix: str = "") -> dict[str, gr.components.Component]:
-    """A component per dataclass field (in field order), keyed by field name."""
+               prefix: str = "", defaults: dict[str, Any] | None = None) -> dict[str, gr.components.Component]:
+    """A component per dataclass field (in field order), keyed by field name; `defaults` overrides
+    the dataclass defaults shown in the form."""
     choices = choices or {}
+    defaults = defaults or {}
     hints = typing.get_type_hints(cls)
     components: dict[str, gr.components.Component] = {}
     for f in dataclasses.fields(cls):
-        default = None if f.default is dataclasses.MISSING else f.default
+        default = defaults.get(f.name, None if f.default is dataclasses.MISSING else f.default)
         common = {"label": _label(f.name), "info": f.metadata.get("help"), "elem_id": f"{prefix}{f.name}"}
         kind = hints[f.name]
         if f.name in choices:

@@ -38,7 +38,8 @@ def build_projects_tab(ctx: UIContext) -> ProjectsTab:
     project = gr.Dropdown(label="Project", choices=[NEW], value=NEW, elem_id="setup-project")
     with gr.Accordion("Settings", open=True):
         form = build_form(projects.ProjectSettings, choices={"mode": ["pairwise", "listwise", "pointwise"]},
-                          multiline=("guidelines",), prefix="setting-")
+                          multiline=("guidelines",), prefix="setting-",
+                          defaults={"model": ctx.default_model})  # `serve --model` sets new projects' model
         with gr.Row():
             create = gr.Button("Create project", variant="primary", elem_id="create-project")
             save = gr.Button("Save settings", elem_id="save-project")
@@ -64,7 +65,7 @@ def _wire(ctx: UIContext, tab: ProjectsTab) -> None:
 
     def select(name):
         if not name or name == NEW:
-            return fill_form(projects.ProjectSettings(name=""))
+            return fill_form(projects.ProjectSettings(name="", model=ctx.default_model))
         return fill_form(projects.get_settings(ctx.db, name))
 
     tab.project.change(select, tab.project, fields)
