@@ -65,7 +65,7 @@ def measure_label_latency(model: str = "default", labels: int = 20, max_new_toke
                           generator: bool = True) -> LatencyResult:
     from playwright.sync_api import sync_playwright
 
-    from tests.browser_support import ServerProcess, launch_browser, new_page, pick_dropdown, wait_status
+    from tests.browser_support import ServerProcess, launch_browser, new_page, start_annotating, wait_status
 
     folder = Path(tempfile.mkdtemp(prefix="prefstudio-bench-"))
     started = time.perf_counter()
@@ -77,9 +77,7 @@ def measure_label_latency(model: str = "default", labels: int = 20, max_new_toke
         with sync_playwright() as p:
             browser = launch_browser(p)
             page = new_page(browser, server.url)
-            pick_dropdown(page, "annotate-project", "bench")
-            page.locator("#annotator textarea").fill("bench")
-            page.locator("#annotator textarea").press("Tab")
+            start_annotating(page, "bench", "bench")
             wait_status(page, r"Item \d+\.")
             samples = []
             for _ in range(labels):

@@ -113,3 +113,12 @@ def wait_status(page, pattern: str, elem_id: str = "status", timeout: float = 60
     from playwright.sync_api import expect
 
     expect(page.locator(f"#{elem_id}")).to_contain_text(re.compile(pattern), timeout=timeout)
+
+
+def start_annotating(page, name: str, project: str) -> None:
+    """Pick the project, then type the name: with no name yet nothing is served, so the first item
+    shown is from `project`."""
+    pick_dropdown(page, "annotate-project", project)
+    wait_status(page, "Enter your name")
+    page.locator("#annotator textarea").fill(name)
+    page.locator("#annotator textarea").press("Tab")

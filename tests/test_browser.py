@@ -17,7 +17,15 @@ from annotation.services.projects import ProjectSettings, create_project, get_se
 from annotation.services.prompts import seed_starter_project
 from storage.db import open_database, transaction
 from storage.models import Choice, Item, PairwiseLabel, Prompt, Ranking, Rating, Response, Rewrite, Skip, User
-from tests.browser_support import ServerProcess, goto_tab, launch_browser, new_page, pick_dropdown, wait_status
+from tests.browser_support import (
+    ServerProcess,
+    goto_tab,
+    launch_browser,
+    new_page,
+    pick_dropdown,
+    start_annotating,
+    wait_status,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -84,14 +92,6 @@ def page(browser, server):
     yield page
     page.context.close()
     assert page.external_requests == [], f"the page reached outside localhost: {page.external_requests}"
-
-
-def start_annotating(page, name: str, project: str) -> None:
-    # Project first: with no name yet nothing is served, so the first item shown is from `project`.
-    pick_dropdown(page, "annotate-project", project)
-    wait_status(page, "Enter your name")
-    page.locator("#annotator textarea").fill(name)
-    page.locator("#annotator textarea").press("Tab")
 
 
 def wait_item(page, timeout=90_000) -> int:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from storage.db import open_database, transaction
 from storage.models import Choice, PairwiseLabel, Response
-from tests.browser_support import ServerProcess, launch_browser, new_page, pick_dropdown, wait_status
+from tests.browser_support import ServerProcess, launch_browser, new_page, start_annotating, wait_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -23,9 +23,7 @@ def test_serve_on_the_embedded_model_and_label_in_the_browser(tmp_path):
         with sync_playwright() as p:
             browser = launch_browser(p)
             page = new_page(browser, server.url)
-            pick_dropdown(page, "annotate-project", "starter")
-            page.locator("#annotator textarea").fill("erin")
-            page.locator("#annotator textarea").press("Tab")
+            start_annotating(page, "erin", "starter")
             wait_status(page, r"Item \d+\.", timeout=300_000)  # model load (or first conversion) + sampling
             assert page.locator("#resp-a").inner_text().strip() != "A"
             page.locator("#prompt").click()
