@@ -13,11 +13,31 @@ from tests.browser_support import ServerProcess, launch_browser, new_page, start
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 
+# Loaded by every Python process of the server (web server and generator) through PYTHONPATH:
+# records the address of every outgoing socket connection, so the test can assert that the app
+# talks to nothing but this machine.
+RECORD_CONNECTIONS = """
+import os, socket
+_log = os.environ["PREFSTUDIO_CONNECT_LOG"]
+_connect = socket.socket.connect
+def connect(self, address):
+    with open(_log, "a") as f:
+        f.write(repr(address) + "\\n")
+    return _connect(self, address)
+socket.socket.connect = connect
+"""
+
+
 def test_serve_on_the_embedded_model_and_label_in_the_browser(tmp_path):
     from playwright.sync_api import sync_playwright
 
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(RECORD_CONNECTIONS)
+    connections = tmp_path / "connections.log"
+    env = {"PYTHONPATH": str(hook), "PREFSTUDIO_CONNECT_LOG": str(connections)}
     db_path = tmp_path / "fresh.db"
-    server = ServerProcess(["--db", str(db_path)], tmp_path / "server.log", timeout=240)
+    server = ServerProcess(["--db", str(db_path)], tmp_path / "server.log", timeout=240, env=env)
     try:
         assert "127.0.0.1" in server.url
         with sync_playwright() as p:
@@ -34,6 +54,10 @@ def test_serve_on_the_embedded_model_and_label_in_the_browser(tmp_path):
             browser.close()
     finally:
         server.stop()
+    # No telemetry, no hub: every connection the app opened went to this machine.
+    addresses = connections.read_text().splitlines() if connections.exists() else []
+    outside = [a for a in addresses if not a.startswith(("('127.", "('::1'", "'/", '"/', "('localhost'"))]
+    assert outside == []
     db = open_database(db_path)
     with transaction(db) as s:
         label = s.scalars(select(PairwiseLabel)).one()
