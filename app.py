@@ -5,6 +5,7 @@
     python app.py import FILE --project P    # prompts or preference pairs into a project
     python app.py export OUT --project P     # labels as TRL / listwise / ratings / SFT data
     python app.py generate --project P       # sample K responses for prompts, headless
+    python app.py train dpo --project P --out runs/dpo   # LoRA DPO / reward model / listwise DPO
 
 Every subcommand takes --db (a file path or an SQLAlchemy URL; default data/prefstudio.db).
 """
@@ -78,7 +79,53 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=None, help="default: the project's")
     gen.add_argument("--max-new-tokens", type=int, default=None, help="default: the project's")
     gen.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+
+    train = sub.add_parser("train", help="train a reward model, DPO or listwise DPO adapter (LoRA)",
+                           description="Train in the foreground with a progress bar. The output folder is a "
+                                       "standard PEFT adapter (PeftModel.from_pretrained loads it) with the "
+                                       "resolved config, metrics and progress log.")
+    train.add_argument("method", choices=["rm", "dpo", "pl-dpo"],
+                       help="rm: Bradley-Terry reward model; dpo: DPO; pl-dpo: Plackett-Luce listwise DPO")
+    train.add_argument("--db", default=None, help=DB_HELP)
+    train.add_argument("--project", default=None, help="train on this project's labels (snapshotted into OUT)")
+    train.add_argument("--data", default=None, help="or a TRL-format JSONL (listwise JSONL for pl-dpo)")
+    train.add_argument("--out", required=True, help="output folder")
+    train.add_argument("--model", default=None, help=f"base model: {MODEL_HELP} (default: default)")
+    train.add_argument("--epochs", type=int, default=None, help="passes over the data (default 1)")
+    train.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    train.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4)")
+    train.add_argument("--beta", type=float, default=None, help="DPO / PL-DPO beta (default 0.1)")
+    train.add_argument("--loss", choices=["sigmoid", "ipo", "hinge"], default=None, help="DPO loss (default sigmoid)")
+    train.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 16)")
+    train.add_argument("--batch-size", type=int, default=None, help="examples per batch (default 4)")
+    train.add_argument("--max-length", type=int, default=None, help="max prompt+response tokens (default 512)")
+    train.add_argument("--eval-fraction", type=float, default=None, help="held-out share (default 0.1)")
+    train.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps")
+    train.add_argument("--resume-from", default=None, help="checkpoint folder to continue from")
+    train.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     return parser
+
+
+def cmd_train(args) -> int:
+    from annotation.services import open_database
+    from annotation.services.training import train_headless
+
+    values = {"out": args.out, "data": args.data, "model": args.model, "epochs": args.epochs,
+              "max_steps": args.max_steps, "lr": args.lr, "lora_r": args.lora_r, "batch_size": args.batch_size,
+              "max_length": args.max_length, "eval_fraction": args.eval_fraction, "save_steps": args.save_steps,
+              "resume_from": args.resume_from, "seed": args.seed}
+    if args.method in ("dpo", "pl-dpo"):
+        values["beta"] = args.beta
+    elif args.beta is not None:
+        print("note: --beta does not apply to a reward model; ignored", file=sys.stderr)
+    if args.method == "dpo":
+        values["loss"] = args.loss
+    db = open_database(args.db) if args.project else None
+    result = train_headless(args.method, values, db=db, project=args.project)
+    print(f"trained {args.method}: {result.steps} steps; adapter in {result.out_dir}")
+    for name, value in sorted((result.eval_metrics or {}).items()):
+        print(f"  held-out {name}: {value:.4f}")
+    return 0
 
 
 def cmd_serve(args) -> int:
@@ -136,7 +183,8 @@ def cmd_generate(args) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "import": cmd_import, "export": cmd_export, "generate": cmd_generate}
+COMMANDS = {"serve": cmd_serve, "import": cmd_import, "export": cmd_export, "generate": cmd_generate,
+            "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

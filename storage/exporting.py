@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -28,7 +29,7 @@ from storage.exporters import (
     trl_pair_row,
     write_rows,
 )
-from storage.models import Choice, PairwiseLabel, Project, Prompt, Ranking, Rating, Response, Rewrite
+from storage.models import Choice, PairwiseLabel, Project, Prompt, Ranking, Rating, Response, Rewrite, User
 
 EXPORT_FORMATS = ("trl", "trl-chat", "listwise", "ratings", "sft", "pairs-from-rankings")
 
@@ -44,24 +45,46 @@ class ExportResult:
         return f"wrote {self.rows} {self.format} rows from project {self.project!r} to {self.path}"
 
 
-def _pairwise_rows(session: Session, project: Project, conversational: bool) -> Iterator[dict]:
+@dataclass
+class LabelFilter:
+    """Which labels to export: by annotator name and creation time (None = no restriction).
+    Imported labels have no annotator and are left out when annotators are named."""
+
+    annotators: list[str] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def apply(self, stmt, model):
+        if self.annotators:
+            stmt = stmt.where(model.user_id.in_(select(User.id).where(User.name.in_(self.annotators))))
+        if self.since:
+            stmt = stmt.where(model.created_at >= self.since)
+        if self.until:
+            stmt = stmt.where(model.created_at <= self.until)
+        return stmt
+
+
+NO_FILTER = LabelFilter()
+
+
+def _pairwise_rows(session: Session, project: Project, flt: LabelFilter, conversational: bool) -> Iterator[dict]:
     build = trl_chat_pair_row if conversational else trl_pair_row
-    labels = session.scalars(
-        select(PairwiseLabel).join(Prompt, PairwiseLabel.prompt_id == Prompt.id)
-        .where(Prompt.project_id == project.id, PairwiseLabel.choice.in_([Choice.a, Choice.b]))
-        .options(selectinload(PairwiseLabel.prompt), selectinload(PairwiseLabel.response_a),
-                 selectinload(PairwiseLabel.response_b))
-        .order_by(PairwiseLabel.id))
+    stmt = (select(PairwiseLabel).join(Prompt, PairwiseLabel.prompt_id == Prompt.id)
+            .where(Prompt.project_id == project.id, PairwiseLabel.choice.in_([Choice.a, Choice.b]))
+            .options(selectinload(PairwiseLabel.prompt), selectinload(PairwiseLabel.response_a),
+                     selectinload(PairwiseLabel.response_b))
+            .order_by(PairwiseLabel.id))
+    labels = session.scalars(flt.apply(stmt, PairwiseLabel))
     for label in labels:
         chosen, rejected = ((label.response_a, label.response_b) if label.choice == Choice.a
                             else (label.response_b, label.response_a))
         yield build(label.prompt.messages, label.prompt.is_chat, chosen.text, rejected.text)
 
 
-def _rankings(session: Session, project: Project) -> Iterator[tuple[Prompt, list[list[Response]]]]:
-    rankings = session.scalars(select(Ranking).join(Prompt, Ranking.prompt_id == Prompt.id)
-                               .where(Prompt.project_id == project.id)
-                               .options(selectinload(Ranking.prompt)).order_by(Ranking.id)).all()
+def _rankings(session: Session, project: Project, flt: LabelFilter) -> Iterator[tuple[Prompt, list[list[Response]]]]:
+    stmt = (select(Ranking).join(Prompt, Ranking.prompt_id == Prompt.id).where(Prompt.project_id == project.id)
+            .options(selectinload(Ranking.prompt)).order_by(Ranking.id))
+    rankings = session.scalars(flt.apply(stmt, Ranking)).all()
     ids = {rid for r in rankings for g in r.groups for rid in g}
     responses = {r.id: r for r in session.scalars(select(Response).where(Response.id.in_(ids)))}
     for ranking in rankings:
@@ -74,56 +97,61 @@ def _conversational(prompts: list[Prompt]) -> bool:
     return any(p.is_chat for p in prompts)
 
 
-def _listwise_rows(session: Session, project: Project) -> Iterator[dict]:
-    rankings = list(_rankings(session, project))
-    chat = _conversational([prompt for prompt, _ in rankings])
+def _listwise_rows(session: Session, project: Project, flt: LabelFilter, force_chat: bool = False) -> Iterator[dict]:
+    rankings = list(_rankings(session, project, flt))
+    chat = force_chat or _conversational([prompt for prompt, _ in rankings])
     for prompt, groups in rankings:
         completions = [r.text for group in groups for r in group]
         ranks = [rank for rank, group in enumerate(groups) for _ in group]
         yield listwise_row(prompt.messages, chat, completions, ranks)
 
 
-def _ranking_pair_rows(session: Session, project: Project) -> Iterator[dict]:
-    for prompt, groups in _rankings(session, project):
+def _ranking_pair_rows(session: Session, project: Project, flt: LabelFilter,
+                       conversational: bool = False) -> Iterator[dict]:
+    build = trl_chat_pair_row if conversational else trl_pair_row
+    for prompt, groups in _rankings(session, project, flt):
         for chosen, rejected in ranking_to_pairs(groups):
-            yield trl_pair_row(prompt.messages, prompt.is_chat, chosen.text, rejected.text)
+            yield build(prompt.messages, prompt.is_chat, chosen.text, rejected.text)
 
 
-def _rating_rows(session: Session, project: Project) -> Iterator[dict]:
-    ratings = session.scalars(
-        select(Rating).join(Response, Rating.response_id == Response.id).join(Prompt, Response.prompt_id == Prompt.id)
-        .where(Prompt.project_id == project.id)
-        .options(selectinload(Rating.response).selectinload(Response.prompt)).order_by(Rating.id))
+def _rating_rows(session: Session, project: Project, flt: LabelFilter) -> Iterator[dict]:
+    stmt = (select(Rating).join(Response, Rating.response_id == Response.id)
+            .join(Prompt, Response.prompt_id == Prompt.id).where(Prompt.project_id == project.id)
+            .options(selectinload(Rating.response).selectinload(Response.prompt)).order_by(Rating.id))
+    ratings = session.scalars(flt.apply(stmt, Rating))
     ratings = ratings.all()
     chat = _conversational([r.response.prompt for r in ratings])
     for rating in ratings:
         yield rating_row(rating.response.prompt.messages, chat, rating.response.text, rating.score)
 
 
-def _sft_rows(session: Session, project: Project) -> Iterator[dict]:
-    rewrites = session.scalars(select(Rewrite).join(Prompt, Rewrite.prompt_id == Prompt.id)
-                               .where(Prompt.project_id == project.id)
-                               .options(selectinload(Rewrite.prompt)).order_by(Rewrite.id))
+def _sft_rows(session: Session, project: Project, flt: LabelFilter) -> Iterator[dict]:
+    stmt = (select(Rewrite).join(Prompt, Rewrite.prompt_id == Prompt.id).where(Prompt.project_id == project.id)
+            .options(selectinload(Rewrite.prompt)).order_by(Rewrite.id))
+    rewrites = session.scalars(flt.apply(stmt, Rewrite))
     rewrites = rewrites.all()
     chat = _conversational([r.prompt for r in rewrites])
     for rewrite in rewrites:
         yield sft_row(rewrite.prompt.messages, chat, rewrite.text)
 
 
-ROW_BUILDERS: dict[str, Callable[[Session, Project], Iterator[dict]]] = {
-    "trl": lambda s, p: _pairwise_rows(s, p, conversational=False),
-    "trl-chat": lambda s, p: _pairwise_rows(s, p, conversational=True),
+ROW_BUILDERS: dict[str, Callable[[Session, Project, LabelFilter], Iterator[dict]]] = {
+    "trl": lambda s, p, f: _pairwise_rows(s, p, f, conversational=False),
+    "trl-chat": lambda s, p, f: _pairwise_rows(s, p, f, conversational=True),
     "listwise": _listwise_rows,
     "ratings": _rating_rows,
     "sft": _sft_rows,
     "pairs-from-rankings": _ranking_pair_rows,
+    # Training snapshots: always conversational, so trainers apply the model's chat template.
+    "pairs-from-rankings-chat": lambda s, p, f: _ranking_pair_rows(s, p, f, conversational=True),
+    "listwise-chat": lambda s, p, f: _listwise_rows(s, p, f, force_chat=True),
 }
 
 
-def export_rows(session: Session, project: Project, fmt: str) -> list[dict]:
+def export_rows(session: Session, project: Project, fmt: str, flt: LabelFilter = NO_FILTER) -> list[dict]:
     if fmt not in ROW_BUILDERS:
         raise InputError(f"unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
-    return list(ROW_BUILDERS[fmt](session, project))
+    return list(ROW_BUILDERS[fmt](session, project, flt))
 
 
 def export_project(session: Session, project: Project, fmt: str, out: str | Path,

@@ -289,3 +289,67 @@ class Skip(TimestampMixin, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), nullable=False)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+
+
+class JobStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    interrupted = "interrupted"  # the app stopped while it ran; resumable from its last checkpoint
+
+
+class Snapshot(TimestampMixin, Base):
+    """A frozen copy of the labels a job trains on: which ones (filters), how many, and the files."""
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False,
+                                            index=True)
+    filters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    path: Mapped[str] = mapped_column(String(1024), nullable=False)  # folder with train/eval JSONL files
+
+
+class Job(TimestampMixin, Base):
+    """One background training (or best-of-N) run: one subprocess, one run folder."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_device", "status", "device"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)  # rm | dpo | pl-dpo | ...
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), default=JobStatus.queued,
+                                              nullable=False)
+    device: Mapped[str] = mapped_column(String(32), default="cpu", nullable=False)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    run_dir: Mapped[str] = mapped_column(String(1024), nullable=False)
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="SET NULL"))
+    snapshot_id: Mapped[int | None] = mapped_column(ForeignKey("snapshots.id", ondelete="SET NULL"))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)  # the tail of the log when it failed
+    resume_of: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+
+    snapshot: Mapped[Snapshot | None] = relationship()
+
+
+class TrainedModel(TimestampMixin, Base):
+    """An artifact a job produced (a LoRA adapter, a reward model), with its lineage."""
+
+    __tablename__ = "trained_models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), nullable=False)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)  # policy-adapter | reward-model
+    path: Mapped[str] = mapped_column(String(1024), nullable=False)
+    base_model: Mapped[str] = mapped_column(String(512), nullable=False)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), unique=True)
+    snapshot_id: Mapped[int | None] = mapped_column(ForeignKey("snapshots.id", ondelete="SET NULL"))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+
+    job: Mapped[Job | None] = relationship()
+    snapshot: Mapped[Snapshot | None] = relationship()

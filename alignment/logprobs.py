@@ -1,0 +1,172 @@
+"""Sequence log-probabilities of completions under a causal LM, without full-vocabulary logits.
+
+DPO-style training needs ``log π(y|x) = Σ_t log π(y_t | x, y_<t)`` over the completion tokens
+only. The straightforward way (:func:`completion_logps_naive`) runs the LM head over every
+position of every sequence and takes a ``[B, L, V]`` log-softmax; with SmolLM2's 49k vocabulary
+that tensor dominates both the time and the memory of a training step on CPU, and most of it is
+thrown away (prompt tokens, padding).
+
+:func:`completion_logps` instead runs only the transformer body, keeps the hidden states of the
+positions that predict completion tokens, and applies the LM head to those rows in chunks,
+computing ``logit[target] − logsumexp(logits)`` per row. When gradients are needed each chunk is
+checkpointed, so the backward pass recomputes a chunk's logits instead of keeping all of them:
+peak memory is ``chunk_size × V`` floats rather than ``B × L × V``.
+
+Works for plain ``transformers`` causal LMs and for PEFT-wrapped ones, including the reference
+pass inside ``with model.disable_adapter():``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["build_completion_batch", "completion_logps", "completion_logps_naive"]
+
+
+# --------------------------------------------------------------------------------------------
+# Log-probabilities
+# --------------------------------------------------------------------------------------------
+
+def _decoder(model: nn.Module) -> nn.Module:
+    """The transformer body (embeddings + layers + final norm) without the LM head.
+
+    ``get_decoder()`` is forwarded by PEFT wrappers to the underlying model, and the returned
+    module contains the injected adapter layers, so ``disable_adapter()`` still applies.
+    """
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    if decoder is None or decoder is model:
+        decoder = getattr(model, "model", None)
+    if not isinstance(decoder, nn.Module):
+        raise TypeError(f"cannot find the decoder of {type(model).__name__}: no get_decoder() or .model")
+    return decoder
+
+
+def _softcap(model: nn.Module) -> float | None:
+    """Final-logit soft-capping (Gemma 2/3) that the model's own forward would apply."""
+    config = getattr(model, "config", None)
+    return getattr(config, "final_logit_softcapping", None) or None
+
+
+def _row_logps(lm_head: nn.Module, hidden: Tensor, targets: Tensor, softcap: float | None) -> Tensor:
+    """``log softmax(lm_head(h))[target]`` for each row of ``hidden`` ([N, H] -> [N], float32)."""
+    logits = lm_head(hidden).float()
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def completion_logps(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Summed log-probability of the completion tokens of each sequence, ``[B]`` float32.
+
+    ``completion_mask[b, t] = 1`` marks token ``t`` of sequence ``b`` as a completion token;
+    it is scored by the hidden state at ``t − 1`` (so a completion token at position 0 cannot be
+    scored and is ignored). Sequences are expected right-padded, as
+    :func:`build_completion_batch` makes them. Only the scored rows go through the LM head,
+    ``chunk_size`` rows at a time.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    hidden = _decoder(model)(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state  # [B, L, H]
+
+    # hidden[:, t] predicts input_ids[:, t + 1]
+    scored = completion_mask[:, 1:].bool() & attention_mask[:, 1:].bool()  # [B, L-1]
+    rows = hidden[:, :-1][scored]  # [N, H]
+    targets = input_ids[:, 1:][scored]  # [N]
+    sequence_of_row = scored.nonzero()[:, 0]  # [N]
+
+    lm_head = model.get_output_embeddings()
+    softcap = _softcap(model)
+    needs_grad = torch.is_grad_enabled() and (
+        rows.requires_grad or any(p.requires_grad for p in lm_head.parameters())
+    )
+    pieces = []
+    for start in range(0, rows.shape[0], chunk_size):
+        h, y = rows[start:start + chunk_size], targets[start:start + chunk_size]
+        if needs_grad:
+            # keep only the chunk's hidden rows for backward; its logits are recomputed there
+            pieces.append(checkpoint(_row_logps, lm_head, h, y, softcap, use_reentrant=False))
+        else:
+            pieces.append(_row_logps(lm_head, h, y, softcap))
+    token_logps = torch.cat(pieces) if pieces else rows.new_zeros(0, dtype=torch.float32)
+
+    sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+    return sums.index_add(0, sequence_of_row, token_logps)
+
+
+def completion_logps_naive(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor
+) -> Tensor:
+    """Reference implementation of :func:`completion_logps`: full ``[B, L, V]`` log-softmax + gather.
+
+    Simple and obviously right, but memory-hungry; used as the baseline in tests and benchmarks.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_logps = logps.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, L-1]
+    scored = completion_mask[:, 1:].bool() & attention_mask[:, 1:].bool()
+    return torch.where(scored, token_logps, torch.zeros_like(token_logps)).sum(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Batching
+# --------------------------------------------------------------------------------------------
+
+def build_completion_batch(
+    tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], max_length: int
+) -> dict[str, Tensor]:
+    """Tokenise (prompt, completion) pairs into a right-padded batch with a completion mask.
+
+    Prompts are already-rendered strings (the caller applies the chat template), so neither part
+    gets extra special tokens; the EOS token is appended to each completion (unless it already
+    ends with it) so the model is trained to stop. When a pair is longer than ``max_length`` the
+    prompt is cut from the left first (its end, next to the completion, matters most), keeping at
+    least one prompt token so the first completion token can still be scored; then the completion
+    is cut from the right (losing its EOS, as it should: the text did not end there).
+
+    Returns ``input_ids``, ``attention_mask`` and ``completion_mask`` (prompt 0, completion 1,
+    padding 0), all ``[B, L]`` long tensors, ``L`` being the longest pair (≤ ``max_length``).
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no EOS token")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+    completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"] if completions else []
+
+    rows: list[tuple[list[int], list[int]]] = []
+    for prompt, completion in zip(prompt_ids, completion_ids):
+        if not completion or completion[-1] != eos:
+            completion = [*completion, eos]
+        prompt_budget = max(max_length - len(completion), min(1, len(prompt)))
+        prompt = prompt[len(prompt) - prompt_budget:] if prompt_budget < len(prompt) else prompt
+        completion = completion[: max_length - len(prompt)]
+        rows.append((prompt, completion))
+
+    length = max((len(p) + len(c) for p, c in rows), default=0)
+    input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    completion_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, (prompt, completion) in enumerate(rows):
+        n, m = len(prompt), len(completion)
+        input_ids[i, : n + m] = torch.tensor(prompt + completion, dtype=torch.long)
+        attention_mask[i, : n + m] = 1
+        completion_mask[i, n : n + m] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}

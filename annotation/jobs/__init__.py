@@ -1,0 +1,1 @@
+"""Background jobs: one subprocess per job, a queue per device, a run folder per job."""

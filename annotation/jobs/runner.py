@@ -1,0 +1,282 @@
+"""The job runner: a queue that runs one job at a time per device, each in its own subprocess.
+
+Submitting a job freezes a snapshot of the selected labels, writes the resolved config into a new
+run folder (`job.json`) and queues a database row. A supervisor thread starts queued jobs when
+their device is free (`python -m annotation.jobs.worker RUN_DIR`, no shell, in its own process
+group, output to `RUN_DIR/log.txt`), and records how each ends: succeeded (with the trained model
+and its lineage), failed (with the tail of the log), cancelled. Cancel stops the whole process
+group. When the app starts, jobs a previous run left running are stopped if still alive and marked
+interrupted; `resume` queues them again from their last checkpoint, in the same run folder.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from annotation.jobs.kinds import JOB_KINDS
+from annotation.services.projects import find_project
+from storage.db import Database, transaction
+from storage.errors import InputError
+from storage.models import Job, JobStatus, Snapshot, TrainedModel
+from storage.snapshots import SnapshotFilters, create_snapshot
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+LOG_TAIL_CHARS = 4000
+FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def log_tail(run_dir: Path, chars: int = LOG_TAIL_CHARS) -> str:
+    path = run_dir / "log.txt"
+    if not path.exists():
+        return ""
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - chars))
+        return f.read().decode("utf-8", errors="replace")
+
+
+def read_progress(run_dir: Path) -> list[dict[str, Any]]:
+    """The progress events written so far (a line being written is skipped, not an error)."""
+    path = Path(run_dir) / "progress.jsonl"
+    events = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` folder under the job's output, if training saved one."""
+    candidates = [p for p in Path(run_dir).rglob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(candidates, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+@dataclass
+class JobRequest:
+    kind: str
+    project: str
+    config: dict[str, Any]  # fields of the kind's config class; data/out are filled in here
+    filters: SnapshotFilters | None = None
+
+
+class JobRunner:
+    def __init__(self, db: Database, runs_root: str | Path, poll_seconds: float = 0.5, min_labels: int = 4):
+        self.db = db
+        self.runs_root = Path(runs_root)
+        self.poll_seconds = poll_seconds
+        self.min_labels = min_labels
+        self._procs: dict[int, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> JobRunner:
+        self.recover()
+        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, cancel_running: bool = False) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        if cancel_running:
+            for job_id in list(self._procs):
+                self.cancel(job_id)
+
+    def recover(self) -> list[int]:
+        """Mark jobs a previous app left running as interrupted (stopping any survivor first)."""
+        with transaction(self.db) as s:
+            stale = s.scalars(select(Job).where(Job.status == JobStatus.running)).all()
+            for job in stale:
+                if job.id not in self._procs and job.pid:
+                    _kill_group(job.pid)
+                job.status, job.pid, job.finished_at = JobStatus.interrupted, None, _now()
+            return [job.id for job in stale]
+
+    # ---- user actions ----------------------------------------------------------------------------
+    def submit(self, request: JobRequest) -> int:
+        """Validate, snapshot the labels and queue the job; bad input raises InputError, queues nothing."""
+        kind = JOB_KINDS.get(request.kind)
+        if kind is None:
+            raise InputError(f"unknown job kind {request.kind!r}: use {', '.join(JOB_KINDS)}")
+        run_dir = None
+        try:
+            with transaction(self.db) as s:
+                project = find_project(s, request.project)
+                job = Job(kind=kind.name, status=JobStatus.queued, config={}, run_dir="", project_id=project.id)
+                s.add(job)
+                s.flush()
+                run_dir = self.runs_root / f"job-{job.id:05d}-{kind.name}"
+                snapshot = create_snapshot(s, project, kind.snapshot, run_dir / "snapshot", request.filters,
+                                           min_rows=self.min_labels)
+                config = build_config(kind.name, {**request.config, "data": snapshot.path,
+                                                  "out": str(run_dir / "output")})
+                job.config, job.run_dir, job.snapshot_id = config.to_dict(), str(run_dir), snapshot.id
+                job.device = config.resolved_device()
+                self._write_spec(run_dir, kind.name, job.config)
+                return job.id
+        except BaseException:
+            if run_dir is not None:  # the row is rolled back: leave no orphan folder either
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+    def cancel(self, job_id: int) -> None:
+        with self._lock, transaction(self.db) as s:
+            job = self._get(s, job_id)
+            if job.status in FINISHED:
+                raise InputError(f"job {job_id} already {job.status.value}")
+            proc = self._procs.pop(job_id, None)
+            if proc is not None:
+                _kill_group(proc.pid)
+                proc.wait()
+            job.status, job.pid, job.finished_at = JobStatus.cancelled, None, _now()
+
+    def resume(self, job_id: int) -> None:
+        """Queue an interrupted (or failed/cancelled) job again, from its last checkpoint if any."""
+        with transaction(self.db) as s:
+            job = self._get(s, job_id)
+            if job.status not in (JobStatus.interrupted, JobStatus.failed, JobStatus.cancelled):
+                raise InputError(f"job {job_id} is {job.status.value}: only interrupted, failed or cancelled "
+                                 f"jobs can be resumed")
+            checkpoint = latest_checkpoint(Path(job.run_dir))
+            config = dict(job.config)
+            config["resume_from"] = str(checkpoint) if checkpoint else None
+            job.config, job.status, job.error, job.finished_at = config, JobStatus.queued, None, None
+            self._write_spec(Path(job.run_dir), job.kind, config)
+
+    # ---- supervision -----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the supervisor must outlive any one bad job
+                log.exception("job runner tick failed")
+            self._stop.wait(self.poll_seconds)
+
+    def tick(self) -> None:
+        """Record jobs that ended, then start queued jobs on free devices."""
+        with self._lock:
+            for job_id, proc in list(self._procs.items()):
+                if proc.poll() is not None:
+                    del self._procs[job_id]
+                    self._finish(job_id, proc.returncode)
+            with transaction(self.db) as s:
+                busy = {j.device for j in s.scalars(select(Job).where(Job.status == JobStatus.running))}
+                for job in s.scalars(select(Job).where(Job.status == JobStatus.queued).order_by(Job.id)):
+                    if job.device in busy:
+                        continue
+                    busy.add(job.device)
+                    self._launch(job)
+
+    def _launch(self, job: Job) -> None:
+        run_dir = Path(job.run_dir)
+        with (run_dir / "log.txt").open("ab") as logf:
+            proc = subprocess.Popen([sys.executable, "-m", "annotation.jobs.worker", str(run_dir)], cwd=ROOT,
+                                    stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self._procs[job.id] = proc
+        job.status, job.pid, job.started_at = JobStatus.running, proc.pid, _now()
+        log.info("job %s (%s) started, pid %s", job.id, job.kind, proc.pid)
+
+    def _finish(self, job_id: int, returncode: int) -> None:
+        with transaction(self.db) as s:
+            job = self._get(s, job_id)
+            if job.status != JobStatus.running:
+                return  # cancelled meanwhile
+            job.pid, job.finished_at = None, _now()
+            run_dir = Path(job.run_dir)
+            result_path = run_dir / "result.json"
+            if returncode == 0 and result_path.exists():
+                job.status = JobStatus.succeeded
+                self._register_model(s, job, json.loads(result_path.read_text(encoding="utf-8")))
+            else:
+                job.status = JobStatus.failed
+                job.error = f"exit code {returncode}\n{log_tail(run_dir)}"
+        log.info("job %s finished with exit code %s", job_id, returncode)
+
+    def _register_model(self, session, job: Job, result: dict) -> None:
+        kind = JOB_KINDS[job.kind]
+        metrics = {**(result.get("metrics") or {}), **{f"eval/{k}": v for k, v in (result.get("eval_metrics") or {}).items()}}
+        session.add(TrainedModel(name=f"{job.kind}-job{job.id}", kind=kind.produces, path=result["out_dir"],
+                                 base_model=job.config.get("model", "default"), job_id=job.id,
+                                 snapshot_id=job.snapshot_id, metrics=metrics))
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    def _get(session, job_id: int) -> Job:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise InputError(f"unknown job {job_id}")
+        return job
+
+    @staticmethod
+    def _write_spec(run_dir: Path, kind: str, config: dict) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "job.json").write_text(json.dumps({"kind": kind, "config": config}, indent=2), encoding="utf-8")
+
+
+def build_config(kind_name: str, values: dict[str, Any]):
+    """The kind's config from form or CLI values; bad values raise InputError with the reason."""
+    kind = JOB_KINDS[kind_name]
+    try:
+        return kind.config_class.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"invalid {kind_name} settings: {exc}") from None
+
+
+def _kill_group(pid: int, grace_seconds: float = 5.0) -> None:
+    """SIGTERM the job's whole process group, SIGKILL what is left after a grace period."""
+    import time
+
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def job_rows(db: Database) -> list[dict[str, Any]]:
+    """Jobs for the queue table, newest first, with their latest progress."""
+    rows = []
+    with transaction(db) as s:
+        for job in s.scalars(select(Job).order_by(Job.id.desc())):
+            events = read_progress(Path(job.run_dir)) if job.run_dir else []
+            last = next((e for e in reversed(events) if e.get("event") in ("step", "eval", "train_end")), {})
+            snapshot = s.get(Snapshot, job.snapshot_id) if job.snapshot_id else None
+            rows.append({"id": job.id, "kind": job.kind, "status": job.status.value, "device": job.device,
+                         "step": last.get("step"), "total_steps": last.get("total_steps"),
+                         "loss": last.get("loss"), "eta_s": last.get("eta_s"),
+                         "labels": (snapshot.counts or {}).get("rows") if snapshot else None,
+                         "error": job.error})
+    return rows

@@ -1,0 +1,38 @@
+"""Headless training (`app.py train ...`): the same methods and configs as the background jobs,
+run in the foreground with a progress bar, from a project's labels or from a TRL JSONL file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from annotation.jobs.kinds import JOB_KINDS
+from annotation.jobs.runner import build_config
+from annotation.services.projects import find_project
+from storage.db import Database, transaction
+from storage.errors import InputError
+from storage.snapshots import SnapshotFilters, create_snapshot
+
+
+def train_headless(kind_name: str, values: dict[str, Any], db: Database | None = None, project: str | None = None,
+                   filters: SnapshotFilters | None = None, progress_bar: bool = True):
+    """Train with `values` (config fields); `project` snapshots its labels into OUT/snapshot first."""
+    kind = JOB_KINDS.get(kind_name)
+    if kind is None:
+        raise InputError(f"unknown method {kind_name!r}: use {', '.join(JOB_KINDS)}")
+    values = {k: v for k, v in values.items() if v is not None}
+    if project is not None:
+        if db is None:
+            raise InputError("--project needs --db")
+        with transaction(db) as s:
+            snapshot = create_snapshot(s, find_project(s, project), kind.snapshot,
+                                       Path(values["out"]) / "snapshot", filters)
+            values["data"] = snapshot.path
+    elif not values.get("data"):
+        raise InputError("give the labels to train on: --data FILE, or --db DB --project NAME")
+    config = build_config(kind_name, values)
+    callbacks = []
+    if progress_bar:
+        from alignment.training.callbacks import TqdmCallback
+
+        callbacks.append(TqdmCallback())
+    return kind.train(config, callbacks=callbacks)
