@@ -98,6 +98,15 @@ def new_page(browser, url: str):
 
 def goto_tab(page, tab_id: str) -> None:
     page.click(f"#main-tabs button[role=tab][data-tab-id='{tab_id}']")
+    wait_idle(page)
+
+
+def wait_idle(page, timeout: float = 60_000) -> None:
+    """No Gradio event pending: every status tracker is hidden (after a short settle, since a tracker
+    appears only once its event is sent)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=status-tracker]:not(.hide)').length === 0",
+                           timeout=timeout)
 
 
 def pick_dropdown(page, elem_id: str, value: str) -> None:

@@ -29,9 +29,10 @@ class ProjectsTab:
     report: gr.Markdown
 
     def refresh_choices(self, ctx: UIContext, selected: str | None = None):
+        # Keep what is selected (the "new project" form included): refreshing the list must never
+        # swap the form under the user's hands.
         names = projects.project_names(ctx.db)
-        value = selected if selected in names else (names[0] if names else NEW)
-        return gr.update(choices=[NEW, *names], value=value)
+        return gr.update(choices=[NEW, *names], value=selected if selected in names else NEW)
 
 
 def build_projects_tab(ctx: UIContext) -> ProjectsTab:
