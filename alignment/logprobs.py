@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -53,11 +54,16 @@ def _softcap(model: nn.Module) -> float | None:
 
 
 def _row_logps(lm_head: nn.Module, hidden: Tensor, targets: Tensor, softcap: float | None) -> Tensor:
-    """``log softmax(lm_head(h))[target]`` for each row of ``hidden`` ([N, H] -> [N], float32)."""
+    """``logit[target] − logsumexp(logits)`` for each row of ``hidden`` ([N, H] -> [N], float32).
+
+    Written as ``−cross_entropy``, which is exactly that quantity but fused: forward and backward
+    are about twice as fast on CPU as an explicit ``gather − logsumexp`` (one pass over the vocab
+    instead of several, and no one-hot scatter in the backward).
+    """
     logits = lm_head(hidden).float()
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return -F.cross_entropy(logits, targets, reduction="none")
 
 
 def completion_logps(

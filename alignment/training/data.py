@@ -1,0 +1,312 @@
+"""Training data: TRL preference JSONL in, tokenised tensors out.
+
+This module owns
+
+* reading the rows prefstudio exports (``storage.exporters``) into :class:`PreferencePair` and
+  :class:`Ranking` records, with an error naming the line of the first bad row;
+* the deterministic held-out split (:func:`split`), by prompt so one prompt never sits on both sides;
+* rendering prompts with the tokenizer's chat template and batching prompt/completion pairs into
+  tensors (:func:`pair_batch`, :func:`ranking_batch`, :func:`response_batch`).
+
+Accepted rows:
+
+* pairwise, standard: ``{"prompt": str, "chosen": str, "rejected": str}``; a string prompt is one
+  user message unless it is an HH transcript (``"\\n\\nHuman: ...\\n\\nAssistant:"``), which is
+  parsed into messages;
+* pairwise, conversational: ``prompt`` as messages, ``chosen``/``rejected`` as
+  ``[{"role": "assistant", "content": ...}]``;
+* an optional numeric ``"margin"`` on pairwise rows (used by the reward model with ``use_margin``);
+* listwise: ``{"prompt", "completions" (best first), "ranks"}`` where equal ranks are ties; rows with
+  ties are dropped (counted in :attr:`RankingSet.dropped_ties`) because the Plackett-Luce loss needs
+  a strict order.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from alignment.chat import Messages, render_prompt, validate_messages
+from alignment.logprobs import build_completion_batch
+
+T = TypeVar("T")
+
+HUMAN_TAG = "\n\nHuman:"
+ASSISTANT_TAG = "\n\nAssistant:"
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+class DataError(ValueError):
+    """A row of a training file is malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    prompt_messages: Messages
+    chosen: str
+    rejected: str
+    margin: float | None = None
+
+
+@dataclass(frozen=True)
+class Ranking:
+    prompt_messages: Messages
+    completions: list[str]  # best first
+    ranks: list[int]  # strictly increasing after loading
+
+
+@dataclass
+class RankingSet:
+    rankings: list[Ranking]
+    dropped_ties: int = 0
+
+    def __len__(self) -> int:
+        return len(self.rankings)
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts
+# --------------------------------------------------------------------------------------------
+
+def parse_hh_transcript(text: str) -> Messages:
+    """``"\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:"`` -> messages (last open turn dropped).
+
+    Text before the first tag becomes a system message; one space after each tag is dropped.
+    """
+    if text.startswith("Human:"):
+        text = "\n\n" + text
+    preamble, *turns = _HH_TURN.split(text)
+    messages = [{"role": "system", "content": preamble}] if preamble.strip() else []
+    for tag, content in zip(turns[::2], turns[1::2]):
+        messages.append({"role": "user" if tag == "Human" else "assistant", "content": content.removeprefix(" ")})
+    if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"].strip():
+        messages.pop()  # the open "Assistant:" turn the completion continues
+    return messages
+
+
+def _is_hh_transcript(text: str) -> bool:
+    return (text.startswith(HUMAN_TAG) or text.startswith("Human:")) and text.rstrip(" ").endswith(ASSISTANT_TAG)
+
+
+def prompt_to_messages(prompt: Any) -> Messages:
+    """A row's prompt as chat messages (ValueError when it is neither a string nor messages)."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError("prompt is empty")
+        if _is_hh_transcript(prompt):
+            messages = parse_hh_transcript(prompt)
+            if messages and messages[-1]["role"] == "user":
+                return messages
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list):
+        messages = [{"role": m.get("role"), "content": m.get("content")} if isinstance(m, dict) else m
+                    for m in prompt]
+        validate_messages(messages)
+        return messages
+    raise ValueError(f"prompt must be a string or a list of messages, got {type(prompt).__name__}")
+
+
+def completion_text(value: Any, name: str) -> str:
+    """A completion given as a string or as ``[{"role": "assistant", "content": ...}]``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        message = value[0]
+        if message.get("role") != "assistant":
+            raise ValueError(f"{name} message must have role 'assistant', got {message.get('role')!r}")
+        if not isinstance(message.get("content"), str):
+            raise ValueError(f"{name} message content must be a string")
+        return message["content"]
+    raise ValueError(f"{name} must be a string or a list with one assistant message")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+def _read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, row) for every non-blank line; DataError on invalid JSON or a non-object."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            rows.append((line_no, row))
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def _missing(row: dict, keys: Sequence[str]) -> list[str]:
+    return [k for k in keys if k not in row]
+
+
+def load_pairs(path: str | Path) -> list[PreferencePair]:
+    """Pairwise rows (standard or conversational) -> PreferencePair; DataError with the line number."""
+    pairs = []
+    for line_no, row in _read_jsonl(path):
+        try:
+            missing = _missing(row, ("prompt", "chosen", "rejected"))
+            if missing:
+                hint = " (a listwise row? train it with PL-DPO)" if "completions" in row else ""
+                raise ValueError(f"missing {', '.join(missing)}{hint}")
+            margin = row.get("margin")
+            if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+                raise ValueError(f"margin must be a number, got {margin!r}")
+            pairs.append(PreferencePair(
+                prompt_messages=prompt_to_messages(row["prompt"]),
+                chosen=completion_text(row["chosen"], "chosen"),
+                rejected=completion_text(row["rejected"], "rejected"),
+                margin=None if margin is None else float(margin),
+            ))
+        except ValueError as exc:
+            raise DataError(f"{path}:{line_no}: {exc}") from None
+    return pairs
+
+
+def load_rankings(path: str | Path) -> RankingSet:
+    """Listwise rows -> Ranking (best first); rows with tied ranks are dropped and counted."""
+    rankings, dropped = [], 0
+    for line_no, row in _read_jsonl(path):
+        try:
+            missing = _missing(row, ("prompt", "completions", "ranks"))
+            if missing:
+                hint = " (a pairwise row? train it with DPO)" if "chosen" in row else ""
+                raise ValueError(f"missing {', '.join(missing)}{hint}")
+            completions, ranks = row["completions"], row["ranks"]
+            if not isinstance(completions, list) or not isinstance(ranks, list):
+                raise ValueError("completions and ranks must be lists")
+            if len(completions) != len(ranks):
+                raise ValueError(f"{len(completions)} completions but {len(ranks)} ranks")
+            if len(completions) < 2:
+                raise ValueError("a ranking needs at least 2 completions")
+            if any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in ranks):
+                raise ValueError(f"ranks must be non-negative integers, got {ranks}")
+            messages = prompt_to_messages(row["prompt"])
+            texts = [completion_text(c, f"completions[{i}]") for i, c in enumerate(completions)]
+            order = sorted(range(len(ranks)), key=lambda i: ranks[i])  # best first, stable
+            texts, ranks = [texts[i] for i in order], [ranks[i] for i in order]
+            if any(a == b for a, b in zip(ranks, ranks[1:])):
+                dropped += 1
+                continue
+            rankings.append(Ranking(prompt_messages=messages, completions=texts, ranks=ranks))
+        except ValueError as exc:
+            raise DataError(f"{path}:{line_no}: {exc}") from None
+    return RankingSet(rankings, dropped)
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out split
+# --------------------------------------------------------------------------------------------
+
+def prompt_key(item: Any) -> str:
+    """Group key of a PreferencePair / Ranking: its prompt."""
+    return json.dumps(item.prompt_messages, sort_keys=True, ensure_ascii=False)
+
+
+def split(items: Sequence[T], eval_fraction: float, seed: int,
+          key: Callable[[T], Hashable] | None = prompt_key) -> tuple[list[T], list[T]]:
+    """Deterministic (train, eval) split holding out about ``eval_fraction`` of the items.
+
+    Items sharing a ``key`` (by default: the same prompt) land on the same side, so the held-out
+    score is measured on unseen prompts. Groups are shuffled with ``seed``; the original order is
+    kept inside each side. At least one item stays in train; with ``eval_fraction > 0`` and two or
+    more groups, at least one group is held out.
+    """
+    if not 0 <= eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    items = list(items)
+    if not items:
+        raise ValueError("no items to split")
+    key = key or (lambda item: id(item))
+    groups: dict[Hashable, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(key(item), []).append(index)
+    group_keys = list(groups)
+    random.Random(seed).shuffle(group_keys)
+
+    target = round(len(items) * eval_fraction)
+    if eval_fraction > 0 and len(group_keys) >= 2:
+        target = max(target, 1)
+    held: set[int] = set()
+    for group in group_keys[:-1]:  # the last group always trains
+        if len(held) >= target:
+            break
+        held.update(groups[group])
+    train = [item for i, item in enumerate(items) if i not in held]
+    evaluation = [item for i, item in enumerate(items) if i in held]
+    return train, evaluation
+
+
+# --------------------------------------------------------------------------------------------
+# Batching
+# --------------------------------------------------------------------------------------------
+
+def build_batch(tokenizer: Any, prompts: list[str], completions: list[str], max_length: int) -> dict:
+    """Rendered prompts + completion texts -> input_ids / attention_mask / completion_mask tensors."""
+    return build_completion_batch(tokenizer, prompts, completions, max_length)
+
+
+@dataclass
+class PromptCache:
+    """Renders each distinct prompt once (chat templates are slow compared with the rest)."""
+
+    tokenizer: Any
+    _rendered: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, messages: Messages) -> str:
+        key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+        if key not in self._rendered:
+            self._rendered[key] = render_prompt(self.tokenizer, messages)
+        return self._rendered[key]
+
+
+def pair_batch(tokenizer: Any, pairs: Sequence[PreferencePair], max_length: int,
+               render: Callable[[Messages], str] | None = None) -> dict:
+    """One batch of 2B rows: the B chosen completions first, then the B rejected ones."""
+    render = render or (lambda messages: render_prompt(tokenizer, messages))
+    prompts = [render(p.prompt_messages) for p in pairs]
+    completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    return build_batch(tokenizer, prompts + prompts, completions, max_length)
+
+
+def ranking_batch(tokenizer: Any, rankings: Sequence[Ranking], max_length: int,
+                  render: Callable[[Messages], str] | None = None) -> dict:
+    """One batch of B*K rows (row b*K + k is ranking b's k-th best) plus ``ranking_mask`` [B, K].
+
+    Rankings shorter than the longest K are padded with empty completions, masked out.
+    """
+    render = render or (lambda messages: render_prompt(tokenizer, messages))
+    k = max(len(r.completions) for r in rankings)
+    prompts, completions, mask = [], [], []
+    for ranking in rankings:
+        prompt = render(ranking.prompt_messages)
+        padded = list(ranking.completions) + [""] * (k - len(ranking.completions))
+        prompts.extend([prompt] * k)
+        completions.extend(padded)
+        mask.append([i < len(ranking.completions) for i in range(k)])
+    batch = build_batch(tokenizer, prompts, completions, max_length)
+    batch["ranking_mask"] = torch.tensor(mask, dtype=torch.bool)
+    return batch
+
+
+def response_batch(tokenizer: Any, prompts_messages: Sequence[Messages], responses: Sequence[str],
+                   max_length: int, render: Callable[[Messages], str] | None = None) -> dict:
+    """One row per (prompt, response): the reward model's input."""
+    render = render or (lambda messages: render_prompt(tokenizer, messages))
+    return build_batch(tokenizer, [render(m) for m in prompts_messages], list(responses), max_length)

@@ -1,0 +1,180 @@
+"""A Bradley-Terry reward model: the base LM with a scalar head, LoRA-tuned on preference pairs.
+
+:func:`train_reward_model` reads top to bottom: (1) data and split, (2) the scoring model with
+LoRA (its ``score`` head fully trained and saved with the adapter), (3) the training loop, (4)
+held-out evaluation, (5) saving. :func:`load_reward_model` and :func:`score` serve the trained
+model (best-of-N, comparison views).
+
+The head reads each sequence at its last non-padding token (transformers' sequence
+classification pooling; the pad id is set on the model's config), i.e. at the last token of the
+response.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from alignment.chat import Messages
+from alignment.losses import bradley_terry_loss, implicit_reward_accuracy
+from alignment.training.callbacks import ProgressFile, as_callbacks, emit
+from alignment.training.config import CONFIG_FILENAME, RewardConfig
+from alignment.training.data import PreferencePair, PromptCache, load_pairs, pair_batch, response_batch, split
+from alignment.training.lora import base_model_location, load_base_model, load_reward_backbone, load_tokenizer
+from alignment.training.loop import (
+    MODEL_INPUTS, PROGRESS_FILE, Task, TrainResult, fit, prepare_run_dir, rows_per_item, save_final,
+)
+
+
+class RewardModel(NamedTuple):
+    """A loaded reward model: ``model, tokenizer = load_reward_model(path)`` also works."""
+
+    model: Any
+    tokenizer: Any
+
+
+def rewards(model: Any, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor | None = None) -> Tensor:
+    """One scalar reward per row, ``[B]`` float32 (``completion_mask`` is not needed)."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.squeeze(-1).float()
+
+
+def split_pair_rewards(row_rewards: Tensor, batch: dict) -> list[Tensor]:
+    chosen, rejected = row_rewards.detach().chunk(2)
+    return list(torch.stack([chosen, rejected], dim=-1))
+
+
+def reward_metrics(chosen: Tensor, rejected: Tensor) -> dict[str, float]:
+    """Accuracy (chosen scored strictly higher), mean margin and mean rewards."""
+    return {
+        "rewards/chosen": chosen.mean().item(),
+        "rewards/rejected": rejected.mean().item(),
+        "rewards/accuracies": implicit_reward_accuracy(chosen, rejected),
+        "rewards/margins": (chosen - rejected).mean().item(),
+    }
+
+
+def _margins(pairs: Sequence[PreferencePair]) -> Tensor:
+    return torch.tensor([p.margin if p.margin is not None else 0.0 for p in pairs], dtype=torch.float32)
+
+
+def train_reward_model(config: RewardConfig, callbacks: Iterable[Any] = ()) -> TrainResult:
+    """Train a LoRA reward model with the Bradley-Terry loss (optionally with per-pair margins)."""
+    run_dir = prepare_run_dir(config)
+    callbacks = [ProgressFile(run_dir / PROGRESS_FILE), *as_callbacks(callbacks)]
+
+    # (1) Data: preference pairs (with an optional "margin" each), held-out split by prompt.
+    pairs = load_pairs(config.data)
+    train, held_out = split(pairs, config.eval_fraction, config.seed)
+
+    # (2) Scoring model: the base weights with a 1-output head, LoRA + the head trainable.
+    backbone = load_reward_backbone(config)
+    model, tokenizer, device = backbone.model, backbone.tokenizer, backbone.device
+    render = PromptCache(tokenizer)
+
+    def make_batch(chunk: Sequence[PreferencePair]) -> dict:
+        return pair_batch(tokenizer, chunk, config.max_length, render)
+
+    # (3) Train: chosen and rejected of a batch scored in one forward.
+    def collate(indices: list[int]) -> dict:
+        chunk = [train[i] for i in indices]
+        batch = make_batch(chunk)
+        batch["index"] = torch.tensor(indices)
+        batch["margin"] = _margins(chunk)
+        return batch
+
+    def loss(forward: Any, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        scores = forward(**{k: batch[k] for k in MODEL_INPUTS})
+        chosen, rejected = scores.chunk(2)
+        margin = batch["margin"].to(scores.device) if config.use_margin else None
+        losses = bradley_terry_loss(chosen, rejected, margin=margin)
+        return losses.mean(), reward_metrics(chosen.detach(), rejected.detach())
+
+    task = Task(name="reward", n_train=len(train), collate=collate, loss=loss,
+                begin_info={"n_eval": len(held_out)})
+    result = fit(config, model, rewards, task, callbacks, run_dir)
+
+    # (4) Evaluate on the held-out pairs: accuracy and mean margin.
+    eval_metrics: dict[str, float] = {}
+    if held_out:
+        table = torch.stack(rows_per_item(model, rewards, held_out, make_batch, split_pair_rewards,
+                                          config.batch_size, device))
+        margin = _margins(held_out) if config.use_margin else None
+        eval_loss = bradley_terry_loss(table[:, 0], table[:, 1], margin=margin).mean().item()
+        eval_metrics = {"loss": eval_loss, **reward_metrics(table[:, 0], table[:, 1]), "n": len(held_out)}
+        emit(callbacks, "eval", result.state("reward", loss=eval_loss, metrics=eval_metrics))
+
+    # (5) Save: adapter (with the score head), tokenizer, config, metrics.
+    if result.accelerator.is_main_process:
+        save_final(run_dir, model, tokenizer, config, result.steps, result.metrics, eval_metrics,
+                   {"n_train": len(train), "n_eval": len(held_out)})
+        emit(callbacks, "save", result.state("reward", loss=result.metrics.get("loss"), metrics=result.metrics,
+                                             path=str(run_dir), kind="final"))
+    emit(callbacks, "train_end", result.state("reward", loss=result.metrics.get("loss"), metrics=result.metrics,
+                                              eval_metrics=eval_metrics))
+    return TrainResult(out_dir=run_dir, steps=result.steps, metrics=result.metrics, eval_metrics=eval_metrics)
+
+
+# --------------------------------------------------------------------------------------------
+# Serving a trained reward model
+# --------------------------------------------------------------------------------------------
+
+def _base_location_for(run_dir: Path) -> str:
+    """The base weights of a saved reward model: the adapter's recorded folder, else the config's spec."""
+    adapter_config = run_dir / "adapter_config.json"
+    if adapter_config.is_file():
+        recorded = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if recorded and Path(recorded).is_dir():
+            return recorded
+    config_file = run_dir / CONFIG_FILENAME
+    if config_file.is_file():
+        spec = json.loads(config_file.read_text(encoding="utf-8")).get("model")
+        if spec:
+            return base_model_location(spec)
+    raise ValueError(f"{run_dir}: cannot tell which base model this reward model adapts "
+                     f"(no usable adapter_config.json or {CONFIG_FILENAME})")
+
+
+def load_reward_model(path: str | Path, device: str | None = None, base: str | None = None) -> RewardModel:
+    """Load a reward model saved by :func:`train_reward_model` (``base`` overrides the base weights' location)."""
+    from peft import PeftModel
+
+    run_dir = Path(path).expanduser()
+    if not (run_dir / "adapter_config.json").is_file():
+        raise ValueError(f"{run_dir} is not a saved reward model (no adapter_config.json)")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(str(run_dir))
+    location = base or _base_location_for(run_dir)
+    backbone = load_base_model(location, device=device, reward=True, pad_token_id=tokenizer.pad_token_id)
+    model = PeftModel.from_pretrained(backbone, str(run_dir)).to(device)
+    model.eval()
+    return RewardModel(model, tokenizer)
+
+
+@torch.no_grad()
+def score(reward_model: Any, tokenizer: Any, prompts_messages: Sequence[Messages], responses: Sequence[str],
+          batch_size: int = 8, max_length: int = 1024) -> list[float]:
+    """The reward of each (prompt messages, response) pair, in order."""
+    if len(prompts_messages) != len(responses):
+        raise ValueError(f"{len(prompts_messages)} prompts but {len(responses)} responses")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(reward_model, RewardModel):
+        reward_model = reward_model.model
+    device = next(reward_model.parameters()).device
+    was_training = reward_model.training
+    reward_model.eval()
+    render = PromptCache(tokenizer)
+    out: list[float] = []
+    try:
+        for start in range(0, len(responses), batch_size):
+            batch = response_batch(tokenizer, prompts_messages[start:start + batch_size],
+                                   responses[start:start + batch_size], max_length, render)
+            out.extend(rewards(reward_model, batch["input_ids"].to(device),
+                               batch["attention_mask"].to(device)).tolist())
+    finally:
+        reward_model.train(was_training)
+    return out
