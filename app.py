@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     serve.add_argument("--no-worker", action="store_true", help="do not generate in the background")
     serve.add_argument("--no-seed", action="store_true", help="do not create the starter project on an empty database")
+    serve.add_argument("--runs", default=None,
+                       help="folder for training run folders (default: runs/ next to the SQLite file)")
 
     imp = sub.add_parser("import", help="import prompts or preference pairs",
                          description="Import a file into a project. All-or-nothing: any bad record and nothing "
@@ -103,6 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps")
     train.add_argument("--resume-from", default=None, help="checkpoint folder to continue from")
     train.add_argument("--seed", type=int, default=None, help="seed (default 0)")
+
+    bon = sub.add_parser("bon", help="best-of-N: sample N responses per prompt, keep the reward model's pick",
+                         description="Sample N responses per prompt from a policy (a model, optionally with a LoRA "
+                                     "adapter), score them with a trained reward model and write one JSONL row per "
+                                     "prompt: prompt, completions, scores, best, best_index.")
+    bon.add_argument("--reward", required=True, help="reward model folder (the --out of `train rm`)")
+    bon.add_argument("--model", default=None,
+                     help=f"policy: {MODEL_HELP} (default: the adapter's base model, else default)")
+    bon.add_argument("--adapter", default=None, help="LoRA adapter folder for the policy (e.g. the --out of `train dpo`)")
+    bon.add_argument("--prompts", required=True,
+                     help="prompt file in any format `import` reads (prompts, or pairs whose prompts are used); "
+                          "a file with a bad record is refused")
+    bon.add_argument("--n", type=int, default=4, help="responses sampled per prompt (default 4)")
+    bon.add_argument("--out", required=True, help="output .jsonl file")
+    bon.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
+    bon.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
+    bon.add_argument("--max-new-tokens", type=int, default=256, help="longest response in tokens (default 256)")
+    bon.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     return parser
 
 
@@ -132,7 +152,7 @@ def cmd_serve(args) -> int:
     from annotation.server import serve
 
     serve(db=args.db, model=args.model, host=args.host, port=args.port, worker=not args.no_worker,
-          seed=not args.no_seed)
+          seed=not args.no_seed, runs=args.runs)
     return 0
 
 
@@ -183,8 +203,32 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_bon(args) -> int:
+    from tqdm import tqdm
+
+    from annotation.services.best_of_n import run_best_of_n
+
+    bar = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="prompt", desc="best-of-n")
+        bar.n = done
+        bar.refresh()
+
+    run = run_best_of_n(args.prompts, args.reward, model=args.model, adapter=args.adapter, n=args.n,
+                        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                        seed=args.seed, out=args.out, progress=on_progress)
+    if bar is not None:
+        bar.close()
+    print(f"best-of-{run.n}: {len(run.results)} prompts, {len(run.results) * run.n} completions scored; "
+          f"rows in {args.out}")
+    return 0
+
+
 COMMANDS = {"serve": cmd_serve, "import": cmd_import, "export": cmd_export, "generate": cmd_generate,
-            "train": cmd_train}
+            "train": cmd_train, "bon": cmd_bon}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from annotation.generator_process import GeneratorProcess
+from annotation.jobs.runner import JobRunner
 from annotation.services.prompts import seed_starter_project
 from annotation.ui.app import build_app, launch_kwargs
 from annotation.ui.context import UIContext
@@ -12,11 +14,22 @@ from storage.db import open_database
 log = logging.getLogger(__name__)
 
 
-def create_context(db: str | None, model: str = "default", worker: bool = True, seed: bool = True) -> UIContext:
+def default_runs_root(database) -> Path:
+    """Run folders live next to a SQLite file (data/runs for data/prefstudio.db), else in ./runs."""
+    url = database.engine.url
+    if url.get_backend_name() == "sqlite" and url.database:
+        return Path(url.database).resolve().parent / "runs"
+    return Path("runs").resolve()
+
+
+def create_context(db: str | None, model: str = "default", worker: bool = True, seed: bool = True,
+                   runs: str | None = None, jobs: bool = True) -> UIContext:
     database = open_database(db)
     if seed and seed_starter_project(database, model=model):
         log.info("new database: created the 'starter' project with the starter prompts")
     ctx = UIContext(db=database, default_model=model)
+    if jobs:
+        ctx.jobs = JobRunner(database, Path(runs) if runs else default_runs_root(database)).start()
     if worker:
         ctx.worker = GeneratorProcess(database.engine.url.render_as_string(hide_password=False))
         ctx.worker.start()
@@ -24,8 +37,8 @@ def create_context(db: str | None, model: str = "default", worker: bool = True, 
 
 
 def serve(db: str | None = None, model: str = "default", host: str = "127.0.0.1", port: int = 7860,
-          worker: bool = True, seed: bool = True) -> None:
-    ctx = create_context(db, model=model, worker=worker, seed=seed)
+          worker: bool = True, seed: bool = True, runs: str | None = None) -> None:
+    ctx = create_context(db, model=model, worker=worker, seed=seed, runs=runs)
     log.info("database: %s", ctx.db.url)
     demo = build_app(ctx)
     print(f"prefstudio is starting on http://{host}:{port}", flush=True)
@@ -35,3 +48,6 @@ def serve(db: str | None = None, model: str = "default", host: str = "127.0.0.1"
     finally:
         if ctx.worker is not None:
             ctx.worker.stop()
+        if ctx.jobs is not None:
+            # Running jobs are left to finish or be marked interrupted on the next start.
+            ctx.jobs.stop()

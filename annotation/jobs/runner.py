@@ -275,6 +275,7 @@ def job_rows(db: Database) -> list[dict[str, Any]]:
             last = next((e for e in reversed(events) if e.get("event") in ("step", "eval", "train_end")), {})
             snapshot = s.get(Snapshot, job.snapshot_id) if job.snapshot_id else None
             rows.append({"id": job.id, "kind": job.kind, "status": job.status.value, "device": job.device,
+                         "run_dir": job.run_dir,
                          "step": last.get("step"), "total_steps": last.get("total_steps"),
                          "loss": last.get("loss"), "eta_s": last.get("eta_s"),
                          "labels": (snapshot.counts or {}).get("rows") if snapshot else None,

@@ -7,7 +7,9 @@ from annotation.services import projects
 from annotation.ui.annotate import build_annotate_tab
 from annotation.ui.context import UIContext
 from annotation.ui.data import build_data_tab, counts_table
+from annotation.ui.models import build_models_tab, model_choices, model_table
 from annotation.ui.projects import build_projects_tab
+from annotation.ui.train import build_train_tab, project_choices
 
 # Keys act only when focus is not in a text field, so typing a rationale never fires a shortcut.
 SHORTCUTS_JS = """
@@ -42,6 +44,8 @@ CSS = """
 .ps-response-title { font-weight: 600; opacity: 0.7; margin-bottom: 0.3em; }
 .ps-prompt { border-left: 4px solid var(--color-accent); padding: 0.3em 0.9em; margin: 0.4em 0; }
 .ps-turn { margin: 0.3em 0; } .ps-role { font-size: 0.8em; text-transform: uppercase; opacity: 0.6; }
+.ps-bar { height: 10px; background: var(--border-color-primary); border-radius: 5px; overflow: hidden; }
+.ps-bar-fill { height: 100%; background: var(--color-accent); transition: width 0.5s; }
 """
 
 
@@ -55,6 +59,10 @@ def build_app(ctx: UIContext) -> gr.Blocks:
                 setup = build_projects_tab(ctx)
             with gr.Tab("Data", id="data") as data_tab:
                 data = build_data_tab(ctx)
+            with gr.Tab("Train", id="train") as train_tab:
+                train = build_train_tab(ctx)
+            with gr.Tab("Models", id="models") as models_tab:
+                trained = build_models_tab(ctx)
 
         # The annotator name persists in the browser, so a reload picks up where it left off.
         # A fixed secret: the default is random per process, which would forget the name on restart.
@@ -79,6 +87,9 @@ def build_app(ctx: UIContext) -> gr.Blocks:
         data_tab.select(lambda current: (names_update(current), counts_table(ctx)), data.project,
                         [data.project, data.counts])
         projects_tab.select(lambda current: setup.refresh_choices(ctx, current), setup.project, setup.project)
+        train_tab.select(lambda current: project_choices(ctx, current), train.project, train.project)
+        models_tab.select(lambda current: (model_table(ctx), model_choices(ctx, current)), trained.model,
+                          [trained.table, trained.model])
     return demo
 
 

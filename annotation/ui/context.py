@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from annotation.generation import WorkerStatus
+from annotation.jobs.runner import JobRunner
 from storage.db import Database
 
 
@@ -24,6 +25,7 @@ class UIContext:
     db: Database
     default_model: str = "default"
     worker: Worker | None = None
+    jobs: JobRunner | None = None
 
     def wake_worker(self) -> None:
         if self.worker is not None:

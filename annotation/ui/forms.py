@@ -16,19 +16,37 @@ def _label(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
+def _base_type(hint):
+    """`int | None` -> (int, True); `int` -> (int, False); anything else -> (hint, False)."""
+    args = typing.get_args(hint)
+    if args and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0], True
+    return hint, False
+
+
 def build_form(cls: type, choices: dict[str, list] | None = None, multiline: tuple[str, ...] = (),
-               prefix: str = "", defaults: dict[str, Any] | None = None) -> dict[str, gr.components.Component]:
-    """A component per dataclass field (in field order), keyed by field name; `defaults` overrides
-    the dataclass defaults shown in the form."""
+               prefix: str = "", defaults: dict[str, Any] | None = None,
+               exclude: tuple[str, ...] = ()) -> dict[str, gr.components.Component]:
+    """A component per dataclass field (in field order, minus `exclude`), keyed by field name;
+    `defaults` overrides the dataclass defaults shown in the form."""
     choices = choices or {}
     defaults = defaults or {}
     hints = typing.get_type_hints(cls)
     components: dict[str, gr.components.Component] = {}
     for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
         default = defaults.get(f.name, None if f.default is dataclasses.MISSING else f.default)
         common = {"label": _label(f.name), "info": f.metadata.get("help"), "elem_id": f"{prefix}{f.name}"}
-        kind = hints[f.name]
-        if f.name in choices:
+        kind, optional = _base_type(hints[f.name])
+        if optional and kind in (int, float):
+            # A Number cannot be left empty (it hands back 0): an optional number is a textbox where
+            # empty means None.
+            common["info"] = f"{common['info'] or ''} (leave empty for none)".strip()
+            components[f.name] = gr.Textbox(value="" if default is None else str(default), **common)
+        elif f.name in choices:
             components[f.name] = gr.Dropdown(choices=choices[f.name], value=default, **common)
         elif kind is int:
             components[f.name] = gr.Number(value=default, precision=0, **common)
@@ -41,18 +59,38 @@ def build_form(cls: type, choices: dict[str, list] | None = None, multiline: tup
     return components
 
 
-def read_form(cls: type, values: dict[str, Any]):
-    """Instantiate the dataclass from form values, coercing numbers (Gradio hands back floats)."""
+def form_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Form values coerced to the fields' types (Gradio hands numbers back as floats, and an empty
+    optional number as None); fields not in the form are left out."""
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    out = {}
     for f in dataclasses.fields(cls):
-        value = values.get(f.name)
-        if hints[f.name] is int and value is not None:
-            value = int(value)
-        elif hints[f.name] is float and value is not None:
-            value = float(value)
-        kwargs[f.name] = value
-    return cls(**kwargs)
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        kind, optional = _base_type(hints[f.name])
+        if value in ("", None) and optional:
+            value = None
+        elif kind is int and value is not None:
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError(f"{f.name} must be a whole number, not {value!r}") from None
+            if number != int(number):
+                raise ValueError(f"{f.name} must be a whole number, not {value}")
+            value = int(number)
+        elif kind is float and value is not None:
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{f.name} must be a number, not {value!r}") from None
+        out[f.name] = value
+    return out
+
+
+def read_form(cls: type, values: dict[str, Any]):
+    """Instantiate the dataclass from form values (see `form_values`)."""
+    return cls(**form_values(cls, values))
 
 
 def fill_form(instance) -> list[Any]:

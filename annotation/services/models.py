@@ -1,0 +1,84 @@
+"""Trained models (adapters, reward models) with their lineage, and the models tab's "try it"."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sqlalchemy import select
+
+from storage.db import Database, transaction
+from storage.errors import InputError
+from storage.models import Job, Project, Snapshot, TrainedModel
+
+
+@dataclass
+class ModelRow:
+    id: int
+    name: str
+    kind: str
+    base_model: str
+    job: int | None
+    project: str | None
+    labels: int | None  # rows in the snapshot it trained on
+    filters: str
+    heldout_accuracy: float | None
+    path: str
+
+
+def list_models(db: Database) -> list[ModelRow]:
+    rows = []
+    with transaction(db) as s:
+        for m in s.scalars(select(TrainedModel).order_by(TrainedModel.id.desc())):
+            snapshot = s.get(Snapshot, m.snapshot_id) if m.snapshot_id else None
+            project = s.get(Project, snapshot.project_id) if snapshot else None
+            filters = ", ".join(f"{k}={v}" for k, v in (snapshot.filters or {}).items() if v) if snapshot else ""
+            rows.append(ModelRow(
+                id=m.id, name=m.name, kind=m.kind, base_model=m.base_model, job=m.job_id,
+                project=project.name if project else None,
+                labels=(snapshot.counts or {}).get("rows") if snapshot else None, filters=filters or "all labels",
+                heldout_accuracy=(m.metrics or {}).get("eval/rewards/accuracies", (m.metrics or {}).get("eval/accuracy")),
+                path=m.path))
+    return rows
+
+
+def model_config(db: Database, model_id: int) -> dict:
+    """The resolved training config of the job that produced the model (its lineage, in full)."""
+    with transaction(db) as s:
+        model = s.get(TrainedModel, model_id)
+        if model is None:
+            raise InputError(f"unknown model {model_id}")
+        job = s.get(Job, model.job_id) if model.job_id else None
+        return dict(job.config) if job else {}
+
+
+@lru_cache(maxsize=2)
+def _policy(base_model: str, adapter_path: str):
+    from dataclasses import replace
+
+    from peft import PeftModel
+
+    from alignment.models import load_model
+    from alignment.sampling import TransformersBackend
+
+    loaded = load_model(base_model)
+    model = PeftModel.from_pretrained(loaded.model, adapter_path).eval()
+    return TransformersBackend(replace(loaded, model=model, name=f"{loaded.name}+{adapter_path}"))
+
+
+def try_model(db: Database, model_id: int, prompt: str, max_new_tokens: int = 128, seed: int = 0) -> str:
+    """Answer `prompt` with a policy adapter (greedy-ish sampling with a fixed seed)."""
+    from alignment.sampling import SamplingParams
+
+    prompt = (prompt or "").strip()
+    if not prompt:
+        raise InputError("type a prompt to try the model on")
+    with transaction(db) as s:
+        model = s.get(TrainedModel, model_id)
+        if model is None:
+            raise InputError(f"unknown model {model_id}")
+        if model.kind != "policy-adapter":
+            raise InputError(f"{model.name} is a {model.kind}: pick a policy adapter (DPO / listwise DPO) to try")
+        base, path = model.base_model, model.path
+    backend = _policy(base, path)
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=max_new_tokens, seed=seed)
+    return backend.sample([[{"role": "user", "content": prompt}]], 1, params)[0][0].text

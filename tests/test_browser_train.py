@@ -1,0 +1,116 @@
+"""Training from the browser: launch DPO jobs on a tiny model, watch progress, cancel one, run
+another to success, find the adapter with its lineage in the Models tab, and try it."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from playwright.sync_api import expect
+from sqlalchemy import select
+
+from annotation.services import labelling
+from storage.db import open_database, transaction
+from storage.models import Job, JobStatus, TrainedModel
+from tests.browser_support import ServerProcess, goto_tab, launch_browser, new_page, pick_dropdown, wait_status
+from tests.factories import make_items, make_project
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train-ui")
+    db = open_database(folder / "ui.db")
+    make_project(db, "prefs")
+    make_items(db, "prefs", 12)
+    for i in range(12):
+        labelling.submit_pairwise(db, labelling.next_item(db, "prefs", "ann"), "a" if i % 4 else "b")
+    proc = ServerProcess(["--db", str(folder / "ui.db"), "--no-worker", "--no-seed", "--runs", str(folder / "runs")],
+                         folder / "server.log")
+    proc.db = db
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch_browser(p)
+        page = new_page(browser, server.url)
+        yield page
+        assert page.external_requests == []
+        browser.close()
+
+
+def fill_number(page, elem_id, value):
+    page.locator(f"#{elem_id} input[type=number]").fill(str(value))
+    page.locator(f"#{elem_id} input[type=number]").press("Tab")
+
+
+def set_up_dpo(page, model_dir, max_steps, lr="0.001"):
+    page.locator("#dpo-model textarea").fill(str(model_dir))
+    page.locator("#dpo-max_steps textarea").fill(str(max_steps))  # optional: a textbox, empty = none
+    fill_number(page, "dpo-batch_size", 2)
+    fill_number(page, "dpo-max_length", 64)
+    fill_number(page, "dpo-lora_r", 4)
+    fill_number(page, "dpo-lr", lr)
+
+
+def job_status(db, job_id):
+    with transaction(db) as s:
+        return s.get(Job, job_id).status
+
+
+def test_launch_watch_cancel_succeed_and_find_the_adapter(page, server, tiny_model_dir):
+    db = server.db
+    goto_tab(page, "train")
+    pick_dropdown(page, "train-project", "prefs")
+
+    # Invalid hyperparameters are refused before anything is launched.
+    set_up_dpo(page, tiny_model_dir, 3, lr="-1")
+    page.click("#train-launch")
+    wait_status(page, "invalid dpo settings", elem_id="train-status")
+    with transaction(db) as s:
+        assert s.scalars(select(Job)).all() == []
+
+    # A long job: progress moves, then cancel stops it.
+    set_up_dpo(page, tiny_model_dir, 10_000)
+    page.click("#train-launch")
+    wait_status(page, r"Job 1 queued", elem_id="train-status")
+    expect(page.locator("#job-progress")).to_contain_text(re.compile(r"job 1 · running · step [1-9]\d*/10000"),
+                                                          timeout=120_000)
+    page.click("#job-cancel")
+    wait_status(page, "Job 1 cancelled", elem_id="train-status")
+    assert job_status(db, 1) == JobStatus.cancelled
+    expect(page.locator("#job-progress")).to_contain_text("cancelled")
+
+    # A short one runs to success.
+    set_up_dpo(page, tiny_model_dir, 3)
+    page.click("#train-launch")
+    wait_status(page, r"Job 2 queued", elem_id="train-status")
+    expect(page.locator("#job-progress")).to_contain_text("job 2 · succeeded · step 3/3", timeout=180_000)
+    expect(page.locator("#job-queue")).to_contain_text("cancelled")
+    assert page.locator("#job-plot").count() == 1
+
+    # Reloading the page re-attaches: the queue comes back from the database and run folders.
+    page.reload()
+    goto_tab(page, "train")
+    expect(page.locator("#job-queue")).to_contain_text("succeeded", timeout=20_000)
+
+    goto_tab(page, "models")
+    expect(page.locator("#models-table")).to_contain_text("dpo-job2", timeout=20_000)
+    table = page.locator("#models-table").inner_text()
+    assert "prefs" in table and "policy-adapter" in table and "all labels" in table
+    pick_dropdown(page, "models-select", "1 · dpo-job2 (policy-adapter)")
+    expect(page.locator("#models-lineage")).to_contain_text('"max_steps": 3')
+    page.locator("#try-prompt textarea").fill("Say something nice.")
+    page.click("#try-button")
+    expect(page.locator("#try-answer textarea")).not_to_have_value("", timeout=60_000)
+
+    with transaction(db) as s:
+        model = s.scalars(select(TrainedModel)).one()
+        assert model.job_id == 2 and model.snapshot.counts["rows"] == 12
+        assert json.loads((__import__("pathlib").Path(model.path) / "adapter_config.json").read_text())["r"] == 4
