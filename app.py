@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     bon.add_argument("--reward", required=True, help="reward model folder (the --out of `train rm`)")
     bon.add_argument("--model", default=None,
                      help=f"policy: {MODEL_HELP} (default: the adapter's base model, else default)")
-    bon.add_argument("--adapter", default=None, help="LoRA adapter folder for the policy (e.g. the --out of `train dpo`)")
+    bon.add_argument("--adapter", default=None,
+                     help="LoRA adapter folder for the policy (e.g. the --out of `train dpo`)")
     bon.add_argument("--prompts", required=True,
                      help="prompt file in any format `import` reads (prompts, or pairs whose prompts are used); "
                           "a file with a bad record is refused")

@@ -147,13 +147,17 @@ def run_best_of_n(prompts_file: str | Path, reward: str | Path, *, model: str | 
     except ValueError as exc:
         raise InputError(str(exc)) from None
 
+    # Wrong or incomplete folders, a hub model while offline, an adapter for another base model.
     log.info("loading reward model %s", reward_dir)
     try:
         rm = load_reward_model(reward_dir, device=device)
-        log.info("loading policy %s%s", spec, f" + adapter {adapter_dir}" if adapter_dir else "")
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise InputError(f"cannot load the reward model in {reward_dir}: {exc}") from None
+    log.info("loading policy %s%s", spec, f" + adapter {adapter_dir}" if adapter_dir else "")
+    try:
         backend = policy_backend(spec, adapter_dir, device=device)
-    except (ValueError, RuntimeError) as exc:  # wrong folders, a hub model while offline, a mismatched adapter
-        raise InputError(str(exc)) from None
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise InputError(f"cannot load the policy {spec!r}: {exc}") from None
 
     results = best_of_n(prompts, n, params, backend, rm.model, rm.tokenizer, batch_size=batch_size,
                         progress=progress)
@@ -281,8 +285,8 @@ def record_rm_pick_verdict(db: Database, project: str, user: str, item_id: int, 
                 return Receipt("pairwise", item.id, [found.id], duplicate=True)
             raise InputError(f"{annotator.name} already labelled item {item.id}; undo that label first")
         label = PairwiseLabel(prompt_id=item.prompt_id, item_id=item.id, user_id=annotator.id,
-                              response_a_id=best.id, response_b_id=other.id, shown_order=[best.position, other.position],
-                              choice=choice, source=LabelSource.human, time_taken_ms=time_taken_ms)
+                              response_a_id=best.id, response_b_id=other.id,
+                              shown_order=[best.position, other.position], choice=choice, source=LabelSource.human, time_taken_ms=time_taken_ms)
         s.add(label)
         s.flush()
         if proj.mode == Mode.pairwise:
