@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -11,7 +12,7 @@ from sqlalchemy import select
 
 from annotation.services import labelling
 from storage.db import open_database, transaction
-from storage.models import Job, JobStatus, TrainedModel
+from storage.models import Job, JobStatus, PairwiseLabel, Response, TrainedModel, User
 from tests.browser_support import ServerProcess, goto_tab, launch_browser, new_page, pick_dropdown, wait_status
 from tests.factories import make_items, make_project
 
@@ -113,4 +114,40 @@ def test_launch_watch_cancel_succeed_and_find_the_adapter(page, server, tiny_mod
     with transaction(db) as s:
         model = s.scalars(select(TrainedModel)).one()
         assert model.job_id == 2 and model.snapshot.counts["rows"] == 12
-        assert json.loads((__import__("pathlib").Path(model.path) / "adapter_config.json").read_text())["r"] == 4
+        assert json.loads((Path(model.path) / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_reward_model_then_best_of_n_with_a_verdict_label(page, server, tiny_model_dir):
+    db = server.db
+    goto_tab(page, "train")
+    pick_dropdown(page, "train-project", "prefs")
+    pick_dropdown(page, "train-method", "Reward model (Bradley-Terry, LoRA)")
+    page.locator("#rm-model textarea").fill(str(tiny_model_dir))
+    page.locator("#rm-max_steps textarea").fill("2")
+    for field, value in (("batch_size", 2), ("max_length", 64), ("lora_r", 4)):
+        fill_number(page, f"rm-{field}", value)
+    page.click("#train-launch")
+    wait_status(page, r"Job \d+ queued", elem_id="train-status")
+    job_id = re.search(r"Job (\d+) queued", page.locator("#train-status").inner_text()).group(1)
+    expect(page.locator("#job-progress")).to_contain_text(f"job {job_id} · succeeded", timeout=180_000)
+
+    goto_tab(page, "bon")
+    with transaction(db) as s:
+        rm = s.scalars(select(TrainedModel).where(TrainedModel.kind == "reward-model")).one()
+    pick_dropdown(page, "bon-reward", f"{rm.name} (job {rm.job_id})")
+    pick_dropdown(page, "bon-policy", "dpo-job2 (job 2)")
+    page.locator("#bon-prompt textarea").fill("Name a fruit.")
+    fill_number(page, "bon-n", 2)  # the project is pairwise: items of two
+    fill_number(page, "bon-max-new-tokens", 8)
+    page.click("#bon-run")
+    wait_status(page, r"RM's pick: answer [12]", elem_id="bon-status", timeout=120_000)
+    assert "score" in page.locator("#bon-card-0").inner_text() and "RM's pick" in (
+        page.locator("#bon-card-0").inner_text() + page.locator("#bon-card-1").inner_text())
+    page.locator("#bon-annotator textarea").fill("judge")
+    page.locator("#bon-pick label", has_text="Answer 1").click()
+    page.click("#bon-verdict")
+    wait_status(page, "Verdict saved", elem_id="bon-status")
+    with transaction(db) as s:
+        label = s.scalars(select(PairwiseLabel).join(User).where(User.name == "judge")).one()
+        a = s.get(Response, label.response_a_id)
+        assert a.source == "best-of-n" and "rm_score" in a.sampling

@@ -5,6 +5,8 @@ import gradio as gr
 
 from annotation.services import projects
 from annotation.ui.annotate import build_annotate_tab
+from annotation.ui.best_of_n import build_best_of_n_tab
+from annotation.ui.best_of_n import refresh as best_of_n_choices
 from annotation.ui.context import UIContext
 from annotation.ui.data import build_data_tab, counts_table
 from annotation.ui.models import build_models_tab, model_choices, model_table
@@ -63,6 +65,8 @@ def build_app(ctx: UIContext) -> gr.Blocks:
                 train = build_train_tab(ctx)
             with gr.Tab("Models", id="models") as models_tab:
                 trained = build_models_tab(ctx)
+            with gr.Tab("Best-of-N", id="bon") as bon_tab:
+                best = build_best_of_n_tab(ctx)
 
         # The annotator name persists in the browser, so a reload picks up where it left off.
         # A fixed secret: the default is random per process, which would forget the name on restart.
@@ -90,6 +94,8 @@ def build_app(ctx: UIContext) -> gr.Blocks:
         train_tab.select(lambda current: project_choices(ctx, current), train.project, train.project)
         models_tab.select(lambda current: (model_table(ctx), model_choices(ctx, current)), trained.model,
                           [trained.table, trained.model])
+        bon_tab.select(lambda *current: best_of_n_choices(ctx, *current), [best.project, best.reward, best.policy],
+                       [best.project, best.reward, best.policy])
     return demo
 
 
