@@ -61,6 +61,8 @@ class CommonConfig:
     seed: int = _f(0, "Seed for the split, the shuffling, LoRA initialisation and dropout.")
     device: str = _f("auto", "Where to train: 'auto' (CUDA when available), 'cpu' or 'cuda'.")
     load_in_4bit: bool = _f(False, "QLoRA: load the base model in 4-bit NF4 with bitsandbytes (CUDA only).")
+    gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass: far less memory for "
+                                            "some extra compute.")
     logging_steps: int = _f(1, "Report a 'step' event every this many optimizer steps.")
     save_steps: int | None = _f(None, "Write a resumable checkpoint every this many steps (None: only the final save).")
     resume_from: str | None = _f(None, "Checkpoint folder (out/checkpoint-N) to continue from.")

@@ -177,7 +177,12 @@ def load_trainable(config: Any, reward: bool = False) -> TrainableModel:
     model = load_base_model(location, device=device, reward=reward, quantization=quantization,
                             pad_token_id=tokenizer.pad_token_id)
     if quantization is not None:
-        model = prepare_for_kbit(model)
+        model = prepare_for_kbit(model)  # turns on gradient checkpointing itself
+    elif config.gradient_checkpointing:
+        # Keep only each layer's input and recompute the rest in the backward pass: activations of
+        # 30 layers x batch x length would otherwise dominate memory. Non-reentrant checkpointing
+        # works with frozen inputs (LoRA) and replays dropout with the same RNG state.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = wrap_with_lora(model, config, reward=reward)
     return TrainableModel(model=model, tokenizer=tokenizer, base_location=location, device=device)
 
