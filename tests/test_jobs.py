@@ -14,6 +14,7 @@ from annotation.services import labelling
 from storage.db import transaction
 from storage.errors import InputError
 from storage.models import Job, JobStatus, Snapshot, TrainedModel
+
 from tests.factories import make_items, make_project
 
 
@@ -124,7 +125,7 @@ def test_an_app_restart_marks_the_job_interrupted_and_resume_finishes_it(db, tmp
     job_id = first.submit(JobRequest("dpo", "p", tiny_config(tiny_model_dir, max_steps=400, save_steps=2)))
     job = wait_for(db, job_id, {JobStatus.running})
     deadline = time.time() + 120
-    while not list(Path(job.run_dir).rglob("checkpoint-*")) and time.time() < deadline:
+    while not list(Path(job.run_dir).rglob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
         time.sleep(0.3)
     first._stop.set()  # the app dies: its supervisor stops, the job process is left behind
     first._thread.join()
@@ -148,3 +149,12 @@ def test_an_app_restart_marks_the_job_interrupted_and_resume_finishes_it(db, tmp
         assert len(begins) == 2 and begins[1]["step"] >= 2
     finally:
         second.stop(cancel_running=True)
+
+
+def test_a_checkpoint_cut_off_while_written_is_not_resumed_from(tmp_path):
+    from annotation.jobs.runner import latest_checkpoint
+
+    (tmp_path / "output" / "checkpoint-2").mkdir(parents=True)
+    (tmp_path / "output" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "output" / "checkpoint-4").mkdir()  # killed before its state file was written
+    assert latest_checkpoint(tmp_path) == tmp_path / "output" / "checkpoint-2"

@@ -65,8 +65,15 @@ def read_progress(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest `checkpoint-N` folder under the job's output, if training saved one."""
-    candidates = [p for p in Path(run_dir).rglob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    """The newest complete `checkpoint-N` folder under the job's output, if training saved one.
+
+    A job killed while writing a checkpoint leaves a folder without its state file (written last):
+    such a folder is skipped, and the job resumes from the checkpoint before it.
+    """
+    from alignment.training.loop import STATE_FILE
+
+    candidates = [p for p in Path(run_dir).rglob("checkpoint-*")
+                  if p.is_dir() and p.name.split("-")[-1].isdigit() and (p / STATE_FILE).exists()]
     return max(candidates, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
