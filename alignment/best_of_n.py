@@ -8,7 +8,10 @@ This module owns
   argmax (the first one on a tie);
 * :func:`policy_backend`: a :class:`~alignment.sampling.TransformersBackend` on a base model,
   optionally with a LoRA adapter (e.g. from ``app.py train dpo``) merged into its own copy of the
-  weights.
+  weights;
+* :class:`BestOfNConfig`: the settings of a best-of-N run over a prompt file, one dataclass with a
+  help text per field and validation in ``__post_init__`` (as the training configs), so a job's
+  form, its saved config and the worker agree.
 
 It is pure computation: no database, no files other than the model folders it loads.
 """
@@ -18,13 +21,14 @@ import json
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from alignment.chat import Messages, validate_messages
 from alignment.models import DEFAULT_MODEL, LoadedModel, load_model
 from alignment.sampling import GenerationBackend, SamplingParams, TransformersBackend, backend_for
+from alignment.training.config import DEVICES, cuda_available
 
 log = logging.getLogger(__name__)
 
@@ -213,3 +217,118 @@ def policy_backend(model_spec: str | None = DEFAULT_MODEL, adapter: str | Path |
     spec = model_spec or adapter_base_model(adapter) or DEFAULT_MODEL
     log.info("loading policy %s with adapter %s", spec, adapter)
     return TransformersBackend(load_policy_with_adapter(spec, adapter, device), max_batch_rows=max_batch_rows)
+
+
+# --------------------------------------------------------------------------------------------
+# The settings of a run (a best-of-N job's config)
+# --------------------------------------------------------------------------------------------
+
+BEST_OF_N_FILE = "best_of_n.jsonl"
+
+
+def _help(default: Any, text: str) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+def check_reward_dir(reward: str | Path) -> Path:
+    """The reward model folder as a Path, or ValueError saying why it is not one."""
+    if not isinstance(reward, (str, Path)) or not str(reward).strip():
+        raise ValueError("reward: pick a reward model (train one first: a reward-model job or `app.py train rm`)")
+    path = Path(reward).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"reward model folder not found: {path}")
+    config_file = path / ADAPTER_CONFIG
+    if not config_file.is_file():
+        raise ValueError(f"{path} is not a saved reward model (no {ADAPTER_CONFIG})")
+    if _read_json(config_file).get("task_type") not in (None, "SEQ_CLS"):
+        raise ValueError(f"{path} is a policy adapter, not a reward model: pick it as the adapter instead")
+    return path
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(kw_only=True)
+class BestOfNConfig:
+    """Best-of-N over a prompt file: N samples per prompt from the policy, scored by a reward model."""
+
+    method: ClassVar[str] = "best_of_n"
+
+    data: str = field(metadata={"help": "Prompt file (JSONL: one {'prompt'} or {'messages'} row per prompt)."})
+    out: str = field(metadata={"help": f"Output folder: the dataset ({BEST_OF_N_FILE}) and every candidate "
+                                       f"with its provenance."})
+    reward: str = _help("", "Reward model folder (the output of a reward-model job) that scores every candidate.")
+    model: str | None = _help(None, "Policy model spec: 'default', a .gguf file, a local HF folder or a hub id "
+                                    "(empty: the adapter's base model, else 'default').")
+    adapter: str | None = _help(None, "LoRA adapter folder for the policy, e.g. a DPO job's output (empty: the "
+                                      "base model alone).")
+    n: int = _help(4, "Candidates sampled per prompt; the reward model keeps the best.")
+    temperature: float = _help(0.8, "Sampling temperature (0 = greedy, which makes the N candidates identical).")
+    top_p: float = _help(0.95, "Nucleus sampling threshold, in (0, 1].")
+    max_new_tokens: int = _help(256, "Longest candidate, in tokens.")
+    seed: int | None = _help(0, "Seed for sampling: the same prompts and settings give the same candidates "
+                                "(empty: unseeded).")
+    batch_size: int = _help(8, "Candidates scored per reward-model batch.")
+    device: str = _help("auto", "Where to run: 'auto' (CUDA when available), 'cpu' or 'cuda'.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting and what would be accepted."""
+        if not self.data or not Path(self.data).expanduser().is_file():
+            raise ValueError(f"prompt file not found: {self.data!r}")
+        if not self.out:
+            raise ValueError("out must name an output folder")
+        check_reward_dir(self.reward)
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            raise ValueError("model must be a non-empty spec ('default', a .gguf file, a folder or a hub id) "
+                             "or empty for the adapter's base model")
+        if self.adapter is not None:
+            check_adapter_dir(self.adapter)
+        _check_int("n", self.n, minimum=1)
+        self.sampling_params()  # temperature, top_p, max_new_tokens and seed, checked where they are used
+        if self.seed is not None:
+            _check_int("seed", self.seed, minimum=0)
+        _check_int("batch_size", self.batch_size, minimum=1)
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.device == "cuda" and not cuda_available():
+            raise ValueError("device='cuda' but no CUDA GPU is available; use device='cpu' or 'auto'")
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                              seed=self.seed)
+
+    def policy_spec(self) -> str:
+        """The policy model as run: the given spec, else the adapter's base model, else the default."""
+        return self.model or (adapter_base_model(self.adapter) if self.adapter else None) or DEFAULT_MODEL
+
+    def resolved_device(self) -> str:
+        """'cuda' or 'cpu': what ``device`` means on this machine."""
+        if self.device == "auto":
+            return "cuda" if cuda_available() else "cpu"
+        return self.device
+
+    @property
+    def dataset_path(self) -> Path:
+        return Path(self.out) / BEST_OF_N_FILE
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict with the method and the resolved device (the saved run config)."""
+        return {"method": self.method, **asdict(self), "resolved_device": self.resolved_device()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        """Rebuild (and re-validate) a config; an unknown key is refused rather than silently dropped."""
+        values = dict(values)
+        method = values.pop("method", cls.method)
+        values.pop("resolved_device", None)
+        if method != cls.method:
+            raise ValueError(f"config is for method {method!r}, not {cls.method!r}")
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
+        return cls(**values)

@@ -8,7 +8,8 @@ and record whether annotators agree with the reward model's pick.
   is loaded.
 * :func:`store_as_items`: every candidate becomes a Response (source ``best-of-n``, with model,
   adapter, sampling settings and seed; the reward model's score goes into ``sampling["rm_score"]``),
-  grouped in one Item per prompt so annotators can label them. One transaction.
+  grouped in one Item per prompt so annotators can label them. One transaction
+  (:func:`store_candidates` is the same inside the caller's transaction).
 * :func:`record_rm_pick_verdict`: "is the reward model's pick right?" as a human PairwiseLabel,
   the RM's pick shown as A against another candidate as B: choice ``a`` when the annotator agrees
   the pick is better, ``b`` otherwise. One transaction; bad ids write nothing.
@@ -19,7 +20,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from annotation.services.projects import ensure_user, find_project
 from storage.db import Database, transaction
 from storage.errors import InputError
 from storage.importers import read_import_file
-from storage.models import Choice, Item, ItemStatus, LabelSource, Mode, PairwiseLabel, Prompt, Response
+from storage.models import Choice, Item, ItemStatus, LabelSource, Mode, PairwiseLabel, Project, Prompt, Response
 from storage.prompts import content_hash, validate_messages
 from storage.records import PairRecord
 
@@ -60,6 +61,20 @@ class BestOfNRun:
         """The JSONL rows: prompt messages, the N completions, their scores, the best one and its index."""
         return [{"prompt": r.prompt_messages, "completions": r.texts, "scores": r.scores, "best": r.best.text,
                  "best_index": r.best_index} for r in self.results]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, candidates' token counts and seeds included (the rows keep only texts and scores),
+        so a run written by a job subprocess can be stored as items later."""
+        return {**{k: getattr(self, k) for k in ("model", "adapter", "reward", "n", "sampling", "is_chat", "meta")},
+                "results": [asdict(r) for r in self.results]}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BestOfNRun:
+        from alignment.best_of_n import BestOfN, Candidate
+
+        results = [BestOfN(prompt_messages=r["prompt_messages"], candidates=[Candidate(**c) for c in r["candidates"]],
+                           best_index=r["best_index"], seed=r.get("seed")) for r in values["results"]]
+        return cls(**{**values, "results": results})
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,50 +202,60 @@ def store_as_items(db: Database, project: str, results: BestOfNRun) -> StoredIte
     Prompts the project already has are reused; new ones are added with source ``best-of-n``. The
     number of candidates must suit the project's mode (pairwise: 2, listwise: 3-8, pointwise: 1-8).
     """
+    with transaction(db) as s:
+        return store_candidates(s, find_project(s, project), results)
+
+
+def check_candidates_fit(project: Project, n: int) -> None:
+    """InputError unless items of ``n`` candidates can be labelled in the project's mode."""
+    low, high = CANDIDATES_PER_MODE[project.mode]
+    if not low <= n <= high:
+        wanted = f"exactly {low}" if low == high else f"{low} to {high}"
+        raise InputError(f"{n} candidates, but {project.mode.value} project {project.name!r} labels {wanted} "
+                         f"responses per item: use a project of another mode or a different N")
+
+
+def store_candidates(session, proj: Project, results: BestOfNRun) -> StoredItems:
+    """:func:`store_as_items` inside the caller's transaction (e.g. the one that marks a job succeeded)."""
     if not results.results:
         raise InputError("nothing to store: the best-of-N run holds no prompts")
-    with transaction(db) as s:
-        proj = find_project(s, project)
-        low, high = CANDIDATES_PER_MODE[proj.mode]
-        for index, result in enumerate(results.results):
-            count = len(result.candidates)
-            if not low <= count <= high:
-                wanted = f"exactly {low}" if low == high else f"{low} to {high}"
-                raise InputError(f"prompt {index + 1} has {count} candidates, but {proj.mode.value} project "
-                                 f"{proj.name!r} labels {wanted} responses per item: use a project of another "
-                                 f"mode or a different N")
-        known = dict(s.execute(select(Prompt.content_hash, Prompt.id).where(Prompt.project_id == proj.id)).all())
-        stored = StoredItems(project=proj.name, item_ids=[], best_response_ids=[])
-        for index, result in enumerate(results.results):
-            try:
-                messages = validate_messages(result.prompt_messages)
-            except InputError as exc:
-                raise InputError(f"prompt {index + 1}: {exc}") from None
-            digest = content_hash(messages)
-            if digest not in known:
-                is_chat = results.is_chat[index] if index < len(results.is_chat) else len(messages) > 1
-                meta = results.meta[index] if index < len(results.meta) else {}
-                prompt = Prompt(project_id=proj.id, messages=messages, is_chat=is_chat, content_hash=digest,
-                                source=SOURCE, meta=meta)
-                s.add(prompt)
-                s.flush()
-                known[digest] = prompt.id
-                stored.prompts_added += 1
-            item = Item(project_id=proj.id, prompt_id=known[digest], status=ItemStatus.ready)
-            s.add(item)
-            sampling = {**results.sampling, "seed": result.seed, "run_seed": results.sampling.get("seed"),
-                        "n": results.n, "reward_model": results.reward}
-            for position, candidate in enumerate(result.candidates):
-                item.responses.append(Response(
-                    prompt_id=known[digest], position=position, text=candidate.text, model=results.model,
-                    adapter=results.adapter, sampling={**sampling, "rm_score": float(candidate.score)},
-                    seed=result.seed, num_tokens=candidate.num_tokens, finish_reason=candidate.finish_reason,
-                    source=SOURCE))
-            s.flush()
-            stored.item_ids.append(item.id)
-            stored.best_response_ids.append(item.responses[result.best_index].id)
-            stored.responses += len(result.candidates)
-        return stored
+    for index, result in enumerate(results.results):
+        try:
+            check_candidates_fit(proj, len(result.candidates))
+        except InputError as exc:
+            raise InputError(f"prompt {index + 1} has {exc}") from None
+    known = dict(session.execute(select(Prompt.content_hash, Prompt.id).where(Prompt.project_id == proj.id)).all())
+    stored = StoredItems(project=proj.name, item_ids=[], best_response_ids=[])
+    for index, result in enumerate(results.results):
+        try:
+            messages = validate_messages(result.prompt_messages)
+        except InputError as exc:
+            raise InputError(f"prompt {index + 1}: {exc}") from None
+        digest = content_hash(messages)
+        if digest not in known:
+            is_chat = results.is_chat[index] if index < len(results.is_chat) else len(messages) > 1
+            meta = results.meta[index] if index < len(results.meta) else {}
+            prompt = Prompt(project_id=proj.id, messages=messages, is_chat=is_chat, content_hash=digest,
+                            source=SOURCE, meta=meta)
+            session.add(prompt)
+            session.flush()
+            known[digest] = prompt.id
+            stored.prompts_added += 1
+        item = Item(project_id=proj.id, prompt_id=known[digest], status=ItemStatus.ready)
+        session.add(item)
+        sampling = {**results.sampling, "seed": result.seed, "run_seed": results.sampling.get("seed"),
+                    "n": results.n, "reward_model": results.reward}
+        for position, candidate in enumerate(result.candidates):
+            item.responses.append(Response(
+                prompt_id=known[digest], position=position, text=candidate.text, model=results.model,
+                adapter=results.adapter, sampling={**sampling, "rm_score": float(candidate.score)},
+                seed=result.seed, num_tokens=candidate.num_tokens, finish_reason=candidate.finish_reason,
+                source=SOURCE))
+        session.flush()
+        stored.item_ids.append(item.id)
+        stored.best_response_ids.append(item.responses[result.best_index].id)
+        stored.responses += len(result.candidates)
+    return stored
 
 
 # --------------------------------------------------------------------------------------------
