@@ -77,3 +77,19 @@ def db(tmp_path):
     from storage.db import open_database
 
     return open_database(tmp_path / "test.db")
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A reward model on the tiny Llama, trained for 2 steps on 4 canned pairs."""
+    import json
+
+    from alignment.training import RewardConfig, train_reward_model
+
+    tmp = tmp_path_factory.mktemp("tiny-rm")
+    rows = [{"prompt": f"Question {i}: is it true?", "chosen": "Sure, yes", "rejected": "No, never"} for i in range(4)]
+    (tmp / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = RewardConfig(model=str(tiny_model_dir), data=str(tmp / "pairs.jsonl"), out=str(tmp / "rm"),
+                          max_steps=2, batch_size=2, lr=1e-2, eval_fraction=0.0, max_length=64, lora_r=4,
+                          lora_alpha=8, lora_dropout=0.0)
+    return train_reward_model(config).out_dir

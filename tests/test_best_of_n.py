@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from alignment.best_of_n import BestOfN, argmax, best_of_n, policy_backend
 from alignment.sampling import SamplingParams
-from alignment.training import RewardConfig, load_reward_model, score, train_reward_model
+from alignment.training import load_reward_model, score
 from annotation.services.best_of_n import BestOfNRun, record_rm_pick_verdict, run_best_of_n, store_as_items
 from storage.db import transaction
 from storage.errors import InputError
@@ -43,14 +43,9 @@ def write_jsonl(path: Path, rows) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reward_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """A reward model on the tiny Llama, trained for 2 steps (as in test_training)."""
-    tmp = tmp_path_factory.mktemp("rm")
-    rows = [{"prompt": f"Question {i}: is it true?", "chosen": "Sure, yes", "rejected": "No, never"} for i in range(4)]
-    config = RewardConfig(model=str(tiny_model_dir), data=str(write_jsonl(tmp / "pairs.jsonl", rows)),
-                          out=str(tmp / "rm"), max_steps=2, batch_size=2, lr=1e-2, eval_fraction=0.0,
-                          max_length=64, lora_r=4, lora_alpha=8, lora_dropout=0.0)
-    return train_reward_model(config).out_dir
+def reward_dir(tiny_reward_dir) -> Path:
+    """A reward model on the tiny Llama, trained for 2 steps (tests/conftest.py)."""
+    return tiny_reward_dir
 
 
 @pytest.fixture(scope="module")

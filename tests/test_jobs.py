@@ -158,3 +158,134 @@ def test_a_checkpoint_cut_off_while_written_is_not_resumed_from(tmp_path):
     (tmp_path / "output" / "checkpoint-2" / "trainer_state.json").write_text("{}")
     (tmp_path / "output" / "checkpoint-4").mkdir()  # killed before its state file was written
     assert latest_checkpoint(tmp_path) == tmp_path / "output" / "checkpoint-2"
+
+
+# --------------------------------------------------------------------------------------------
+# Best-of-N jobs: a project's prompts in, a scored dataset (and optionally items to label) out
+# --------------------------------------------------------------------------------------------
+
+def bon_config(model_dir, reward_dir, **overrides):
+    return {"reward": str(reward_dir), "model": str(model_dir), "n": 2, "temperature": 1.0, "top_p": 1.0,
+            "max_new_tokens": 6, "seed": 3, "batch_size": 4, **overrides}
+
+
+def count(db, model) -> int:
+    with transaction(db) as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def test_a_bon_job_writes_the_scored_dataset_and_stores_the_candidates_as_items(db, runner, tiny_model_dir,
+                                                                                 tiny_reward_dir):
+    from storage.models import Item, Response
+
+    make_project(db, "p", prompts=3)
+    job_id = runner.submit(JobRequest("bon", "p", bon_config(tiny_model_dir, tiny_reward_dir, store_as_items=True)))
+    job = wait_for(db, job_id, {JobStatus.succeeded, JobStatus.failed})
+    assert job.status == JobStatus.succeeded, job.error
+    run_dir = Path(job.run_dir)
+
+    rows = [json.loads(line) for line in (run_dir / "output" / "best_of_n.jsonl").read_text().splitlines()]
+    assert [r["prompt"][-1]["content"] for r in rows] == [f"prompt number {i}" for i in range(3)]
+    for row in rows:
+        assert len(row["completions"]) == 2 and len(row["scores"]) == 2
+        assert row["scores"][row["best_index"]] == max(row["scores"])
+        assert row["best"] == row["completions"][row["best_index"]]
+
+    events = read_progress(run_dir)
+    assert events[0]["event"] == "train_begin" and events[0]["total_steps"] == 3
+    steps = [e for e in events if e["event"] == "step"]
+    assert steps[-1]["step"] == 3 and steps[-1]["unit"] == "prompt" and steps[-1]["eta_s"] == 0
+    assert "scores/best_mean" in events[-1]["metrics"]
+
+    row = job_rows(db)[0]
+    assert row["output"] == str(run_dir / "output" / "best_of_n.jsonl") and row["prompts"] == 3
+    assert row["labels"] is None and row["unit"] == "prompt" and row["step"] == 3
+    assert count(db, TrainedModel) == 0  # a dataset, not a model
+    with transaction(db) as s:
+        items = s.scalars(select(Item).order_by(Item.id)).all()
+        assert len(items) == 3 and all(len(item.responses) == 2 for item in items)
+        scores = [[r.sampling["rm_score"] for r in item.responses] for item in items]
+        assert scores == [r["scores"] for r in rows]
+        assert {r.source for r in s.scalars(select(Response))} == {"best-of-n"}
+    assert "stored 3 items (6 responses) in project 'p'" in (run_dir / "log.txt").read_text()
+
+
+def test_a_bon_job_freezes_the_selected_prompts_at_submit(db, tmp_path, tiny_model_dir, tiny_reward_dir):
+    from annotation.services.prompts import add_text_prompts
+
+    labelled_project(db, n=4)  # prompts q0..q3, all labelled
+    add_text_prompts(db, "p", "fresh one\nfresh two\nfresh three")
+    held = JobRunner(db, tmp_path / "runs")  # never started: jobs stay queued
+    job_id = held.submit(JobRequest("bon", "p", bon_config(tiny_model_dir, tiny_reward_dir, prompts="unlabelled",
+                                                           max_prompts=2)))
+    add_text_prompts(db, "p", "added after submit")
+    with transaction(db) as s:
+        job = s.get(Job, job_id)
+        frozen = [json.loads(line) for line in Path(job.snapshot.path).read_text().splitlines()]
+        assert job.status == JobStatus.queued and job.config["project"] == "p"
+        assert job.snapshot.filters == {"prompts": "unlabelled", "max_prompts": 2}
+    assert [r["prompt"] for r in frozen] == ["fresh one", "fresh two"]
+
+
+def test_bad_bon_settings_are_refused_at_submit_and_launch_nothing(db, tmp_path, tiny_model_dir, tiny_reward_dir):
+    labelled_project(db, name="labelled", n=4)
+    make_project(db, "pairs", prompts=2)
+    make_project(db, "empty")
+    held = JobRunner(db, tmp_path / "runs")
+    refused = [
+        ("pairs", {"reward": ""}, "pick a reward model"),
+        ("pairs", {"reward": str(tmp_path / "nowhere")}, "reward model folder not found"),
+        ("pairs", {"reward": str(tiny_model_dir)}, "not a saved reward model"),
+        ("pairs", {"n": 0}, "n must be an integer >= 1"),
+        ("pairs", {"temperature": -1.0}, "temperature must be"),
+        ("pairs", {"n": 3, "store_as_items": True}, "3 candidates, but pairwise project 'pairs' labels exactly 2"),
+        ("pairs", {"prompts": "newest"}, "prompts must be one of all, unlabelled"),
+        ("pairs", {"max_prompts": 0}, "max_prompts must be"),
+        ("empty", {}, "project 'empty' has no prompts"),
+        ("labelled", {"prompts": "unlabelled"}, "no prompts without labels"),
+        ("nope", {}, "unknown project"),
+    ]
+    for project, overrides, message in refused:
+        with pytest.raises(InputError, match=message):
+            held.submit(JobRequest("bon", project, bon_config(tiny_model_dir, tiny_reward_dir, **overrides)))
+    from storage.snapshots import SnapshotFilters
+
+    with pytest.raises(InputError, match="filters select labels"):
+        held.submit(JobRequest("bon", "pairs", bon_config(tiny_model_dir, tiny_reward_dir),
+                               SnapshotFilters(annotators=["ann"])))
+    assert count(db, Job) == 0 and count(db, Snapshot) == 0
+    assert not any((tmp_path / "runs").glob("job-*"))
+
+
+def test_bon_jobs_that_fail_or_are_cancelled_show_why_and_store_nothing(db, runner, tiny_model_dir,
+                                                                       tiny_reward_dir, tmp_path):
+    import shutil
+
+    from storage.models import Item, Mode, Project
+
+    make_project(db, "p", prompts=2)
+    runner.stop()  # hold the queue while the world changes under the queued jobs
+    gone = shutil.copytree(tiny_reward_dir, tmp_path / "rm-copy")
+    lost_reward = runner.submit(JobRequest("bon", "p", bon_config(tiny_model_dir, gone)))
+    shutil.rmtree(gone)
+    unstorable = runner.submit(JobRequest("bon", "p", bon_config(tiny_model_dir, tiny_reward_dir,
+                                                                 store_as_items=True)))
+    with transaction(db) as s:  # the project can no longer take items of 2 when the job ends
+        s.scalars(select(Project)).one().mode = Mode.listwise
+    long = runner.submit(JobRequest("bon", "p", bon_config(tiny_model_dir, tiny_reward_dir, max_new_tokens=4000,
+                                                           temperature=0.0)))
+    runner._stop.clear()
+    runner.start()
+
+    failed = wait_for(db, lost_reward, {JobStatus.failed, JobStatus.succeeded})
+    assert failed.status == JobStatus.failed and "reward model folder not found" in failed.error
+    failed = wait_for(db, unstorable, {JobStatus.failed, JobStatus.succeeded})
+    assert failed.status == JobStatus.failed and "could not be recorded" in failed.error
+    assert "listwise project 'p' labels 3 to 8" in failed.error
+    assert Path(failed.run_dir, "output", "best_of_n.jsonl").exists()  # the dataset itself is fine
+
+    job = wait_for(db, long, {JobStatus.running})
+    runner.cancel(long)
+    assert not group_alive(job.pid)
+    assert wait_for(db, long, {JobStatus.cancelled}).status == JobStatus.cancelled
+    assert count(db, Item) == 0

@@ -1,14 +1,41 @@
-"""The kinds of job the runner knows: config class, training function, the snapshot it reads and
-the artifact it produces. One table, so the UI form, the CLI and the worker agree."""
+"""The kinds of job the runner knows: config class, the function the worker runs, the input frozen at
+submit and what a finished job leaves behind. One table, so the UI form, the CLI and the worker agree.
+
+Each kind has hooks for the runner: ``check`` refuses, at submit, settings the project cannot take;
+``summarize`` turns what ``run`` returned into the JSON the worker saves (``result.json``); ``record``
+writes what a succeeded job produced into the database, in the transaction that marks it succeeded.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from alignment.training.config import DPOConfig, PLDPOConfig, RewardConfig
 from alignment.training.dpo import train_dpo
 from alignment.training.pl_dpo import train_pl_dpo
 from alignment.training.reward import train_reward_model
+from annotation.jobs import best_of_n
+from storage.models import Job, TrainedModel
+
+#: What a job produces: trained models are registered (with their lineage); a dataset is a file.
+MODEL_OUTPUTS = ("policy-adapter", "reward-model")
+
+
+def training_summary(result) -> dict[str, Any]:
+    return {"output": str(result.out_dir), "out_dir": str(result.out_dir), "steps": result.steps,
+            "metrics": result.metrics, "eval_metrics": result.eval_metrics}
+
+
+def register_trained_model(session, job: Job, summary: dict[str, Any]) -> str:
+    """The model a training job produced, with its lineage (job, label snapshot) and metrics."""
+    metrics = {**(summary.get("metrics") or {}),
+               **{f"eval/{k}": v for k, v in (summary.get("eval_metrics") or {}).items()}}
+    name = f"{job.kind}-job{job.id}"
+    session.add(TrainedModel(name=name, kind=JOB_KINDS[job.kind].produces, path=summary["out_dir"],
+                             base_model=job.config.get("model", "default"), job_id=job.id,
+                             snapshot_id=job.snapshot_id, metrics=metrics))
+    return f"registered model {name}"
 
 
 @dataclass(frozen=True)
@@ -16,13 +43,24 @@ class JobKind:
     name: str
     title: str
     config_class: type
-    train: Callable
-    snapshot: str  # "pairs" | "rankings" (storage.snapshots.SNAPSHOT_KINDS)
-    produces: str  # "policy-adapter" | "reward-model"
+    run: Callable  # run(config, callbacks=[...]) in the job subprocess
+    snapshot: str  # input frozen at submit: "pairs" | "rankings" (storage.snapshots.SNAPSHOT_KINDS) | "prompts"
+    produces: str  # "policy-adapter" | "reward-model" | "dataset"
+    summarize: Callable[[Any], dict] = training_summary
+    record: Callable[[Any, Job, dict], str | None] = register_trained_model
+    check: Callable[[Any, Any], None] | None = None  # check(project, config), raises InputError
+    unit: str = "step"  # what the progress counts
+
+    @property
+    def trains(self) -> bool:
+        return self.produces in MODEL_OUTPUTS
 
 
 JOB_KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("rm", "Reward model (Bradley-Terry, LoRA)", RewardConfig, train_reward_model, "pairs", "reward-model"),
     JobKind("dpo", "DPO (LoRA)", DPOConfig, train_dpo, "pairs", "policy-adapter"),
     JobKind("pl-dpo", "Listwise DPO (Plackett-Luce, LoRA)", PLDPOConfig, train_pl_dpo, "rankings", "policy-adapter"),
+    JobKind("bon", "Best-of-N dataset (reward model picks the best of N)", best_of_n.BestOfNJobConfig,
+            best_of_n.run, "prompts", "dataset", summarize=dict, record=best_of_n.record, check=best_of_n.check,
+            unit="prompt"),
 )}

@@ -1,12 +1,14 @@
 """The job runner: a queue that runs one job at a time per device, each in its own subprocess.
 
-Submitting a job freezes a snapshot of the selected labels, writes the resolved config into a new
-run folder (`job.json`) and queues a database row. A supervisor thread starts queued jobs when
-their device is free (`python -m annotation.jobs.worker RUN_DIR`, no shell, in its own process
-group, output to `RUN_DIR/log.txt`), and records how each ends: succeeded (with the trained model
-and its lineage), failed (with the tail of the log), cancelled. Cancel stops the whole process
-group. When the app starts, jobs a previous run left running are stopped if still alive and marked
-interrupted; `resume` queues them again from their last checkpoint, in the same run folder.
+Submitting a job freezes its input (a snapshot of the selected labels, or of the project's prompts
+for best-of-N), writes the resolved config into a new run folder (`job.json`) and queues a database
+row. A supervisor thread starts queued jobs when their device is free (`python -m
+annotation.jobs.worker RUN_DIR`, no shell, in its own process group, output to `RUN_DIR/log.txt`),
+and records how each ends: succeeded (with what it produced: the trained model and its lineage, or
+the best-of-N candidates stored as items), failed (with the tail of the log), cancelled. Cancel stops
+the whole process group. When the app starts, jobs a previous run left running are stopped if still
+alive and marked interrupted; `resume` queues them again from their last checkpoint (a kind without
+checkpoints, best-of-N, starts over on the same frozen input), in the same run folder.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,8 @@ from annotation.jobs.kinds import JOB_KINDS
 from annotation.services.projects import find_project
 from storage.db import Database, transaction
 from storage.errors import InputError
-from storage.models import Job, JobStatus, Snapshot, TrainedModel
-from storage.snapshots import SnapshotFilters, create_snapshot
+from storage.models import Job, JobStatus, Snapshot
+from storage.snapshots import SnapshotFilters, create_prompt_snapshot, create_snapshot
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +51,14 @@ def log_tail(run_dir: Path, chars: int = LOG_TAIL_CHARS) -> str:
     with path.open("rb") as f:
         f.seek(max(0, path.stat().st_size - chars))
         return f.read().decode("utf-8", errors="replace")
+
+
+def read_result(run_dir: Path) -> dict[str, Any]:
+    """The summary the worker wrote when the job ended well (empty before, or if unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def read_progress(run_dir: Path) -> list[dict[str, Any]]:
@@ -81,8 +91,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 class JobRequest:
     kind: str
     project: str
-    config: dict[str, Any]  # fields of the kind's config class; data/out are filled in here
-    filters: SnapshotFilters | None = None
+    config: dict[str, Any]  # fields of the kind's config class; data/out (and project) are filled in here
+    filters: SnapshotFilters | None = None  # which labels a training job reads
 
 
 class JobRunner:
@@ -123,7 +133,7 @@ class JobRunner:
 
     # ---- user actions ----------------------------------------------------------------------------
     def submit(self, request: JobRequest) -> int:
-        """Validate, snapshot the labels and queue the job; bad input raises InputError, queues nothing."""
+        """Validate, freeze the input and queue the job; bad input raises InputError, queues nothing."""
         kind = JOB_KINDS.get(request.kind)
         if kind is None:
             raise InputError(f"unknown job kind {request.kind!r}: use {', '.join(JOB_KINDS)}")
@@ -135,10 +145,13 @@ class JobRunner:
                 s.add(job)
                 s.flush()
                 run_dir = self.runs_root / f"job-{job.id:05d}-{kind.name}"
-                snapshot = create_snapshot(s, project, kind.snapshot, run_dir / "snapshot", request.filters,
-                                           min_rows=self.min_labels)
-                config = build_config(kind.name, {**request.config, "data": snapshot.path,
-                                                  "out": str(run_dir / "output")})
+                snapshot = self._freeze_input(s, kind, project, run_dir / "snapshot", request)
+                values = {**request.config, "data": snapshot.path, "out": str(run_dir / "output")}
+                if _has_field(kind.config_class, "project"):
+                    values["project"] = project.name
+                config = build_config(kind.name, values)
+                if kind.check is not None:
+                    kind.check(project, config)
                 job.config, job.run_dir, job.snapshot_id = config.to_dict(), str(run_dir), snapshot.id
                 job.device = config.resolved_device()
                 self._write_spec(run_dir, kind.name, job.config)
@@ -147,6 +160,16 @@ class JobRunner:
             if run_dir is not None:  # the row is rolled back: leave no orphan folder either
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
+
+    def _freeze_input(self, session, kind, project, out_dir: Path, request: JobRequest) -> Snapshot:
+        """The job's input, written now: labels or prompts added while it waits never change what it reads."""
+        if kind.snapshot != "prompts":
+            return create_snapshot(session, project, kind.snapshot, out_dir, request.filters, min_rows=self.min_labels)
+        if request.filters is not None and any(asdict(request.filters).values()):
+            raise InputError(f"annotator and date filters select labels; a {kind.name} job reads prompts: "
+                             f"choose them with its prompts and max_prompts settings")
+        return create_prompt_snapshot(session, project, out_dir, request.config.get("prompts", "all"),
+                                      request.config.get("max_prompts"))
 
     def cancel(self, job_id: int) -> None:
         with self._lock, transaction(self.db) as s:
@@ -166,9 +189,10 @@ class JobRunner:
             if job.status not in (JobStatus.interrupted, JobStatus.failed, JobStatus.cancelled):
                 raise InputError(f"job {job_id} is {job.status.value}: only interrupted, failed or cancelled "
                                  f"jobs can be resumed")
-            checkpoint = latest_checkpoint(Path(job.run_dir))
             config = dict(job.config)
-            config["resume_from"] = str(checkpoint) if checkpoint else None
+            if _has_field(JOB_KINDS[job.kind].config_class, "resume_from"):
+                checkpoint = latest_checkpoint(Path(job.run_dir))
+                config["resume_from"] = str(checkpoint) if checkpoint else None
             job.config, job.status, job.error, job.finished_at = config, JobStatus.queued, None, None
             self._write_spec(Path(job.run_dir), job.kind, config)
 
@@ -207,27 +231,38 @@ class JobRunner:
         log.info("job %s (%s) started, pid %s", job.id, job.kind, proc.pid)
 
     def _finish(self, job_id: int, returncode: int) -> None:
+        try:
+            note = self._record_end(job_id, returncode)
+        except Exception as exc:  # noqa: BLE001 - e.g. the project can no longer take the items
+            # The transaction above rolled back: nothing it produced is recorded, and the job says why.
+            log.exception("job %s: recording its output failed", job_id)
+            note = None
+            with transaction(self.db) as s:
+                job = self._get(s, job_id)
+                job.status, job.pid, job.finished_at = JobStatus.failed, None, _now()
+                job.error = f"the job ran, but its output could not be recorded: {exc}"
+        if note:  # after the commit, so the log never claims what the database does not hold
+            with transaction(self.db) as s:
+                run_dir = Path(self._get(s, job_id).run_dir)
+            with (run_dir / "log.txt").open("a", encoding="utf-8") as logf:
+                logf.write(f"{note}\n")
+        log.info("job %s finished with exit code %s", job_id, returncode)
+
+    def _record_end(self, job_id: int, returncode: int) -> str | None:
+        """Mark the job succeeded (recording what it produced, in the same transaction) or failed."""
         with transaction(self.db) as s:
             job = self._get(s, job_id)
             if job.status != JobStatus.running:
-                return  # cancelled meanwhile
+                return None  # cancelled meanwhile
             job.pid, job.finished_at = None, _now()
             run_dir = Path(job.run_dir)
-            result_path = run_dir / "result.json"
-            if returncode == 0 and result_path.exists():
+            result = read_result(run_dir)
+            if returncode == 0 and result:
                 job.status = JobStatus.succeeded
-                self._register_model(s, job, json.loads(result_path.read_text(encoding="utf-8")))
-            else:
-                job.status = JobStatus.failed
-                job.error = f"exit code {returncode}\n{log_tail(run_dir)}"
-        log.info("job %s finished with exit code %s", job_id, returncode)
-
-    def _register_model(self, session, job: Job, result: dict) -> None:
-        kind = JOB_KINDS[job.kind]
-        metrics = {**(result.get("metrics") or {}), **{f"eval/{k}": v for k, v in (result.get("eval_metrics") or {}).items()}}
-        session.add(TrainedModel(name=f"{job.kind}-job{job.id}", kind=kind.produces, path=result["out_dir"],
-                                 base_model=job.config.get("model", "default"), job_id=job.id,
-                                 snapshot_id=job.snapshot_id, metrics=metrics))
+                return JOB_KINDS[job.kind].record(s, job, result)
+            job.status = JobStatus.failed
+            job.error = f"exit code {returncode}\n{log_tail(run_dir)}"
+            return None
 
     # ---- helpers ---------------------------------------------------------------------------------
     @staticmethod
@@ -250,6 +285,10 @@ def build_config(kind_name: str, values: dict[str, Any]):
         return kind.config_class.from_dict(values)
     except (TypeError, ValueError) as exc:
         raise InputError(f"invalid {kind_name} settings: {exc}") from None
+
+
+def _has_field(config_class: type, name: str) -> bool:
+    return any(f.name == name for f in fields(config_class))
 
 
 def _kill_group(pid: int, grace_seconds: float = 5.0) -> None:
@@ -281,10 +320,17 @@ def job_rows(db: Database) -> list[dict[str, Any]]:
             events = read_progress(Path(job.run_dir)) if job.run_dir else []
             last = next((e for e in reversed(events) if e.get("event") in ("step", "eval", "train_end")), {})
             snapshot = s.get(Snapshot, job.snapshot_id) if job.snapshot_id else None
+            counts = (snapshot.counts or {}) if snapshot else {}
+            kind = JOB_KINDS.get(job.kind)
+            # The output is shown once the job succeeded: before that the folder may hold half of it.
+            result = read_result(Path(job.run_dir)) if job.status == JobStatus.succeeded else {}
             rows.append({"id": job.id, "kind": job.kind, "status": job.status.value, "device": job.device,
-                         "run_dir": job.run_dir,
+                         "run_dir": job.run_dir, "unit": kind.unit if kind else "step",
                          "step": last.get("step"), "total_steps": last.get("total_steps"),
                          "loss": last.get("loss"), "eta_s": last.get("eta_s"),
-                         "labels": (snapshot.counts or {}).get("rows") if snapshot else None,
+                         "labels": None if "prompts" in counts else counts.get("rows"),
+                         "prompts": counts.get("prompts"),
+                         "output": result.get("output") or result.get("out_dir"),
+                         "produces": kind.produces if kind else None,
                          "error": job.error})
     return rows

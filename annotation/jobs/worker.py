@@ -1,7 +1,8 @@
 """The job subprocess: `python -m annotation.jobs.worker RUN_DIR`.
 
-Reads `RUN_DIR/job.json` ({"kind", "config"}), runs the method's training function with a progress
-file the UI tails (`RUN_DIR/progress.jsonl`), writes `RUN_DIR/result.json` on success and exits 0;
+Reads `RUN_DIR/job.json` ({"kind", "config"}), runs the kind's function (training, or best-of-N) with
+a progress file the UI tails (`RUN_DIR/progress.jsonl`), writes its summary to `RUN_DIR/result.json`
+on success and exits 0;
 any exception prints its traceback to the log (stdout/stderr, redirected by the runner into
 `RUN_DIR/log.txt`) and exits 1. The runner owns everything else (status, cancel, resume).
 """
@@ -24,9 +25,8 @@ def run(run_dir: Path) -> dict:
     spec = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
     kind = JOB_KINDS[spec["kind"]]
     config = kind.config_class.from_dict(spec["config"])
-    result = kind.train(config, callbacks=[ProgressFile(run_dir / "progress.jsonl")])
-    summary = {"out_dir": str(result.out_dir), "steps": result.steps, "metrics": result.metrics,
-               "eval_metrics": result.eval_metrics}
+    result = kind.run(config, callbacks=[ProgressFile(run_dir / "progress.jsonl")])
+    summary = kind.summarize(result)
     (run_dir / "result.json").write_text(json.dumps(summary, default=float), encoding="utf-8")
     return summary
 

@@ -17,8 +17,10 @@ def train_headless(kind_name: str, values: dict[str, Any], db: Database | None =
                    filters: SnapshotFilters | None = None, progress_bar: bool = True):
     """Train with `values` (config fields); `project` snapshots its labels into OUT/snapshot first."""
     kind = JOB_KINDS.get(kind_name)
-    if kind is None:
-        raise InputError(f"unknown method {kind_name!r}: use {', '.join(JOB_KINDS)}")
+    if kind is None or not kind.trains:
+        methods = ", ".join(k.name for k in JOB_KINDS.values() if k.trains)
+        hint = " (best-of-N runs with `app.py bon`)" if kind is not None else ""
+        raise InputError(f"unknown method {kind_name!r}: use {methods}{hint}")
     values = {k: v for k, v in values.items() if v is not None}
     if project is not None:
         if db is None:
@@ -35,4 +37,4 @@ def train_headless(kind_name: str, values: dict[str, Any], db: Database | None =
         from alignment.training.callbacks import TqdmCallback
 
         callbacks.append(TqdmCallback())
-    return kind.train(config, callbacks=callbacks)
+    return kind.run(config, callbacks=callbacks)
