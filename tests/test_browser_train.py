@@ -151,3 +151,52 @@ def test_reward_model_then_best_of_n_with_a_verdict_label(page, server, tiny_mod
         label = s.scalars(select(PairwiseLabel).join(User).where(User.name == "judge")).one()
         a = s.get(Response, label.response_a_id)
         assert a.source == "best-of-n" and "rm_score" in a.sampling
+
+
+def test_best_of_n_job_from_the_train_tab(page, server, tiny_model_dir, tiny_reward_dir):
+    """A reward model (registered as if a job had trained it) picks the best of 2 for 3 of the project's
+    prompts; the candidates become items of the pairwise project, the dataset downloads from the queue."""
+    db = server.db
+    with transaction(db) as s:
+        s.add(TrainedModel(name="tiny-rm", kind="reward-model", path=str(tiny_reward_dir),
+                           base_model=str(tiny_model_dir), metrics={}))
+        jobs_before = len(s.scalars(select(Job)).all())
+        bon_before = len(s.scalars(select(Response).where(Response.source == "best-of-n")).all())
+
+    goto_tab(page, "train")  # opening the tab refreshes the reward-model choices
+    pick_dropdown(page, "train-method", "Best-of-N dataset (reward model picks the best of N)")
+    pick_dropdown(page, "train-project", "prefs")
+    expect(page.locator("#train-launch")).to_have_text("Run")
+    pick_dropdown(page, "bon-job-reward", "tiny-rm (job None)")
+    page.locator("#bon-job-model textarea").fill(str(tiny_model_dir))
+    page.locator("#bon-job-max_prompts textarea").fill("3")
+    fill_number(page, "bon-job-max_new_tokens", 6)
+    page.locator("#bon-job-store_as_items input[type=checkbox]").check()
+
+    # Three candidates cannot be labelled in a pairwise project: refused before anything is queued.
+    fill_number(page, "bon-job-n", 3)
+    page.click("#train-launch")
+    wait_status(page, "3 candidates, but pairwise project 'prefs' labels exactly 2", elem_id="train-status")
+    with transaction(db) as s:
+        assert len(s.scalars(select(Job)).all()) == jobs_before
+
+    fill_number(page, "bon-job-n", 2)
+    page.click("#train-launch")
+    wait_status(page, r"Job \d+ queued", elem_id="train-status")
+    job_id = re.search(r"Job (\d+) queued", page.locator("#train-status").inner_text()).group(1)
+    expect(page.locator("#job-progress")).to_contain_text(f"job {job_id} · succeeded · prompt 3/3", timeout=180_000)
+    expect(page.locator("#job-queue")).to_contain_text("3 prompts")
+    expect(page.locator("#job-queue")).to_contain_text("best_of_n.jsonl")
+    expect(page.locator("#job-log textarea")).to_have_value(re.compile(r"stored 3 items \(6 responses\)"))
+
+    page.click("#job-download")
+    with page.expect_download() as download:
+        page.locator("#job-output a[download]").first.click()
+    assert download.value.suggested_filename == f"job{job_id}-best_of_n.jsonl"
+    rows = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+    assert len(rows) == 3 and all(len(r["completions"]) == len(r["scores"]) == 2 for r in rows)
+    with transaction(db) as s:
+        job = s.get(Job, int(job_id))
+        assert job.status == JobStatus.succeeded and job.config["n"] == 2 and job.config["store_as_items"]
+        added = len(s.scalars(select(Response).where(Response.source == "best-of-n")).all()) - bon_before
+        assert added == 6

@@ -11,7 +11,8 @@ from annotation.ui.context import UIContext
 from annotation.ui.data import build_data_tab, counts_table
 from annotation.ui.models import build_models_tab, model_choices, model_table
 from annotation.ui.projects import build_projects_tab
-from annotation.ui.train import build_train_tab, project_choices
+from annotation.ui.train import build_train_tab
+from annotation.ui.train import on_select as train_choices
 
 # Keys act only when focus is not in a text field, so typing a rationale never fires a shortcut.
 SHORTCUTS_JS = """
@@ -91,7 +92,8 @@ def build_app(ctx: UIContext) -> gr.Blocks:
         data_tab.select(lambda current: (names_update(current), counts_table(ctx)), data.project,
                         [data.project, data.counts])
         projects_tab.select(lambda current: setup.refresh_choices(ctx, current), setup.project, setup.project)
-        train_tab.select(lambda current: project_choices(ctx, current), train.project, train.project)
+        train_tab.select(lambda current: train_choices(ctx, train, current), train.project,
+                         [train.project, *train.pickers])
         models_tab.select(lambda current: (model_table(ctx), model_choices(ctx, current)), trained.model,
                           [trained.table, trained.model])
         bon_tab.select(lambda *current: best_of_n_choices(ctx, *current), [best.project, best.reward, best.policy],

@@ -28,9 +28,11 @@ def _base_type(hint):
 
 def build_form(cls: type, choices: dict[str, list] | None = None, multiline: tuple[str, ...] = (),
                prefix: str = "", defaults: dict[str, Any] | None = None,
-               exclude: tuple[str, ...] = ()) -> dict[str, gr.components.Component]:
+               exclude: tuple[str, ...] = (),
+               custom_values: tuple[str, ...] = ()) -> dict[str, gr.components.Component]:
     """A component per dataclass field (in field order, minus `exclude`), keyed by field name;
-    `defaults` overrides the dataclass defaults shown in the form."""
+    `defaults` overrides the dataclass defaults shown in the form. Fields in `choices` are dropdowns
+    (choices may be (label, value) pairs); those also in `custom_values` take a typed value too."""
     choices = choices or {}
     defaults = defaults or {}
     hints = typing.get_type_hints(cls)
@@ -47,7 +49,8 @@ def build_form(cls: type, choices: dict[str, list] | None = None, multiline: tup
             common["info"] = f"{common['info'] or ''} (leave empty for none)".strip()
             components[f.name] = gr.Textbox(value="" if default is None else str(default), **common)
         elif f.name in choices:
-            components[f.name] = gr.Dropdown(choices=choices[f.name], value=default, **common)
+            components[f.name] = gr.Dropdown(choices=choices[f.name], value=default,
+                                             allow_custom_value=f.name in custom_values, **common)
         elif kind is int:
             components[f.name] = gr.Number(value=default, precision=0, **common)
         elif kind is float:
