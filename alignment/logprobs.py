@@ -25,7 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["build_completion_batch", "completion_logps", "completion_logps_naive"]
+from alignment.packing import additive_mask
+
+__all__ = ["build_completion_batch", "completion_logps", "completion_logps_naive", "packed_completion_logps",
+           "packed_hidden_states"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,6 +96,12 @@ def completion_logps(
     targets = input_ids[:, 1:][scored]  # [N]
     sequence_of_row = scored.nonzero()[:, 0]  # [N]
 
+    sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+    return sums.index_add(0, sequence_of_row, _chunked_row_logps(model, rows, targets, chunk_size))
+
+
+def _chunked_row_logps(model: nn.Module, rows: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
+    """Log-prob of ``targets[i]`` given hidden row ``rows[i]``, ``chunk_size`` rows of LM head at a time."""
     lm_head = model.get_output_embeddings()
     softcap = _softcap(model)
     needs_grad = torch.is_grad_enabled() and (
@@ -106,10 +115,44 @@ def completion_logps(
             pieces.append(checkpoint(_row_logps, lm_head, h, y, softcap, use_reentrant=False))
         else:
             pieces.append(_row_logps(lm_head, h, y, softcap))
-    token_logps = torch.cat(pieces) if pieces else rows.new_zeros(0, dtype=torch.float32)
+    return torch.cat(pieces) if pieces else rows.new_zeros(0, dtype=torch.float32)
 
-    sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
-    return sums.index_add(0, sequence_of_row, token_logps)
+
+def packed_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+    """The decoder's last hidden states ``[B, L, H]`` for a shared-prefix batch
+    (:func:`alignment.packing.build_shared_prefix_batch`): its 4-D boolean mask goes in as an
+    additive mask, which transformers passes to the attention as it is."""
+    decoder = _decoder(model)
+    dtype = next(decoder.parameters()).dtype
+    if not dtype.is_floating_point:  # 4-bit weights: the mask follows the compute dtype
+        dtype = torch.bfloat16 if input_ids.is_cuda else torch.float32
+    return decoder(input_ids=input_ids, attention_mask=additive_mask(attention_mask, dtype),
+                   position_ids=position_ids, use_cache=False).last_hidden_state
+
+
+def packed_completion_logps(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    position_ids: Tensor,
+    score_index: Tensor,
+    targets: Tensor,
+    segments: Tensor,
+    last_index: Tensor,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Summed log-probability of every completion of a shared-prefix batch, ``[S]`` float32.
+
+    The same quantity as :func:`completion_logps` on the unpacked ``prompt + completion`` rows,
+    with each prompt computed once. ``S`` (the number of completions) is ``len(last_index)``.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    hidden = packed_hidden_states(model, input_ids, attention_mask, position_ids)
+    rows = hidden[score_index[:, 0], score_index[:, 1]]  # [N, H]
+    token_logps = _chunked_row_logps(model, rows, targets, chunk_size)
+    sums = torch.zeros(last_index.shape[0], dtype=torch.float32, device=input_ids.device)
+    return sums.index_add(0, segments, token_logps)
 
 
 def completion_logps_naive(

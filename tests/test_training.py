@@ -157,15 +157,15 @@ def test_rankings_drop_ties_and_split_is_deterministic_by_prompt(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 def count_reference_rows(monkeypatch) -> list[int]:
-    """Counts the rows that go through the reference pass (adapter disabled)."""
+    """Counts the completions scored by the reference pass (adapter disabled)."""
     rows: list[int] = []
-    real = reference.completion_logps
+    real = reference.packed_completion_logps
 
-    def counting(model, input_ids, *args, **kwargs):
-        rows.append(input_ids.shape[0])
-        return real(model, input_ids, *args, **kwargs)
+    def counting(model, **batch):
+        rows.append(batch["last_index"].shape[0])
+        return real(model, **batch)
 
-    monkeypatch.setattr(reference, "completion_logps", counting)
+    monkeypatch.setattr(reference, "packed_completion_logps", counting)
     return rows
 
 
@@ -187,7 +187,7 @@ def test_dpo_two_steps_over_two_epochs(tiny_model_dir, pairs_file, tmp_path, mon
 
     assert result.steps == 2 and math.isfinite(result.metrics["loss"])
     assert set(result.eval_metrics) >= {"rewards/accuracies", "rewards/margins", "loss"}
-    # The reference pass ran once per example (2 rows per pair: chosen and rejected), not per epoch.
+    # The reference pass ran once per example (2 completions per pair: chosen and rejected), not per epoch.
     assert sum(ref_rows) == 2 * 3
     begin = recorder.of("train_begin")[0]
     assert (begin["reference"], begin["epochs"], begin["n_train"], begin["n_eval"]) == ("computed", 2, 2, 1)

@@ -5,8 +5,10 @@ This module owns
 * reading the rows prefstudio exports (``storage.exporters``) into :class:`PreferencePair` and
   :class:`Ranking` records, with an error naming the line of the first bad row;
 * the deterministic held-out split (:func:`split`), by prompt so one prompt never sits on both sides;
-* rendering prompts with the tokenizer's chat template and batching prompt/completion pairs into
-  tensors (:func:`pair_batch`, :func:`ranking_batch`, :func:`response_batch`).
+* rendering prompts with the tokenizer's chat template and batching them with their completions
+  into tensors: pairs and rankings as shared-prefix rows, the prompt computed once for all its
+  completions (:func:`pair_batch`, :func:`ranking_batch`; see :mod:`alignment.packing`), single
+  responses as plain rows (:func:`response_batch`).
 
 Accepted rows:
 
@@ -34,6 +36,7 @@ import torch
 
 from alignment.chat import Messages, render_prompt, validate_messages
 from alignment.logprobs import build_completion_batch
+from alignment.packing import build_shared_prefix_batch
 
 T = TypeVar("T")
 
@@ -278,16 +281,17 @@ class PromptCache:
 
 def pair_batch(tokenizer: Any, pairs: Sequence[PreferencePair], max_length: int,
                render: Callable[[Messages], str] | None = None) -> dict:
-    """One batch of 2B rows: the B chosen completions first, then the B rejected ones."""
+    """One shared-prefix row per pair; its scores come out ``[chosen_0, rejected_0, chosen_1, ...]``
+    (``.view(-1, 2)`` gives one ``[chosen, rejected]`` row per pair)."""
     render = render or (lambda messages: render_prompt(tokenizer, messages))
     prompts = [render(p.prompt_messages) for p in pairs]
-    completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    return build_batch(tokenizer, prompts + prompts, completions, max_length)
+    return build_shared_prefix_batch(tokenizer, prompts, [[p.chosen, p.rejected] for p in pairs], max_length)
 
 
 def ranking_batch(tokenizer: Any, rankings: Sequence[Ranking], max_length: int,
                   render: Callable[[Messages], str] | None = None) -> dict:
-    """One batch of B*K rows (row b*K + k is ranking b's k-th best) plus ``ranking_mask`` [B, K].
+    """One shared-prefix row per ranking (score ``b*K + k`` is ranking b's k-th best) plus
+    ``ranking_mask`` [B, K].
 
     Rankings shorter than the longest K are padded with empty completions, masked out.
     """
@@ -295,12 +299,10 @@ def ranking_batch(tokenizer: Any, rankings: Sequence[Ranking], max_length: int,
     k = max(len(r.completions) for r in rankings)
     prompts, completions, mask = [], [], []
     for ranking in rankings:
-        prompt = render(ranking.prompt_messages)
-        padded = list(ranking.completions) + [""] * (k - len(ranking.completions))
-        prompts.extend([prompt] * k)
-        completions.extend(padded)
+        prompts.append(render(ranking.prompt_messages))
+        completions.append(list(ranking.completions) + [""] * (k - len(ranking.completions)))
         mask.append([i < len(ranking.completions) for i in range(k)])
-    batch = build_batch(tokenizer, prompts, completions, max_length)
+    batch = build_shared_prefix_batch(tokenizer, prompts, completions, max_length)
     batch["ranking_mask"] = torch.tensor(mask, dtype=torch.bool)
     return batch
 

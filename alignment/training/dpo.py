@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from alignment.logprobs import completion_logps
+from alignment.logprobs import packed_completion_logps
 from alignment.losses import dpo_loss
 from alignment.training.callbacks import ProgressFile, as_callbacks, emit
 from alignment.training.config import DPOConfig
@@ -23,15 +23,14 @@ from alignment.training.loop import (
 from alignment.training.reference import REFERENCE_FILE, cached_reference_logps
 
 
-def policy_logps(model: Any, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
-    """Summed completion log-probs per row (the forward the loop trains through)."""
-    return completion_logps(model, input_ids, attention_mask, completion_mask)
+def policy_logps(model: Any, **batch: Tensor) -> Tensor:
+    """Summed log-prob of every completion of a shared-prefix batch (the forward the loop trains through)."""
+    return packed_completion_logps(model, **batch)
 
 
-def split_pair_rows(row_logps: Tensor, batch: dict) -> list[Tensor]:
-    """A pair batch's 2B rows (chosen block, then rejected block) -> one ``[chosen, rejected]`` per pair."""
-    chosen, rejected = row_logps.detach().chunk(2)
-    return list(torch.stack([chosen, rejected], dim=-1))
+def split_pair_rows(logps: Tensor, batch: dict) -> list[Tensor]:
+    """A pair batch's scores ``[chosen_0, rejected_0, chosen_1, ...]`` -> one ``[chosen, rejected]`` per pair."""
+    return list(logps.detach().view(-1, 2))
 
 
 def dpo_metrics(policy: Tensor, reference: Tensor, config: DPOConfig) -> dict[str, float]:
@@ -65,7 +64,7 @@ def train_dpo(config: DPOConfig, callbacks: Iterable[Any] = ()) -> TrainResult:
         model, train, held_out, make_batch, split_pair_rows, config=config,
         base_location=policy.base_location, run_dir=run_dir, device=device)
 
-    # (4) Train: chosen and rejected of a batch go through one forward.
+    # (4) Train: each pair's prompt, chosen and rejected go through one forward as one row.
     def collate(indices: list[int]) -> dict:
         batch = make_batch([train[i] for i in indices])
         batch["index"] = torch.tensor(indices)
@@ -73,7 +72,7 @@ def train_dpo(config: DPOConfig, callbacks: Iterable[Any] = ()) -> TrainResult:
 
     def loss(forward: Any, batch: dict) -> tuple[Tensor, dict[str, float]]:
         logps = forward(**{k: batch[k] for k in MODEL_INPUTS})
-        chosen, rejected = logps.chunk(2)
+        chosen, rejected = logps.view(-1, 2).unbind(-1)
         ref = reference["train"][batch["index"].cpu()].to(logps.device)
         out = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], beta=config.beta,
                        loss_type=config.loss, label_smoothing=config.label_smoothing)

@@ -28,7 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from alignment.packing import PACKED_INPUTS
 from alignment.training.callbacks import Callback, emit, eta_seconds
+from alignment.training.memory import lean_allocator
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
@@ -37,8 +39,8 @@ SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng_state.pt"
 METRICS_FILE = "metrics.json"
 PROGRESS_FILE = "progress.jsonl"
-#: The batch keys a model forward takes (the rest, e.g. "index", is bookkeeping).
-MODEL_INPUTS = ("input_ids", "attention_mask", "completion_mask")
+#: The batch keys a model forward takes (shared-prefix batches; the rest, e.g. "index", is bookkeeping).
+MODEL_INPUTS = PACKED_INPUTS
 
 
 @dataclass
@@ -242,54 +244,57 @@ def fit(config: Any, model: nn.Module, forward_fn: Callable[..., Tensor], task: 
 
     last_metrics: dict[str, float] = {}
     window: list[dict[str, float]] = []  # metrics of the micro-batches since the last report
-    epoch = step // per_epoch
-    while step < total:
-        # (c) This epoch's batches; a resumed run skips the windows it already did.
-        batches = epoch_batches(task.n_train, config.batch_size, config.seed, epoch)
-        loader = torch.utils.data.DataLoader(range(task.n_train), batch_sampler=batches, collate_fn=task.collate)
-        loader = accelerator.prepare_data_loader(loader)
-        n_micro = len(loader)
-        skip = (step - epoch * per_epoch) * config.grad_accum
-        if skip:
-            loader = accelerator.skip_first_batches(loader, skip)
+    # Saving memory (checkpointing) on the CPU: also hand freed activations back to the system.
+    lean = bool(getattr(config, "gradient_checkpointing", False)) and accelerator.device.type == "cpu"
+    with lean_allocator(enabled=lean):
+        epoch = step // per_epoch
+        while step < total:
+            # (c) This epoch's batches; a resumed run skips the windows it already did.
+            batches = epoch_batches(task.n_train, config.batch_size, config.seed, epoch)
+            loader = torch.utils.data.DataLoader(range(task.n_train), batch_sampler=batches, collate_fn=task.collate)
+            loader = accelerator.prepare_data_loader(loader)
+            n_micro = len(loader)
+            skip = (step - epoch * per_epoch) * config.grad_accum
+            if skip:
+                loader = accelerator.skip_first_batches(loader, skip)
 
-        for micro, batch in enumerate(loader, start=skip):
-            # (d) Forward and loss, scaled by the size of this accumulation window.
-            window_start = micro - micro % config.grad_accum
-            window_size = min(config.grad_accum, n_micro - window_start)
-            loss, metrics = task.loss(forward, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{task.name}: loss is {loss.item()} at step {step + 1}")
-            accelerator.backward(loss / window_size)
-            window.append({"loss": loss.item(), **metrics})
-            if micro + 1 < window_start + window_size:
-                continue
+            for micro, batch in enumerate(loader, start=skip):
+                # (d) Forward and loss, scaled by the size of this accumulation window.
+                window_start = micro - micro % config.grad_accum
+                window_size = min(config.grad_accum, n_micro - window_start)
+                loss, metrics = task.loss(forward, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{task.name}: loss is {loss.item()} at step {step + 1}")
+                accelerator.backward(loss / window_size)
+                window.append({"loss": loss.item(), **metrics})
+                if micro + 1 < window_start + window_size:
+                    continue
 
-            # (e) Optimizer step, report, checkpoint.
-            if config.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % config.logging_steps == 0 or step == total:
-                last_metrics = mean_metrics(window)
-                window = []
-                report("step", loss=last_metrics.get("loss"), metrics=last_metrics, epoch=epoch,
-                       lr=scheduler.get_last_lr()[0])
-            if config.save_steps and step % config.save_steps == 0 and step < total:
-                accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    path = save_checkpoint(
-                        run_dir, step, accelerator.unwrap_model(forward).model, optimizer, scheduler,
-                        task.checkpoint_files,
-                        {"epoch": epoch, "total_steps": total, "method": task.name, "n_train": task.n_train,
-                         "batch_size": config.batch_size, "grad_accum": config.grad_accum, "seed": config.seed})
-                    report("save", loss=last_metrics.get("loss"), metrics=last_metrics, path=str(path),
-                           kind="checkpoint")
-            if step >= total:
-                break
-        epoch += 1
+                # (e) Optimizer step, report, checkpoint.
+                if config.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if step % config.logging_steps == 0 or step == total:
+                    last_metrics = mean_metrics(window)
+                    window = []
+                    report("step", loss=last_metrics.get("loss"), metrics=last_metrics, epoch=epoch,
+                           lr=scheduler.get_last_lr()[0])
+                if config.save_steps and step % config.save_steps == 0 and step < total:
+                    accelerator.wait_for_everyone()
+                    if accelerator.is_main_process:
+                        path = save_checkpoint(
+                            run_dir, step, accelerator.unwrap_model(forward).model, optimizer, scheduler,
+                            task.checkpoint_files,
+                            {"epoch": epoch, "total_steps": total, "method": task.name, "n_train": task.n_train,
+                             "batch_size": config.batch_size, "grad_accum": config.grad_accum, "seed": config.seed})
+                        report("save", loss=last_metrics.get("loss"), metrics=last_metrics, path=str(path),
+                               kind="checkpoint")
+                if step >= total:
+                    break
+            epoch += 1
 
     if window:  # steps since the last report
         last_metrics = mean_metrics(window)

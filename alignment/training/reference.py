@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from alignment.logprobs import completion_logps
+from alignment.logprobs import packed_completion_logps
+from alignment.packing import PACKED_INPUTS
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def fingerprint(config: Any, base_location: str, n_train: int, n_eval: int) -> d
         "data_sha256": file_sha256(config.data),
         "base_model": base_location,
         "max_length": config.max_length,
+        "layout": "shared-prefix",  # how prompts are cut when too long (alignment.packing)
         "eval_fraction": config.eval_fraction,
         "seed": config.seed,
         "n_train": n_train,
@@ -70,10 +72,7 @@ def compute_reference_logps(
         with torch.no_grad(), model.disable_adapter():
             for start in range(0, len(items), batch_size):
                 batch = make_batch(items[start:start + batch_size])
-                logps = completion_logps(
-                    model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                    batch["completion_mask"].to(device),
-                )
+                logps = packed_completion_logps(model, **{k: batch[k].to(device) for k in PACKED_INPUTS})
                 out.extend(t.float().cpu() for t in per_item(logps, batch))
     finally:
         model.train(was_training)

@@ -20,11 +20,14 @@ import torch
 from torch import Tensor
 
 from alignment.chat import Messages
+from alignment.logprobs import packed_hidden_states
 from alignment.losses import bradley_terry_loss, implicit_reward_accuracy
 from alignment.training.callbacks import ProgressFile, as_callbacks, emit
 from alignment.training.config import CONFIG_FILENAME, RewardConfig
 from alignment.training.data import PreferencePair, PromptCache, load_pairs, pair_batch, response_batch, split
-from alignment.training.lora import base_model_location, load_base_model, load_reward_backbone, load_tokenizer
+from alignment.training.lora import (
+    REWARD_HEAD, base_model_location, load_base_model, load_reward_backbone, load_tokenizer,
+)
 from alignment.training.loop import (
     MODEL_INPUTS, PROGRESS_FILE, Task, TrainResult, fit, prepare_run_dir, rows_per_item, save_final,
 )
@@ -42,9 +45,27 @@ def rewards(model: Any, input_ids: Tensor, attention_mask: Tensor, completion_ma
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.squeeze(-1).float()
 
 
+def packed_rewards(model: Any, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
+                   last_index: Tensor, **_: Tensor) -> Tensor:
+    """One reward per completion of a shared-prefix batch (:mod:`alignment.packing`), ``[S]`` float32.
+
+    The score head reads the hidden state where transformers' sequence classification pools each
+    ``prompt + completion`` (its last non-pad token), so the rewards equal :func:`rewards` on the
+    unpacked rows; the prompt is computed once for all its completions.
+    """
+    hidden = packed_hidden_states(model, input_ids, attention_mask, position_ids)
+    pooled = hidden[last_index[:, 0], last_index[:, 1]]  # [S, H]
+    return score_head(model)(pooled).squeeze(-1).float()
+
+
+def score_head(model: Any) -> Any:
+    """The scalar head (for a PEFT model, its trained copy saved with the adapter)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, REWARD_HEAD)
+
+
 def split_pair_rewards(row_rewards: Tensor, batch: dict) -> list[Tensor]:
-    chosen, rejected = row_rewards.detach().chunk(2)
-    return list(torch.stack([chosen, rejected], dim=-1))
+    return list(row_rewards.detach().view(-1, 2))
 
 
 def reward_metrics(chosen: Tensor, rejected: Tensor) -> dict[str, float]:
@@ -88,19 +109,19 @@ def train_reward_model(config: RewardConfig, callbacks: Iterable[Any] = ()) -> T
 
     def loss(forward: Any, batch: dict) -> tuple[Tensor, dict[str, float]]:
         scores = forward(**{k: batch[k] for k in MODEL_INPUTS})
-        chosen, rejected = scores.chunk(2)
+        chosen, rejected = scores.view(-1, 2).unbind(-1)
         margin = batch["margin"].to(scores.device) if config.use_margin else None
         losses = bradley_terry_loss(chosen, rejected, margin=margin)
         return losses.mean(), reward_metrics(chosen.detach(), rejected.detach())
 
     task = Task(name="reward", n_train=len(train), collate=collate, loss=loss,
                 begin_info={"n_eval": len(held_out)})
-    result = fit(config, model, rewards, task, callbacks, run_dir)
+    result = fit(config, model, packed_rewards, task, callbacks, run_dir)
 
     # (4) Evaluate on the held-out pairs: accuracy and mean margin.
     eval_metrics: dict[str, float] = {}
     if held_out:
-        table = torch.stack(rows_per_item(model, rewards, held_out, make_batch, split_pair_rewards,
+        table = torch.stack(rows_per_item(model, packed_rewards, held_out, make_batch, split_pair_rewards,
                                           config.batch_size, device))
         margin = _margins(held_out) if config.use_margin else None
         eval_loss = bradley_terry_loss(table[:, 0], table[:, 1], margin=margin).mean().item()
