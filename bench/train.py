@@ -16,6 +16,11 @@ benchmark is skipped with a message when it is absent):
 
     python -m bench.train                       # defaults: 16 pairs, batch 4, max length 512
     python -m bench.train --methods dpo --repeats 2 --json-out /tmp/train.json
+    python -m bench.train --ours-gradient-checkpointing both   # prefstudio with and without it
+
+Wall times on a shared CPU move by 2-4x with other work; each side's result records the load
+average at its start and end and its CPU time, and ``--repeats`` alternates the order of the
+sides. Compare only runs made while the load average stays near the benchmark's own threads.
 
 One side alone (what the parent runs in each subprocess):
 
@@ -59,20 +64,27 @@ class Run:
     side: str  # ours-dpo | trl-dpo | ours-rm | trl-rm
     method: str  # dpo | rm
     precompute_ref: bool = False
+    ours_gc: bool | None = None  # prefstudio's gradient checkpointing: None = its default
 
 
 RUNS = {
     "dpo": [Run("trl-dpo", "trl-dpo", "dpo"),
             Run("ours-dpo", "ours-dpo", "dpo"),
-            Run("trl-dpo-precompute", "trl-dpo", "dpo", precompute_ref=True)],
+            Run("trl-dpo-precompute", "trl-dpo", "dpo", precompute_ref=True),
+            Run("ours-dpo-gc", "ours-dpo", "dpo", ours_gc=True)],
     "rm": [Run("trl-rm", "trl-rm", "rm"),
-           Run("ours-rm", "ours-rm", "rm")],
+           Run("ours-rm", "ours-rm", "rm"),
+           Run("ours-rm-gc", "ours-rm", "rm", ours_gc=True)],
 }
+#: Runs only made with --ours-gradient-checkpointing both.
+BOTH_ONLY = {"ours-dpo-gc", "ours-rm-gc"}
 LABELS = {
     "ours-dpo": "prefstudio train_dpo",
+    "ours-dpo-gc": "prefstudio train_dpo (gradient_checkpointing=True)",
     "trl-dpo": "TRL DPOTrainer (ref on the fly)",
     "trl-dpo-precompute": "TRL DPOTrainer (precompute_ref_log_probs)",
     "ours-rm": "prefstudio train_reward_model",
+    "ours-rm-gc": "prefstudio train_reward_model (gradient_checkpointing=True)",
     "trl-rm": "TRL RewardTrainer",
 }
 
@@ -154,6 +166,8 @@ def run_child(run: Run, spec: dict[str, Any], workdir: Path, index: int) -> dict
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = {**spec, "workdir": str(run_dir), "precompute_ref": run.precompute_ref,
             "_loadavg_start": os.getloadavg()}
+    if run.ours_gc is not None:
+        spec["ours_gradient_checkpointing"] = run.ours_gc
     spec_path, result_path, log_path = run_dir / "spec.json", run_dir / "result.json", run_dir / "log.txt"
     spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     command = [sys.executable, "-m", "bench.train", "--side", run.side, "--spec", str(spec_path),
@@ -176,13 +190,14 @@ def run_child(run: Run, spec: dict[str, Any], workdir: Path, index: int) -> dict
     return result
 
 
-def schedule(methods: list[str], repeats: int, only: set[str] | None) -> list[Run]:
+def schedule(methods: list[str], repeats: int, only: set[str] | None, both_gc: bool = False,
+             reverse: bool = False) -> list[Run]:
     """Runs in order, alternating sides: each repeat reverses the order of the one before."""
     order: list[Run] = []
     for repeat in range(repeats):
         for method in methods:
-            runs = [r for r in RUNS[method] if only is None or r.key in only]
-            order.extend(runs if repeat % 2 == 0 else list(reversed(runs)))
+            runs = [r for r in RUNS[method] if (only is None or r.key in only) and (both_gc or r.key not in BOTH_ONLY)]
+            order.extend(runs if (repeat + reverse) % 2 == 0 else list(reversed(runs)))
     return order
 
 
@@ -259,13 +274,14 @@ def method_tables(method: str, summary: dict[str, dict[str, Any]]) -> list[str]:
     for i in range(steps):
         cells = [_f(summary[k]["losses"][i], 4) if i < len(summary[k]["losses"]) else "-" for k in keys]
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
-    ours = summary.get(f"ours-{method}")
-    if ours and ours.get("ok"):
+    ours_keys = [k for k in keys if k.startswith("ours")]
+    trl_keys = [k for k in keys if not k.startswith("ours")]
+    if ours_keys and trl_keys:
         lines += ["", "Ratios ours/TRL:", ""]
-        target = TARGETS[method]
-        for key in keys:
-            if key.startswith("ours"):
-                continue
+    target = TARGETS[method]
+    for ours_key in ours_keys:
+        ours = summary[ours_key]
+        for key in trl_keys:
             trl = summary[key]
             speed = ours["pairs_per_s"] / trl["pairs_per_s"]
             train_speed = ours["train_pairs_per_s"] / trl["train_pairs_per_s"]
@@ -278,8 +294,8 @@ def method_tables(method: str, summary: dict[str, dict[str, Any]]) -> list[str]:
             else:
                 ok = ours["peak_rss_bytes"] <= target["rss_bytes"]
                 verdict += f", memory {'met' if ok else 'MISSED'} (ours <= {target['rss_bytes'] / GB:.0f} GB)"
-            lines.append(f"- vs {LABELS[key]}: pairs/s **{speed:.2f}x** (train loop {train_speed:.2f}x), "
-                         f"CPU time {cpu:.2f}x less, peak RSS **{rss:.0%}** of TRL's; {verdict}")
+            lines.append(f"- {LABELS[ours_key]} vs {LABELS[key]}: pairs/s **{speed:.2f}x** (train loop "
+                         f"{train_speed:.2f}x), CPU time {cpu:.2f}x less, peak RSS **{rss:.0%}** of TRL's; {verdict}")
     return lines + [""]
 
 
@@ -314,8 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, help="repeat every run, alternating the order")
     p.add_argument("--trl-gradient-checkpointing", choices=("default", "on", "off"), default="default",
                    help="TRL's gradient checkpointing (its default is on)")
-    p.add_argument("--ours-gradient-checkpointing", choices=("default", "on", "off"), default="default",
-                   help="prefstudio's gradient checkpointing, where its training config has the setting")
+    p.add_argument("--ours-gradient-checkpointing", choices=("default", "on", "off", "both"), default="default",
+                   help="prefstudio's gradient checkpointing, where its training config has the setting "
+                        "(both: its runs are made twice, off and on)")
+    p.add_argument("--reverse", action="store_true", help="start with the reversed order of the runs")
     p.add_argument("--workdir", type=Path, default=None, help="where runs write (default: a temp folder)")
     p.add_argument("--json-out", type=Path, default=None, help="also write every result as JSON here")
     # child mode
@@ -349,8 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     only = {k.strip() for k in args.only.split(",")} if args.only else None
     steps = args.steps or max(1, math.ceil(args.pairs / args.batch_size))
     gc = {"default": None, "on": True, "off": False}[args.trl_gradient_checkpointing]
-    ours_gc = {"default": None, "on": True, "off": False}[args.ours_gradient_checkpointing]
-    if ours_gc is not None:
+    ours_gc = {"default": None, "on": True, "off": False, "both": False}[args.ours_gradient_checkpointing]
+    both_gc = args.ours_gradient_checkpointing == "both"
+    if ours_gc is not None or both_gc:
         from dataclasses import fields
 
         from alignment.training import CommonConfig
@@ -377,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; work dir {workdir}", flush=True)
 
     results = []
-    for index, run in enumerate(schedule(methods, args.repeats, only)):
+    for index, run in enumerate(schedule(methods, args.repeats, only, both_gc, args.reverse)):
         print(f"[{index + 1}] {run.key} ...", flush=True)
         results.append(run_child(run, spec, workdir, index))
     summary = summarise(results, args.batch_size)
