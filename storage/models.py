@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -71,6 +72,14 @@ class Choice(str, enum.Enum):
 class LabelSource(str, enum.Enum):
     human = "human"
     imported = "import"
+
+
+class QueueOrder(str, enum.Enum):
+    """Which ready item an annotator gets next."""
+
+    random = "random"  # oldest first (the generator's order, itself random over prompts)
+    uncertainty = "uncertainty"  # the reward model is least sure: smallest |r_a - r_b| first
+    disagreement = "disagreement"  # items whose annotators disagree first, then the rest
 
 
 class ItemStatus(str, enum.Enum):
@@ -117,6 +126,14 @@ class Project(TimestampMixin, Base):
     # How many annotators label each item, and how many items the generator keeps ready.
     overlap: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
     queue_target: Mapped[int] = mapped_column(Integer, default=8, nullable=False)
+    # What to label next, and the reward model that scores new responses for "uncertainty".
+    queue_order: Mapped[QueueOrder] = mapped_column(_enum(QueueOrder, "queue_order"), default=QueueOrder.random,
+                                                    server_default=QueueOrder.random.value, nullable=False)
+    queue_reward_model: Mapped[str | None] = mapped_column(String(1024))
+    # LLM-as-judge suggestions shown to annotators: off by default (blind work).
+    judge_model: Mapped[str | None] = mapped_column(String(512))
+    judge_suggestions: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(),
+                                                    nullable=False)
 
     prompts: Mapped[list[Prompt]] = relationship(back_populates="project", cascade="all, delete-orphan",
                                                  passive_deletes=True)
@@ -179,6 +196,8 @@ class Response(TimestampMixin, Base):
     num_tokens: Mapped[int | None] = mapped_column(Integer)
     finish_reason: Mapped[str | None] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(String(32), default="generated", nullable=False)
+    # The score of the project's queue reward model, when it has one (orders the queue).
+    rm_score: Mapped[float | None] = mapped_column(Float)
 
     prompt: Mapped[Prompt] = relationship(back_populates="responses")
     item: Mapped[Item | None] = relationship(back_populates="responses")
@@ -353,3 +372,43 @@ class TrainedModel(TimestampMixin, Base):
 
     job: Mapped[Job | None] = relationship()
     snapshot: Mapped[Snapshot | None] = relationship()
+
+
+class JudgeVerdict(TimestampMixin, Base):
+    """An LLM judge's verdict on a pairwise item: a suggestion for annotators, never a human label
+    (kept out of snapshots and exports), compared with the human labels to report agreement."""
+
+    __tablename__ = "judge_verdicts"
+    __table_args__ = (UniqueConstraint("item_id", "judge_model", name="uq_judge_verdicts_item_judge"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), nullable=False, index=True)
+    judge_model: Mapped[str] = mapped_column(String(512), nullable=False)
+    # In the item's own order (response position 0 is "a"), not the order an annotator is shown.
+    choice: Mapped[Choice] = mapped_column(_enum(Choice, "choice"), nullable=False)
+    prob_a: Mapped[float | None] = mapped_column(Float)  # the judge's P("A") vs P("B"), when read from logits
+    raw: Mapped[str] = mapped_column(Text, default="", nullable=False)  # what the judge answered
+    judge_prompt: Mapped[str] = mapped_column(Text, default="", nullable=False)
+
+    item: Mapped[Item] = relationship()
+
+
+class Evaluation(TimestampMixin, Base):
+    """The result of an evaluation job: a tuned model against its base on held-out prompts."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), unique=True)
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="SET NULL"), index=True)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("trained_models.id", ondelete="SET NULL"), index=True)
+    reward_model_id: Mapped[int | None] = mapped_column(ForeignKey("trained_models.id", ondelete="SET NULL"))
+    adapter: Mapped[str | None] = mapped_column(String(1024))  # the tuned adapter's folder as evaluated
+    base_model: Mapped[str] = mapped_column(String(512), nullable=False)
+    # win rate vs base by RM, mean reward / length / KL of both sides, RM agreement with humans, n.
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    path: Mapped[str | None] = mapped_column(String(1024))  # per-prompt results (JSONL) in the run folder
+
+    job: Mapped[Job | None] = relationship()
+    model: Mapped[TrainedModel | None] = relationship(foreign_keys=[model_id])
+    reward_model: Mapped[TrainedModel | None] = relationship(foreign_keys=[reward_model_id])
