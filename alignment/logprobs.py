@@ -27,8 +27,8 @@ from torch.utils.checkpoint import checkpoint
 
 from alignment.packing import additive_mask
 
-__all__ = ["build_completion_batch", "completion_logps", "completion_logps_naive", "packed_completion_logps",
-           "packed_hidden_states"]
+__all__ = ["build_completion_batch", "completion_logps", "completion_logps_naive", "completion_token_logps",
+           "packed_completion_logps", "packed_hidden_states"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,6 +98,27 @@ def completion_logps(
 
     sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
     return sums.index_add(0, sequence_of_row, _chunked_row_logps(model, rows, targets, chunk_size))
+
+
+def completion_token_logps(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Log-probability of each completion token, ``[N]`` float32, sequence by sequence, left to right.
+
+    The per-token terms that :func:`completion_logps` sums (same masks, same chunked LM head), for
+    callers that need them one by one, e.g. a per-token KL estimate.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    hidden = _decoder(model)(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state  # [B, L, H]
+    scored = completion_mask[:, 1:].bool() & attention_mask[:, 1:].bool()  # [B, L-1]
+    return _chunked_row_logps(model, hidden[:, :-1][scored], input_ids[:, 1:][scored], chunk_size)
 
 
 def _chunked_row_logps(model: nn.Module, rows: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
