@@ -151,3 +151,337 @@ def per_token_kl(model: Any, prompt_ids: Sequence[int], completion_ids: Sequence
     finally:
         model.train(was_training)
     return float(k3_per_token(policy, base).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# What is compared
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One column: ``model`` (a spec as in :func:`alignment.models.resolve_model_spec`), optionally
+    with a LoRA ``adapter`` folder trained on it, shown under ``label``."""
+
+    model: str = DEFAULT_MODEL
+    adapter: str | None = None
+    label: str | None = None
+
+    @property
+    def display_label(self) -> str:
+        if self.label:
+            return self.label
+        if self.adapter:
+            return Path(self.adapter).name
+        return self.model
+
+
+@dataclass
+class Answer:
+    """One model's answer to the compared prompt.
+
+    ``num_tokens`` excludes the stop token; ``seconds`` is the wall time of the ``generate`` call
+    that produced the answer (batched: the whole batch's, the same for every answer);
+    ``rm_score`` is None without a reward model; ``kl_to_base`` is :func:`per_token_kl` over the
+    answer's tokens (0.0 for the base itself).
+    """
+
+    label: str
+    model: str
+    adapter: str | None
+    text: str
+    num_tokens: int
+    finish_reason: FinishReason
+    seconds: float
+    seed: int
+    rm_score: float | None = None
+    kl_to_base: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# One base model with every compared adapter attached
+# --------------------------------------------------------------------------------------------
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc})") from None
+
+
+def _same_location(a: str, b: str) -> bool:
+    """Whether two base-model locations (folders or hub ids) name the same weights."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def check_adapter_base(adapter: str | Path, base_spec: str) -> Path:
+    """The adapter folder, after checking it is a policy LoRA adapter trained on ``base_spec``.
+
+    The base it records (``adapter_config.json``: ``base_model_name_or_path``) must be where
+    ``base_spec``'s weights live (:func:`alignment.training.lora.base_model_location`), or the
+    model spec of its training run (``training_config.json``) must resolve there; an adapter that
+    records no base at all is let through with a warning (PEFT then fails on a shape mismatch).
+    """
+    from alignment.best_of_n import check_adapter_dir
+    from alignment.training.lora import base_model_location
+
+    path = check_adapter_dir(adapter)
+    expected = base_model_location(base_spec)
+    recorded = _read_json(path / ADAPTER_CONFIG).get("base_model_name_or_path")
+    if not recorded:
+        log.warning("adapter %s does not record its base model; assuming %s", path, base_spec)
+        return path
+    if _same_location(str(recorded), expected):
+        return path
+    trained_spec = _read_json(path / TRAINING_CONFIG).get("model") if (path / TRAINING_CONFIG).is_file() else None
+    if isinstance(trained_spec, str) and trained_spec.strip():
+        with contextlib.suppress(ValueError, RuntimeError, OSError):
+            if _same_location(base_model_location(trained_spec), expected):
+                return path
+    raise ValueError(
+        f"adapter {path} was trained on base model {_named(trained_spec, str(recorded))}, not on "
+        f"{_named(base_spec, expected)}: models compared side by side share one base model; compare this adapter "
+        f"with its own base"
+    )
+
+
+def _named(spec: str | None, location: str) -> str:
+    """``'spec' (location)``, or just the location when the spec says no more."""
+    return f"{spec!r} ({location})" if spec and spec != location else location
+
+
+def _adapter_key(path: Path) -> tuple[str, int]:
+    """Identity of an adapter's weights: its folder and the weights file's modification time, so a
+    folder retrained in place is loaded again."""
+    weights = next((path / name for name in ("adapter_model.safetensors", "adapter_model.bin")
+                    if (path / name).is_file()), path / ADAPTER_CONFIG)
+    return str(path.resolve()), weights.stat().st_mtime_ns
+
+
+@dataclass
+class ComparisonModel:
+    """A private copy of one base model, with LoRA adapters attached under names ``adapter_1``, ...
+
+    ``loaded.model`` is the plain transformers model until the first adapter arrives, a PEFT model
+    after. Use ``loaded.lock`` around generation: switching adapters is global state.
+    """
+
+    loaded: LoadedModel
+    base_spec: str
+    adapters: dict[str, tuple[tuple[str, int], str]] = field(default_factory=dict)  # folder -> (key, name)
+    _counter: int = 0
+
+    def adapter_name(self, adapter: str | Path | None) -> str:
+        """The PEFT adapter name of a loaded adapter folder (``BASE`` for None)."""
+        if adapter is None:
+            return BASE
+        return self.adapters[str(Path(adapter).expanduser().resolve())][1]
+
+    def attach(self, adapter: str | Path) -> str:
+        """Load ``adapter`` (checked against the base) unless its current weights are attached already."""
+        from peft import PeftModel
+
+        path = check_adapter_base(adapter, self.base_spec)
+        key = _adapter_key(path)
+        known = self.adapters.get(key[0])
+        if known and known[0] == key:
+            return known[1]
+        self._counter += 1
+        name = f"adapter_{self._counter}"
+        model = self.loaded.model
+        try:
+            if _is_peft(model):
+                model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+                if known:  # the folder was retrained: drop its old weights
+                    model.delete_adapter(known[1])
+            else:
+                model = PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ValueError(f"adapter {path} does not fit base model {self.base_spec!r}: {exc}") from exc
+        model.eval()
+        self.loaded.model = model
+        self.adapters[key[0]] = (key, name)
+        return name
+
+
+def load_comparison_model(base_spec: str, adapters: Sequence[str | Path] = (), device: str | None = None) -> ComparisonModel:
+    """A fresh private copy of ``base_spec`` with every adapter in ``adapters`` attached."""
+    compared = ComparisonModel(load_model(base_spec, device), base_spec)
+    for adapter in adapters:
+        compared.attach(adapter)
+    return compared
+
+
+_cache: dict[tuple[str, str], ComparisonModel] = {}
+_cache_lock = threading.Lock()
+
+
+def get_comparison_model(base_spec: str, adapters: Sequence[str | Path] = (), device: str | None = None) -> ComparisonModel:
+    """The shared comparison copy of ``base_spec`` on ``device``, with ``adapters`` attached.
+
+    One copy per base and device: asking for other adapters later attaches them to the same copy
+    (LoRA weights are small), rather than loading the base again. Adapters are checked before
+    anything is loaded, so a wrong one leaves the cache as it was.
+    """
+    device = device or default_device()
+    for adapter in adapters:
+        check_adapter_base(adapter, base_spec)
+    with _cache_lock:
+        compared = _cache.get((base_spec, device))
+        if compared is None:
+            compared = _cache[(base_spec, device)] = load_comparison_model(base_spec, (), device)
+    with compared.loaded.lock:
+        for adapter in adapters:
+            compared.attach(adapter)
+    return compared
+
+
+def clear_comparison_cache() -> None:
+    """Forget the cached comparison models (tests; freeing memory)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def shared_base(refs: Sequence[ModelRef]) -> str:
+    """The one base model spec of ``refs``, or ValueError naming the ones that differ."""
+    from alignment.training.lora import base_model_location
+
+    if not refs:
+        raise ValueError("pick at least one model to compare")
+    locations = {ref.model: base_model_location(ref.model) for ref in refs}
+    first = refs[0].model
+    others = [spec for spec, where in locations.items() if not _same_location(where, locations[first])]
+    if others:
+        raise ValueError(f"models compared side by side share one base model: got {first!r} and {others[0]!r}")
+    return first
+
+
+# --------------------------------------------------------------------------------------------
+# Generation: one row per model, the same random numbers in every row
+# --------------------------------------------------------------------------------------------
+
+class SharedNoiseSampling:
+    """A logits processor that turns greedy search into sampling with one random stream per row.
+
+    Gumbel-max: with ``E ~ Exp(1)`` i.i.d. per vocabulary entry, ``argmax(scores - log E)`` is a
+    draw from ``softmax(scores)`` (Gumbel 1954; ``-log E`` is standard Gumbel noise). Every row's
+    generator is seeded with the same seed, so every row (model) consumes the same numbers, in a
+    batch or alone.
+    """
+
+    def __init__(self, seed: int, rows: int, device: str | torch.device) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for _ in range(rows)]
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        noise = torch.stack([torch.empty(scores.shape[-1], device=scores.device, dtype=torch.float32)
+                             .exponential_(generator=g) for g in self.generators])
+        return scores.float() - noise.log()
+
+
+@dataclass
+class _Generation:
+    sample: Sample
+    token_ids: list[int]  # sampled tokens, the stop token included when the answer stopped
+    seconds: float
+
+
+class SideBySideBackend(TransformersBackend):
+    """:class:`TransformersBackend` rows that differ by adapter rather than by prompt."""
+
+    def generate_rows(self, prompt_ids: list[int], adapter_names: list[str], params: SamplingParams,
+                      seed: int) -> list[_Generation]:
+        """One ``generate`` call, row i answering with adapter ``adapter_names[i]`` (call under the lock)."""
+        device = self.loaded.device
+        input_ids = torch.tensor([prompt_ids] * len(adapter_names), dtype=torch.long, device=device)
+        kwargs = self._shared_noise_kwargs(params, seed, len(adapter_names))
+        if _is_peft(self.loaded.model):
+            kwargs["adapter_names"] = list(adapter_names)
+        elif set(adapter_names) != {BASE}:
+            raise ValueError(f"no adapters are attached, cannot answer with {sorted(set(adapter_names) - {BASE})}")
+        start = time.perf_counter()
+        with torch.inference_mode():
+            output = self.loaded.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                                **kwargs)
+        seconds = time.perf_counter() - start
+        return [self._generation(row, seconds) for row in output[:, len(prompt_ids):].tolist()]
+
+    def _shared_noise_kwargs(self, params: SamplingParams, seed: int, rows: int) -> dict[str, Any]:
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        kwargs = self._generate_kwargs(params)
+        if params.greedy:
+            return kwargs
+        # Temperature, then top-p (transformers' own order), then the per-row noise; the final
+        # argmax is greedy search's. do_sample=False keeps generate from adding its own warpers.
+        processors: list[Any] = [TemperatureLogitsWarper(params.temperature)]
+        if params.top_p < 1:
+            processors.append(TopPLogitsWarper(params.top_p))
+        processors.append(SharedNoiseSampling(seed, rows, self.loaded.device))
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+                      logits_processor=LogitsProcessorList(processors))
+        return kwargs
+
+    def _generation(self, tokens: list[int], seconds: float) -> _Generation:
+        sample = self._to_sample(tokens)
+        stopped = sample.finish_reason == "stop"
+        return _Generation(sample, tokens[:sample.num_tokens + (1 if stopped else 0)], seconds)
+
+    def prompt_ids(self, messages: Messages, params: SamplingParams) -> list[int]:
+        return self._prompt_token_ids(messages, params)
+
+
+# --------------------------------------------------------------------------------------------
+# Side by side
+# --------------------------------------------------------------------------------------------
+
+def _seed_for(seed: int | None, params: SamplingParams) -> int:
+    """The comparison's seed: the given one, else the sampling params', else a fresh one (recorded
+    on every answer, so the comparison can be replayed)."""
+    if seed is None:
+        seed = params.seed
+    if seed is None:
+        seed = random.randrange(2**31)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    return seed
+
+
+def answer_side_by_side(refs: Sequence[ModelRef], messages: Messages, params: SamplingParams,
+                        seed: int | None = None, reward: Any = None, batched: bool = True,
+                        device: str | None = None) -> list[Answer]:
+    """Every model in ``refs`` answers ``messages`` with the same seed and ``params``, in order.
+
+    ``batched``: one ``generate`` call with one row per model (mixed adapter batch); otherwise one
+    model after the other (the baseline). The answers are the same either way (see the module
+    docstring). ``reward`` is a loaded reward model (``(model, tokenizer)``, as
+    :func:`alignment.training.reward.load_reward_model` returns), scoring every answer when given.
+    """
+    validate_messages(messages)
+    seed = _seed_for(seed, params)
+    compared = get_comparison_model(shared_base(refs), [r.adapter for r in refs if r.adapter], device)
+    backend = SideBySideBackend(compared.loaded)
+    with compared.loaded.lock:
+        names = [compared.adapter_name(r.adapter) for r in refs]
+        prompt_ids = backend.prompt_ids(messages, params)
+        if batched:
+            generations = backend.generate_rows(prompt_ids, names, params, seed)
+        else:
+            generations = [backend.generate_rows(prompt_ids, [name], params, seed)[0] for name in names]
+        kls = [0.0 if name == BASE else per_token_kl(compared.loaded.model, prompt_ids, g.token_ids, name)
+               for name, g in zip(names, generations)]
+    scores = _reward_scores(reward, messages, [g.sample.text for g in generations])
+    return [Answer(label=ref.display_label, model=ref.model, adapter=ref.adapter, text=g.sample.text,
+                   num_tokens=g.sample.num_tokens, finish_reason=g.sample.finish_reason, seconds=g.seconds,
+                   seed=seed, rm_score=s, kl_to_base=kl)
+            for ref, g, s, kl in zip(refs, generations, scores, kls)]
+
+
+def _reward_scores(reward: Any, messages: Messages, texts: list[str]) -> list[float | None]:
+    if reward is None:
+        return [None] * len(texts)
+    from alignment.training.reward import score
+
+    model, tokenizer = reward
+    return score(model, tokenizer, [messages] * len(texts), texts)
