@@ -5,9 +5,10 @@ anything is written.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass, field, fields
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from storage.db import Database, transaction
 from storage.errors import InputError
@@ -18,6 +19,7 @@ from storage.models import (
     PairwiseLabel,
     Project,
     Prompt,
+    QueueOrder,
     Ranking,
     Rating,
     Response,
@@ -41,6 +43,15 @@ class ProjectSettings:
     guidelines: str = field(default="", metadata={"help": "Shown to annotators above every item (markdown)."})
     overlap: int = field(default=1, metadata={"help": "How many annotators label each item."})
     queue_target: int = field(default=8, metadata={"help": "Items kept generated and ready ahead of annotators."})
+    queue_order: str = field(default="random", metadata={
+        "help": "What to label next: random (oldest first), uncertainty (the reward model's closest calls "
+                "first) or disagreement (items whose annotators disagree first; overlap >= 2)."})
+    queue_reward_model: str | None = field(default=None, metadata={
+        "help": "Reward model that scores new responses for 'uncertainty' (a trained reward-model folder)."})
+    judge_model: str | None = field(default=None, metadata={
+        "help": "LLM judge of pairs: 'default', an HF id or a folder; empty for none. Pairwise projects only."})
+    judge_suggestions: bool = field(default=False, metadata={
+        "help": "Show annotators the judge's suggestion (off by default: blind labelling)."})
 
     def validate(self) -> ProjectSettings:
         self.name = (self.name or "").strip()
@@ -68,15 +79,65 @@ class ProjectSettings:
             raise InputError("queue target must be between 0 and 1000")
         if not (self.model or "").strip():
             raise InputError("model is empty: use 'default' for the embedded model")
+        self._validate_queue_order()
+        self._validate_judge()
         return self
+
+    def _validate_queue_order(self) -> None:
+        if self.queue_order not in {q.value for q in QueueOrder}:
+            raise InputError(f"unknown queue order {self.queue_order!r}: use random, uncertainty or disagreement")
+        self.queue_reward_model = (self.queue_reward_model or "").strip() or None
+        if self.queue_order == QueueOrder.uncertainty.value:
+            if not self.queue_reward_model:
+                raise InputError("ordering by uncertainty needs a reward model to score the responses: pick one "
+                                 "(train one in the Train tab)")
+            if self.k < 2:
+                raise InputError("ordering by uncertainty compares the scores of an item's responses: K must be >= 2")
+        if self.queue_order == QueueOrder.disagreement.value and self.overlap < 2:
+            raise InputError("ordering by disagreement needs overlap >= 2: with one label per item nobody can disagree")
+        if self.queue_reward_model:
+            from alignment.best_of_n import check_reward_dir  # lazy: torch only when a reward model is set
+
+            try:
+                self.queue_reward_model = str(check_reward_dir(self.queue_reward_model))
+            except ValueError as exc:
+                raise InputError(f"queue reward model: {exc}") from None
+
+    def _validate_judge(self) -> None:
+        self.judge_model = (self.judge_model or "").strip() or None
+        self.judge_suggestions = bool(self.judge_suggestions)
+        if self.judge_suggestions and not self.judge_model:
+            raise InputError("judge suggestions need a judge model: set one, or turn the suggestions off")
+        if self.judge_model is None:
+            return
+        if self.mode != Mode.pairwise.value:
+            raise InputError("the LLM judge compares two responses: only pairwise projects can have a judge model")
+        if len(self.judge_model) > 512:
+            raise InputError("judge model is longer than 512 characters")
+        from alignment.models import resolve_model_spec  # lazy: torch only when a judge is set
+
+        try:
+            resolve_model_spec(self.judge_model)  # a mistyped folder or .gguf file fails here, not in the generator
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(f"judge model: {exc}") from None
 
 
 SETTING_FIELDS = [f.name for f in fields(ProjectSettings)]
 
 
+def _plain(value):
+    return value.value if isinstance(value, enum.Enum) else value
+
+
 def settings_of(project: Project) -> ProjectSettings:
-    return ProjectSettings(**{name: getattr(project, name).value if name == "mode" else getattr(project, name)
-                              for name in SETTING_FIELDS})
+    return ProjectSettings(**{name: _plain(getattr(project, name)) for name in SETTING_FIELDS})
+
+
+def _column_values(settings: ProjectSettings) -> dict:
+    values = asdict(settings)
+    values["mode"] = Mode(values["mode"])
+    values["queue_order"] = QueueOrder(values["queue_order"])
+    return values
 
 
 def find_project(session, name: str) -> Project:
@@ -93,9 +154,7 @@ def create_project(db: Database, settings: ProjectSettings) -> ProjectSettings:
     with transaction(db) as s:
         if s.scalar(select(Project.id).where(Project.name == settings.name)) is not None:
             raise InputError(f"a project named {settings.name!r} already exists")
-        values = asdict(settings)
-        values["mode"] = Mode(values["mode"])
-        s.add(Project(**values))
+        s.add(Project(**_column_values(settings)))
     return settings
 
 
@@ -107,9 +166,13 @@ def update_project(db: Database, settings: ProjectSettings) -> ProjectSettings:
         if has_items and (settings.mode != project.mode.value or settings.k != project.k):
             # Items already generated have the old K and are labelled in the old mode.
             raise InputError("mode and K cannot change once items have been generated: create a new project")
-        for name in SETTING_FIELDS:
-            value = getattr(settings, name)
-            setattr(project, name, Mode(value) if name == "mode" else value)
+        if settings.queue_reward_model != project.queue_reward_model:
+            # Scores from another reward model would mix two scales in one queue: the generator
+            # rescores the ready items with the new one.
+            item_ids = select(Item.id).where(Item.project_id == project.id)
+            s.execute(update(Response).where(Response.item_id.in_(item_ids)).values(rm_score=None))
+        for name, value in _column_values(settings).items():
+            setattr(project, name, value)
     return settings
 
 
