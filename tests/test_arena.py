@@ -227,3 +227,106 @@ def test_new_match_randomises_sides():
     orders = {tuple(arena.new_match("p", arena.typed_prompt("x"), [answer(None), answer(ADAPTER)],
                                     rng=random.Random(seed)).shown_order) for seed in range(20)}
     assert orders == {(0, 1), (1, 0)}
+
+
+# --------------------------------------------------------------------------------------------
+# Matches with real (tiny) models: the base model and a LoRA adapter on it
+# --------------------------------------------------------------------------------------------
+
+def save_adapter(base_dir, out):
+    """A LoRA adapter on ``base_dir`` with random B, so its answers differ from the base's."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base_dir)),
+                           LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"],
+                                      task_type=TaskType.CAUSAL_LM, init_lora_weights=False))
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_model_dir, tmp_path_factory):
+    return save_adapter(tiny_model_dir, tmp_path_factory.mktemp("arena-adapter") / "tuned")
+
+
+@pytest.fixture
+def with_models(db, tiny_model_dir, tiny_adapter):
+    make_project(db, "p", prompts=2)
+    with transaction(db) as s:
+        s.add(TrainedModel(name="tuned-job7", kind="policy-adapter", path=str(tiny_adapter),
+                           base_model=str(tiny_model_dir), metrics={}))
+        s.add(TrainedModel(name="rm-job8", kind="reward-model", path="/nowhere/rm", base_model=str(tiny_model_dir),
+                           metrics={}))
+    return db
+
+
+def test_model_options_are_the_base_and_the_trained_policy_adapters(with_models, tiny_model_dir, tiny_adapter):
+    from annotation.services import compare
+
+    options = compare.model_options(with_models, str(tiny_model_dir))
+    assert [(o.key, o.name, o.adapter) for o in options] == [
+        (f"base:{tiny_model_dir}", tiny_model_dir.name, None), ("trained:1", "tuned-job7", str(tiny_adapter))]
+    assert compare.reward_options(with_models) == [("rm-job8 (job None)", "/nowhere/rm")]
+    with pytest.raises(InputError, match="pick the models"):
+        compare.resolve_models(with_models, [], str(tiny_model_dir))
+    with pytest.raises(InputError, match="unknown model 'trained:99'"):
+        compare.resolve_models(with_models, ["trained:99"], str(tiny_model_dir))
+    with pytest.raises(InputError, match="picked twice"):
+        compare.resolve_models(with_models, ["trained:1", "trained:1"], str(tiny_model_dir))
+
+
+def test_side_by_side_answers_with_one_seed(with_models, tiny_model_dir):
+    from annotation.services import compare
+
+    options = compare.resolve_models(with_models, [f"base:{tiny_model_dir}", "trained:1"], str(tiny_model_dir))
+    params = compare.sampling_params(1.0, 0.9, 6, 5)
+    base, tuned = compare.answer(options, arena.typed_prompt("Name a colour."), params, seed=5)
+    assert (base.label, tuned.label) == (tiny_model_dir.name, "tuned-job7")
+    assert base.seed == tuned.seed == 5 and base.kl_to_base == 0.0 and tuned.kl_to_base > 0
+    assert 0 < base.num_tokens <= 6 and base.rm_score is None
+    again = compare.answer(options, arena.typed_prompt("Name a colour."), params, seed=5)
+    assert [a.text for a in again] == [base.text, tuned.text]
+    with pytest.raises(InputError, match="temperature"):
+        compare.sampling_params(-1, 0.9, 6, None)
+    with pytest.raises(InputError, match="cannot load the reward model"):
+        compare.answer(options, arena.typed_prompt("x"), params, reward="/nowhere/rm")
+
+
+def test_a_match_generates_blind_sides_and_its_vote_names_the_models(with_models, tiny_model_dir):
+    from annotation.services import compare
+
+    params = compare.sampling_params(1.0, 0.9, 6, None)
+    keys = [f"base:{tiny_model_dir}", "trained:1"]
+    m = arena.start_match(with_models, "p", keys, arena.typed_prompt("Say hi."), params,
+                          default_model=str(tiny_model_dir), rng=random.Random(1))
+    assert [a.label for a in m.answers] == [tiny_model_dir.name, "tuned-job7"]
+    assert sorted(m.shown_order) == [0, 1] and m.seed is not None and m.sampling["max_new_tokens"] == 6
+    arena.record_arena_vote(with_models, m, "alice", "a")
+    vote = arena.arena_votes(with_models)[0]
+    assert (vote.model_a, vote.outcome) == (m.shown[0].label, "a")
+    with transaction(with_models) as s:
+        responses = s.scalars(select(Response).where(Response.source == "arena").order_by(Response.position)).all()
+        assert [r.adapter for r in responses] == [None, m.answers[1].adapter]
+        assert all(r.seed == m.seed and r.sampling["temperature"] == 1.0 for r in responses)
+
+    pair = arena.start_match(with_models, "p", [], arena.typed_prompt("Say hi."), params,
+                             default_model=str(tiny_model_dir))
+    assert {a.label for a in pair.answers} == {tiny_model_dir.name, "tuned-job7"}
+
+
+def test_a_match_is_refused_before_any_model_loads(db, tiny_model_dir):
+    from annotation.services import compare
+
+    make_project(db, "p")
+    make_project(db, "ranks", mode="listwise", k=3)
+    params = compare.sampling_params(1.0, 0.9, 6, None)
+    prompt = arena.typed_prompt("Say hi.")
+    with pytest.raises(InputError, match="pick a pairwise project"):
+        arena.start_match(db, "ranks", [], prompt, params, default_model=str(tiny_model_dir))
+    with pytest.raises(InputError, match="random pair needs two models"):
+        arena.start_match(db, "p", [], prompt, params, default_model=str(tiny_model_dir))
+    with pytest.raises(InputError, match="pick two models"):
+        arena.start_match(db, "p", [f"base:{tiny_model_dir}"], prompt, params, default_model=str(tiny_model_dir))

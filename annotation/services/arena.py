@@ -116,6 +116,54 @@ def new_match(project: str, prompt_messages: list[dict[str, str]], answers: list
 
 
 # --------------------------------------------------------------------------------------------
+# Starting a match
+# --------------------------------------------------------------------------------------------
+
+def random_pair(options: list, rng: random.Random) -> list:
+    """Two different models that share a base model (models answer side by side on one base)."""
+    by_base: dict[str, list] = {}
+    for option in options:
+        by_base.setdefault(option.model, []).append(option)
+    groups = [group for group in by_base.values() if len(group) >= 2]
+    if not groups:
+        raise InputError("a random pair needs two models on one base model: train a policy adapter first "
+                         "(Train tab), or pick two models")
+    return rng.sample(rng.choice(groups), 2)
+
+
+def start_match(db: Database, project: str, keys: list[str] | None, messages: list[dict[str, str]], params: Any,
+                *, is_chat: bool = False, default_model: str = "default",
+                rng: random.Random | None = None) -> ArenaMatch:
+    """Two models answer the prompt with one seed (``params.seed``, or a fresh one), sides in random order.
+
+    ``keys``: the two picked models (see annotation.services.compare), or empty for a random pair.
+    The project and the picks are checked before any model is loaded.
+    """
+    from annotation.services import compare
+
+    rng = rng or random.Random()
+    with transaction(db) as s:
+        proj = find_project(s, project)
+        if proj.mode != Mode.pairwise:
+            raise InputError(f"arena votes are pairwise labels, but project {proj.name!r} is {proj.mode.value}: "
+                             f"pick a pairwise project")
+    messages = validate_messages(messages)
+    keys = [k for k in (keys or []) if k]
+    if keys:
+        if len(keys) != 2:
+            raise InputError("pick two models for the arena (or none for a random pair)")
+        options = compare.resolve_models(db, keys, default_model)
+    else:
+        options = random_pair(compare.model_options(db, default_model), rng)
+    answers = compare.answer(options, messages, params, seed=params.seed if params.seed is not None
+                             else rng.randrange(2**31))
+    sides = [ArenaAnswer(model=o.model, adapter=o.adapter, text=a.text, num_tokens=a.num_tokens,
+                         finish_reason=a.finish_reason, label=o.name) for o, a in zip(options, answers)]
+    sampling = {"temperature": params.temperature, "top_p": params.top_p, "max_new_tokens": params.max_new_tokens}
+    return new_match(project, messages, sides, sampling=sampling, seed=answers[0].seed, is_chat=is_chat, rng=rng)
+
+
+# --------------------------------------------------------------------------------------------
 # Recording a vote
 # --------------------------------------------------------------------------------------------
 
@@ -203,13 +251,18 @@ def record_arena_vote(db: Database, match: ArenaMatch, user: str, choice: str,
 # Reading votes back: names, votes, leaderboard
 # --------------------------------------------------------------------------------------------
 
+def base_name(spec: str) -> str:
+    """A base model's short name: a folder's own name, else the spec ('default', a hub id)."""
+    return Path(spec).name if spec and Path(spec).expanduser().is_absolute() else spec
+
+
 def display_name(model: str, adapter: str | None, trained: dict[str, str] | None = None) -> str:
-    """How a model is named on the leaderboard: the TrainedModel's name for a known adapter, else
-    'base + adapter folder name', else the base model spec."""
+    """How a model is named at the reveal and on the leaderboard: the TrainedModel's name for a known
+    adapter, else 'base + adapter folder name', else the base model's short name."""
     if not adapter:
-        return model
+        return base_name(model)
     known = (trained or {}).get(os.path.normpath(adapter))
-    return known or f"{model} + {Path(adapter).name}"
+    return known or f"{base_name(model)} + {Path(adapter).name}"
 
 
 def trained_adapter_names(session) -> dict[str, str]:
@@ -224,7 +277,8 @@ def _names(identities: set[tuple[str, str | None]], trained: dict[str, str]) -> 
     taken: dict[str, int] = {}
     for name in names.values():
         taken[name] = taken.get(name, 0) + 1
-    return {identity: name if taken[name] == 1 else f"{name} (on {identity[0]})" for identity, name in names.items()}
+    return {identity: name if taken[name] == 1 else f"{name} (on {identity[0]})" if identity[1] else identity[0]
+            for identity, name in names.items()}
 
 
 def arena_votes(db: Database, project: str | None = None) -> list[Vote]:

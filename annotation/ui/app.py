@@ -7,6 +7,8 @@ from annotation.services import projects
 from annotation.ui.annotate import build_annotate_tab
 from annotation.ui.best_of_n import build_best_of_n_tab
 from annotation.ui.best_of_n import refresh as best_of_n_choices
+from annotation.ui.compare import build_compare_tab
+from annotation.ui.compare import on_select as compare_choices
 from annotation.ui.context import UIContext
 from annotation.ui.data import build_data_tab, counts_table
 from annotation.ui.models import build_models_tab, model_choices, model_table
@@ -68,6 +70,8 @@ def build_app(ctx: UIContext) -> gr.Blocks:
                 trained = build_models_tab(ctx)
             with gr.Tab("Best-of-N", id="bon") as bon_tab:
                 best = build_best_of_n_tab(ctx)
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                comparing = build_compare_tab(ctx)
 
         # The annotator name persists in the browser, so a reload picks up where it left off.
         # A fixed secret: the default is random per process, which would forget the name on restart.
@@ -98,6 +102,8 @@ def build_app(ctx: UIContext) -> gr.Blocks:
                           [trained.table, trained.model])
         bon_tab.select(lambda *current: best_of_n_choices(ctx, *current), [best.project, best.reward, best.policy],
                        [best.project, best.reward, best.policy])
+        compare_tab.select(lambda *current: compare_choices(ctx, *current), comparing.select_inputs,
+                           comparing.select_outputs)
     return demo
 
 
