@@ -388,18 +388,27 @@ class _Generation:
 
 
 class SideBySideBackend(TransformersBackend):
-    """:class:`TransformersBackend` rows that differ by adapter rather than by prompt."""
+    """:class:`TransformersBackend` rows that differ by adapter rather than by prompt (call under the lock)."""
 
-    def generate_rows(self, prompt_ids: list[int], adapter_names: list[str], params: SamplingParams,
-                      seed: int) -> list[_Generation]:
-        """One ``generate`` call, row i answering with adapter ``adapter_names[i]`` (call under the lock)."""
-        device = self.loaded.device
-        input_ids = torch.tensor([prompt_ids] * len(adapter_names), dtype=torch.long, device=device)
-        kwargs = self._shared_noise_kwargs(params, seed, len(adapter_names))
+    def generate_batched(self, prompt_ids: list[int], adapter_names: list[str], params: SamplingParams,
+                         seed: int) -> list[_Generation]:
+        """One ``generate`` call, row i answering with adapter ``adapter_names[i]`` (a mixed adapter batch)."""
         if _is_peft(self.loaded.model):
-            kwargs["adapter_names"] = list(adapter_names)
-        elif set(adapter_names) != {BASE}:
+            return self._generate(prompt_ids, len(adapter_names), params, seed, adapter_names=list(adapter_names))
+        if set(adapter_names) != {BASE}:
             raise ValueError(f"no adapters are attached, cannot answer with {sorted(set(adapter_names) - {BASE})}")
+        return self._generate(prompt_ids, len(adapter_names), params, seed)
+
+    def generate_alone(self, prompt_ids: list[int], adapter_name: str, params: SamplingParams,
+                       seed: int) -> _Generation:
+        """One row, the model switched to ``adapter_name`` the ordinary PEFT way (the baseline)."""
+        with _policy_weights(self.loaded.model, adapter_name):
+            return self._generate(prompt_ids, 1, params, seed)[0]
+
+    def _generate(self, prompt_ids: list[int], rows: int, params: SamplingParams, seed: int,
+                  **extra: Any) -> list[_Generation]:
+        input_ids = torch.tensor([prompt_ids] * rows, dtype=torch.long, device=self.loaded.device)
+        kwargs = {**self._shared_noise_kwargs(params, seed, rows), **extra}
         start = time.perf_counter()
         with torch.inference_mode():
             output = self.loaded.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
@@ -454,7 +463,8 @@ def answer_side_by_side(refs: Sequence[ModelRef], messages: Messages, params: Sa
     """Every model in ``refs`` answers ``messages`` with the same seed and ``params``, in order.
 
     ``batched``: one ``generate`` call with one row per model (mixed adapter batch); otherwise one
-    model after the other (the baseline). The answers are the same either way (see the module
+    model after the other, each switched on the ordinary PEFT way (``set_adapter`` /
+    ``disable_adapter``: the baseline). The answers are the same either way (see the module
     docstring). ``reward`` is a loaded reward model (``(model, tokenizer)``, as
     :func:`alignment.training.reward.load_reward_model` returns), scoring every answer when given.
     """
@@ -466,9 +476,9 @@ def answer_side_by_side(refs: Sequence[ModelRef], messages: Messages, params: Sa
         names = [compared.adapter_name(r.adapter) for r in refs]
         prompt_ids = backend.prompt_ids(messages, params)
         if batched:
-            generations = backend.generate_rows(prompt_ids, names, params, seed)
+            generations = backend.generate_batched(prompt_ids, names, params, seed)
         else:
-            generations = [backend.generate_rows(prompt_ids, [name], params, seed)[0] for name in names]
+            generations = [backend.generate_alone(prompt_ids, name, params, seed) for name in names]
         kls = [0.0 if name == BASE else per_token_kl(compared.loaded.model, prompt_ids, g.token_ids, name)
                for name, g in zip(names, generations)]
     scores = _reward_scores(reward, messages, [g.sample.text for g in generations])
