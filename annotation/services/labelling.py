@@ -14,8 +14,9 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy import case, delete, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 
 from annotation.services.projects import ensure_user, find_project
 from storage.db import Database, transaction
@@ -28,6 +29,7 @@ from storage.models import (
     Mode,
     PairwiseLabel,
     Project,
+    QueueOrder,
     Ranking,
     Rating,
     Response,
@@ -117,8 +119,9 @@ def next_item(db: Database, project_name: str, user_name: str, rng: random.Rando
             .where(~exists().where(Skip.item_id == Item.id, Skip.user_id == user.id))
             # With overlap 1 a lease keeps two annotators off the same item; with more, all may see it.
             .where(lease_free if project.overlap == 1 else True)
-            # Resume an item this annotator was already shown before taking a new one.
-            .order_by((Item.leased_by == user.id).desc(), Item.id)
+            # Resume an item this annotator was already shown before taking a new one; then the
+            # project's queue order; oldest first among equals.
+            .order_by((Item.leased_by == user.id).desc(), *_queue_order(s, project), Item.id)
             .limit(1)
         )
         item = s.scalar(stmt)
@@ -129,6 +132,80 @@ def next_item(db: Database, project_name: str, user_name: str, rng: random.Rando
         rng.shuffle(responses)  # randomised sides / card order; the order is recorded with the label
         return ItemView(item_id=item.id, project=project.name, mode=project.mode.value, user=user.name,
                         prompt_messages=item.prompt.messages, is_chat=item.prompt.is_chat, responses=responses)
+
+
+# ---------------------------------------------------------------------------------------------
+# What to label next (Project.queue_order). Only the order changes: which items are eligible, the
+# leases and the overlap are decided by the filters of `next_item` alone.
+# ---------------------------------------------------------------------------------------------
+
+def _queue_order(session, project: Project) -> list:
+    if project.queue_order == QueueOrder.uncertainty:
+        return _uncertainty_order()
+    if project.queue_order == QueueOrder.disagreement:
+        disputed = disputed_item_ids(session, project)
+        return [case((Item.id.in_(disputed), 0), else_=1)] if disputed else []
+    return []  # random: the generator's order (oldest first), itself random over prompts
+
+
+def _uncertainty_order() -> list:
+    """The reward model's closest call first: smallest score gap, items not (fully) scored last.
+
+    The gap is min over pairs i < j of |r_i - r_j|: for a pair that is |r_a - r_b|, and for a list
+    it equals the smallest gap between adjacent scores once sorted, the two responses the reward
+    model can least tell apart.
+    """
+    first, second = aliased(Response), aliased(Response)
+    gap = (select(func.min(func.abs(first.rm_score - second.rm_score)))
+           .where(first.item_id == Item.id, second.item_id == Item.id, first.position < second.position)
+           .scalar_subquery())
+    unscored = exists().where(Response.item_id == Item.id, Response.rm_score.is_(None))
+    return [case((or_(unscored, gap.is_(None)), 1), else_=0), gap]
+
+
+def _pairwise_outcome(label: PairwiseLabel) -> int | None:
+    """The response the annotator preferred, whichever side it was shown on (None: tie or both bad)."""
+    return {Choice.a: label.response_a_id, Choice.b: label.response_b_id}.get(label.choice)
+
+
+def _rankings_disagree(first: list[list[int]], second: list[list[int]]) -> bool:
+    """True when some pair of responses is ordered differently (i above j vs j above i or tied)."""
+    rank_1 = {rid: g for g, group in enumerate(first) for rid in group}
+    rank_2 = {rid: g for g, group in enumerate(second) for rid in group}
+    ids = sorted(rank_1)
+
+    def sign(x: int) -> int:
+        return (x > 0) - (x < 0)
+
+    return any(sign(rank_1[i] - rank_1[j]) != sign(rank_2.get(i, 0) - rank_2.get(j, 0))
+               for n, i in enumerate(ids) for j in ids[n + 1:])
+
+
+RATING_DISAGREEMENT = 2  # ratings of one response 2+ points apart; one point is ordinary noise on 1-5
+
+
+def disputed_item_ids(session, project: Project) -> list[int]:
+    """Ready items of the project whose annotators disagree so far.
+
+    Pairwise: labels prefer different responses (or one prefers a response, another calls a tie
+    or both bad). Listwise: two rankings order some pair of responses differently. Pointwise: two
+    ratings of one response are RATING_DISAGREEMENT or more points apart.
+    """
+    ready = select(Item.id).where(Item.project_id == project.id, Item.status == ItemStatus.ready)
+    if project.mode == Mode.pointwise:
+        spread = (select(Rating.item_id).where(Rating.item_id.in_(ready)).group_by(Rating.response_id, Rating.item_id)
+                  .having(func.max(Rating.score) - func.min(Rating.score) >= RATING_DISAGREEMENT))
+        return sorted(set(session.scalars(spread)))
+    if project.mode == Mode.pairwise:
+        outcomes: dict[int, set] = {}
+        for label in session.scalars(select(PairwiseLabel).where(PairwiseLabel.item_id.in_(ready))):
+            outcomes.setdefault(label.item_id, set()).add(_pairwise_outcome(label))
+        return sorted(item_id for item_id, seen in outcomes.items() if len(seen) > 1)
+    rankings: dict[int, list[list[list[int]]]] = {}
+    for item_id, groups in session.execute(select(Ranking.item_id, Ranking.groups).where(Ranking.item_id.in_(ready))):
+        rankings.setdefault(item_id, []).append(groups)
+    return sorted(item_id for item_id, rows in rankings.items()
+                  if any(_rankings_disagree(rows[0], other) for other in rows[1:]))
 
 
 def _load_for_submit(s, view: ItemView, mode: Mode) -> tuple[Item, Project, User]:
