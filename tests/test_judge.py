@@ -289,3 +289,54 @@ def test_a_failing_judge_is_reported_by_the_thread(db, tiny_model_dir):
     threads.start("p")
     final = threads.wait("p", timeout=60)
     assert final.state == "failed" and "cannot load" in final.message and verdicts(db) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the generator judges what it generates
+# ---------------------------------------------------------------------------------------------
+
+def generating_judged_project(db, tiny_model_dir, judge_model, prompts=3):
+    from annotation.services.prompts import add_text_prompts
+
+    create_project(db, ProjectSettings(name="g", model=str(tiny_model_dir), max_new_tokens=4, queue_target=prompts,
+                                       judge_model=judge_model))
+    add_text_prompts(db, "g", "\n".join(f"question {i}" for i in range(prompts)))
+
+
+def test_the_generator_judges_each_new_item_with_one_loaded_judge(db, tiny_model_dir):
+    from annotation.generation import GenerationWorker
+    from annotation.services.judge import default_judge_loader
+
+    generating_judged_project(db, tiny_model_dir, str(tiny_model_dir))
+    loads = []
+    worker = GenerationWorker(db, batch_prompts=1,
+                              judge_loader=lambda spec: loads.append(spec) or default_judge_loader(spec))
+    while worker.run_once():
+        pass
+    with transaction(db) as s:
+        item_ids = s.scalars(select(Item.id).order_by(Item.id)).all()
+    assert len(item_ids) == 3 and [v.item_id for v in verdicts(db)] == item_ids
+    assert loads == [str(tiny_model_dir)]  # three passes, one load
+    assert worker.status.warnings == {}
+
+
+def test_a_broken_judge_is_logged_and_generation_goes_on(db, tiny_model_dir, caplog):
+    from annotation.generation import GenerationWorker
+
+    generating_judged_project(db, tiny_model_dir, "default")
+
+    calls = []
+
+    def broken(spec):
+        calls.append(spec)
+        raise RuntimeError(f"judge {spec} will not load")
+
+    worker = GenerationWorker(db, batch_prompts=1, judge_loader=broken)
+    while worker.run_once():
+        pass
+    with transaction(db) as s:
+        assert s.scalar(select(func.count()).select_from(Item)) == 3
+    assert verdicts(db) == [] and worker.status.errors == {} and worker.status.state == "idle"
+    assert "will not load" in worker.status.warnings["g"]
+    assert "judging failed for project g" in caplog.text
+    assert calls == ["default"]  # backed off for the next items, not retried on every one
