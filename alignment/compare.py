@@ -333,8 +333,14 @@ def get_comparison_model(base_spec: str, adapters: Sequence[str | Path] = (), de
         if compared is None:
             compared = _cache[(base_spec, device)] = load_comparison_model(base_spec, (), device)
     with compared.loaded.lock:
-        for adapter in adapters:
-            compared.attach(adapter)
+        try:
+            for adapter in adapters:
+                compared.attach(adapter)
+        except ValueError:
+            # A load that failed half-way can leave injected LoRA layers behind: start clean next time.
+            with _cache_lock:
+                _cache.pop((base_spec, device), None)
+            raise
     return compared
 
 

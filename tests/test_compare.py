@@ -190,3 +190,25 @@ def test_models_on_different_bases_are_refused(tiny_model_dir, tokenizer_dir, tm
         answer_side_by_side([ModelRef(str(tiny_model_dir)), ModelRef(str(other_base))], PROMPT, GREEDY, seed=0)
     with pytest.raises(ValueError, match="pick at least one model"):
         answer_side_by_side([], PROMPT, GREEDY, seed=0)
+
+
+def test_an_adapter_that_does_not_fit_is_refused_and_leaves_the_base_clean(tiny_model_dir, tmp_path):
+    """An adapter recording no base passes the check, then fails to load (other shapes): clear error, and the
+    next comparison starts from a clean copy of the base, not one with half-injected layers."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    narrow = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2))
+    get_peft_model(narrow, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type=TaskType.CAUSAL_LM,
+                                      init_lora_weights=False)).save_pretrained(tmp_path / "misfit")
+    config_file = tmp_path / "misfit" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = None
+    config_file.write_text(json.dumps(config))
+
+    base = ModelRef(str(tiny_model_dir))
+    before = answer_side_by_side([base], PROMPT, GREEDY, seed=0)[0].text
+    with pytest.raises(ValueError, match=r"adapter .*misfit does not fit base model"):
+        answer_side_by_side([base, ModelRef(str(tiny_model_dir), str(tmp_path / "misfit"))], PROMPT, GREEDY, seed=0)
+    assert answer_side_by_side([base], PROMPT, GREEDY, seed=0)[0].text == before
