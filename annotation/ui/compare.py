@@ -31,6 +31,7 @@ VOTES = (("a", "A is better", "arena-vote-a"), ("b", "B is better", "arena-vote-
          ("tie", "Tie", "arena-vote-tie"), ("both_bad", "Both bad", "arena-vote-both-bad"))
 BOARD_COLUMNS = ["rank", "model", "rating", "95% CI", "votes", "wins", "losses", "ties", "both bad"]
 ALL_PROJECTS = "all projects"
+FEW_VOTES = 10
 GENERATING = "⏳ generating… (loading the models can take a while the first time)"
 
 
@@ -139,6 +140,10 @@ def leaderboard_tables(ctx: UIContext, project: str | None = None) -> tuple[list
         note = (f"{board.total_votes} vote(s). Bradley-Terry ratings (mean = 1000; +400 points = 10:1 odds), "
                 f"{int(board.confidence * 100)}% percentile-bootstrap intervals over {board.n_bootstrap} resamples; "
                 f"ties count half a win each side, 'both bad' is counted but not rated.")
+        few = [r.model for r in board.ratings if r.rating is not None and r.decided < FEW_VOTES]
+        if few:
+            note += (f" Fewer than {FEW_VOTES} decided votes for {', '.join(few)}: resampling so few votes "
+                     f"understates the uncertainty, read those intervals as a floor.")
         if board.notes:
             note += " " + " ".join(board.notes) + "."
     return rows, matrix, note
