@@ -330,3 +330,12 @@ def test_a_match_is_refused_before_any_model_loads(db, tiny_model_dir):
         arena.start_match(db, "p", [], prompt, params, default_model=str(tiny_model_dir))
     with pytest.raises(InputError, match="pick two models"):
         arena.start_match(db, "p", [f"base:{tiny_model_dir}"], prompt, params, default_model=str(tiny_model_dir))
+
+
+def test_side_by_side_scores_every_answer_with_a_reward_model(with_models, tiny_model_dir, tiny_reward_dir):
+    from annotation.services import compare
+
+    options = compare.resolve_models(with_models, [f"base:{tiny_model_dir}", "trained:1"], str(tiny_model_dir))
+    answers = compare.answer(options, arena.typed_prompt("Name a colour."), compare.sampling_params(1.0, 0.9, 6, 1),
+                             seed=1, reward=str(tiny_reward_dir))
+    assert all(isinstance(a.rm_score, float) for a in answers)
