@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from annotation.render import markdown_to_safe_html, render_messages, render_response
-from annotation.services import labelling
+from annotation.services import judge, labelling
 from annotation.services.labelling import ItemView
 from annotation.services.projects import get_settings
 from annotation.ui.context import UIContext
@@ -41,6 +41,7 @@ class AnnotateTab:
     pair_panel: gr.Column
     resp_a: gr.HTML
     resp_b: gr.HTML
+    suggestion: gr.HTML
     choice: gr.Radio
     strength: gr.Radio
     rewrite: gr.Textbox
@@ -62,7 +63,7 @@ class AnnotateTab:
                 self.list_panel, self.actions, self.rationale, self.waiting]
 
     def pair_outputs(self) -> list:
-        return [self.resp_a, self.resp_b, self.choice, self.strength, self.rewrite]
+        return [self.resp_a, self.resp_b, self.suggestion, self.choice, self.strength, self.rewrite]
 
     def card_outputs(self) -> list:
         return [*self.cards, *self.card_boxes, *self.ranks, *self.ratings]
@@ -88,6 +89,8 @@ def build_annotate_tab(ctx: UIContext) -> AnnotateTab:
         with gr.Row(equal_height=False):
             resp_a = gr.HTML("", elem_id="resp-a", js_on_load=None)
             resp_b = gr.HTML("", elem_id="resp-b", js_on_load=None)
+        # The LLM judge's suggestion, only when the project turns suggestions on (off: blind work).
+        suggestion = gr.HTML("", elem_id="judge-suggestion", js_on_load=None)
         choice = gr.Radio(choices=CHOICES, label="Which is better? (keys 1-4, Enter to submit)", elem_id="choice")
         strength = gr.Radio(choices=STRENGTHS, label="How much better? (optional)", elem_id="strength")
         rewrite = gr.Textbox(label="Both bad: write a better answer (optional, saved as SFT data)", lines=4,
@@ -113,8 +116,8 @@ def build_annotate_tab(ctx: UIContext) -> AnnotateTab:
 
     waiting = gr.Timer(2.0, active=False)
     tab = AnnotateTab(annotator, project, view, guidelines, progress, status, prompt, pair_panel, resp_a, resp_b,
-                      choice, strength, rewrite, list_panel, cards, card_boxes, ranks, ratings, rationale, actions,
-                      pair_submit, list_submit, skip, undo, waiting)
+                      suggestion, choice, strength, rewrite, list_panel, cards, card_boxes, ranks, ratings, rationale,
+                      actions, pair_submit, list_submit, skip, undo, waiting)
     _wire(ctx, tab)
     return tab
 
@@ -159,13 +162,13 @@ def _show(ctx: UIContext, tab: AnnotateTab, view: ItemView | None, project: str 
                 pass
         updates[tab.guidelines] = markdown_to_safe_html(guidelines) if guidelines else ""
     if parts in ("all", "pair"):
-        updates.update(_pair_updates(tab, view))
+        updates.update(_pair_updates(ctx, tab, view))
     if parts in ("all", "cards"):
         updates.update(_card_updates(tab, view))
     return updates
 
 
-def _pair_updates(tab: AnnotateTab, view: ItemView | None) -> dict:
+def _pair_updates(ctx: UIContext, tab: AnnotateTab, view: ItemView | None) -> dict:
     mode = view.mode if view else None
     updates: dict = {tab.choice: gr.update(value=None)}
     updates[tab.strength] = gr.update(value=None)
@@ -173,9 +176,21 @@ def _pair_updates(tab: AnnotateTab, view: ItemView | None) -> dict:
     if mode == "pairwise":
         updates[tab.resp_a] = render_response(view.responses[0].text, "A")
         updates[tab.resp_b] = render_response(view.responses[1].text, "B")
+        updates[tab.suggestion] = _suggestion_text(ctx, view)
     else:
-        updates[tab.resp_a] = updates[tab.resp_b] = ""
+        updates[tab.resp_a] = updates[tab.resp_b] = updates[tab.suggestion] = ""
     return updates
+
+
+def _suggestion_text(ctx: UIContext, view: ItemView) -> str:
+    """The judge's suggestion in the sides this annotator sees (verdicts are stored in the item's order)."""
+    suggestion = judge.suggestion_for(ctx.db, view.item_id, view.project)
+    if suggestion is None:
+        return ""
+    side = suggestion.as_shown(view.shown_order)
+    said = "a tie" if side == "tie" else f"**{side}**"
+    confidence = f" ({suggestion.confidence:.0%} sure)" if suggestion.confidence is not None and side != "tie" else ""
+    return _md(f"🤖 Judge suggests: {said}{confidence} · a model's guess, not a rule: label what you see.")
 
 
 def _card_updates(tab: AnnotateTab, view: ItemView | None) -> dict:

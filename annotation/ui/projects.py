@@ -1,18 +1,31 @@
 """The Projects tab: create or edit a project (form generated from ProjectSettings), type prompts,
-and import a file with a clear report of what was stored or why nothing was."""
+and import a file with a clear report of what was stored or why nothing was.
+
+The settings include what to label next (queue order and its reward model, picked from the trained
+reward models) and the LLM judge; the "Judge" panel shows the judge's agreement with the annotators
+and judges the items generated before the judge was set, in a background thread with progress.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import gradio as gr
 
-from annotation.services import data, projects, prompts
+from annotation.services import data, judge, models, projects, prompts
 from annotation.ui.context import UIContext
 from annotation.ui.forms import build_form, fill_form, read_form
 from storage.errors import InputError
 
 NEW = "(new project)"
 IMPORT_FORMATS = ["auto", "jsonl", "csv", "parquet", "datasets", "hh", "trl"]
+QUEUE_ORDERS = ["random", "uncertainty", "disagreement"]
+NO_REWARD_MODEL = ("(none)", "")
+
+
+def reward_model_choices(ctx: UIContext) -> list[tuple[str, str]]:
+    """The trained reward models, as the Best-of-N tab lists them; a typed folder is accepted too."""
+    rows = [(f"{r.name} (job {r.job})", r.path) for r in models.list_models(ctx.db) if r.kind == "reward-model"]
+    return [NO_REWARD_MODEL, *rows]
 
 
 @dataclass
@@ -27,6 +40,9 @@ class ProjectsTab:
     import_format: gr.Dropdown
     import_button: gr.Button
     report: gr.Markdown
+    judge_report: gr.Markdown
+    judge_existing: gr.Button
+    judge_poll: gr.Timer
 
     def refresh_choices(self, ctx: UIContext, selected: str | None = None):
         # Keep what is selected (the "new project" form included): refreshing the list must never
@@ -38,9 +54,12 @@ class ProjectsTab:
 def build_projects_tab(ctx: UIContext) -> ProjectsTab:
     project = gr.Dropdown(label="Project", choices=[NEW], value=NEW, elem_id="setup-project")
     with gr.Accordion("Settings", open=True):
-        form = build_form(projects.ProjectSettings, choices={"mode": ["pairwise", "listwise", "pointwise"]},
-                          multiline=("guidelines",), prefix="setting-",
-                          defaults={"model": ctx.default_model})  # `serve --model` sets new projects' model
+        form = build_form(projects.ProjectSettings,
+                          choices={"mode": ["pairwise", "listwise", "pointwise"], "queue_order": QUEUE_ORDERS,
+                                   "queue_reward_model": reward_model_choices(ctx)},
+                          custom_values=("queue_reward_model",), multiline=("guidelines",), prefix="setting-",
+                          # `serve --model` sets new projects' model
+                          defaults={"model": ctx.default_model, "queue_reward_model": ""})
         with gr.Row():
             create = gr.Button("Create project", variant="primary", elem_id="create-project")
             save = gr.Button("Save settings", elem_id="save-project")
@@ -54,20 +73,75 @@ def build_projects_tab(ctx: UIContext) -> ProjectsTab:
             import_format = gr.Dropdown(IMPORT_FORMATS, value="auto", label="Format", elem_id="import-format")
         import_button = gr.Button("Import file", elem_id="import-button")
     report = gr.Markdown("", elem_id="setup-report")
+    with gr.Accordion("Judge", open=True):
+        judge_report = gr.Markdown("", elem_id="judge-report")
+        judge_existing = gr.Button("Judge existing items", elem_id="judge-existing")
+        judge_poll = gr.Timer(1.0, active=False)
     tab = ProjectsTab(project, form, create, save, prompt_text, add_prompts, upload, import_format, import_button,
-                      report)
-    _wire(ctx, tab)
+                      report, judge_report, judge_existing, judge_poll)
+    threads = judge.JudgingThreads(ctx.db)
+    _wire(ctx, tab, threads)
+    _wire_judge(ctx, tab, threads)
     return tab
 
 
-def _wire(ctx: UIContext, tab: ProjectsTab) -> None:
+def judge_summary(ctx: UIContext, threads: judge.JudgingThreads, name: str | None) -> str:
+    """The judge's agreement with the annotators, the judging run in progress and generator warnings."""
+    if not name or name == NEW:
+        return ""
+    try:
+        lines = [judge.judge_agreement(ctx.db, name).summary()]
+    except InputError:
+        return ""
+    run = threads.progress(name)
+    if run is not None:
+        if run.running:
+            lines.append(f"⏳ {run.state}: {run.done} / {run.total or '?'} items")
+        elif run.state == "failed":
+            lines.append(f"⚠️ judging failed: {run.message}")
+        else:
+            lines.append(f"✅ {run.message}")
+    warning = ctx.worker.status.warnings.get(name) if ctx.worker is not None else None
+    if warning:
+        lines.append(f"⚠️ generator: {warning}")
+    return "\n\n".join(lines)
+
+
+def _wire_judge(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> None:
+    def start(name):
+        try:
+            if not name or name == NEW:
+                raise InputError("pick a project first")
+            threads.start(name)
+        except InputError as exc:
+            return {tab.judge_report: f"⚠️ {exc}", tab.judge_poll: gr.Timer(active=False)}
+        return {tab.judge_report: judge_summary(ctx, threads, name), tab.judge_poll: gr.Timer(active=True)}
+
+    tab.judge_existing.click(start, tab.project, [tab.judge_report, tab.judge_poll], api_name="judge_existing")
+
+    def poll(name):
+        run = threads.progress(name) if name and name != NEW else None
+        return {tab.judge_report: judge_summary(ctx, threads, name),
+                tab.judge_poll: gr.Timer(active=bool(run and run.running))}
+
+    tab.judge_poll.tick(poll, tab.project, [tab.judge_report, tab.judge_poll], show_progress="hidden")
+    tab.project.change(lambda name: judge_summary(ctx, threads, name), tab.project, tab.judge_report)
+
+
+def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> None:
     fields = list(tab.form.values())
     names = list(tab.form.keys())
 
+    reward_index = names.index("queue_reward_model")
+
     def select(name):
         if not name or name == NEW:
-            return fill_form(projects.ProjectSettings(name="", model=ctx.default_model))
-        return fill_form(projects.get_settings(ctx.db, name))
+            values = fill_form(projects.ProjectSettings(name="", model=ctx.default_model))
+        else:
+            values = fill_form(projects.get_settings(ctx.db, name))
+        # Reward models trained since the page loaded appear in the list.
+        values[reward_index] = gr.update(choices=reward_model_choices(ctx), value=values[reward_index] or "")
+        return values
 
     tab.project.change(select, tab.project, fields)
 
@@ -95,9 +169,10 @@ def _wire(ctx: UIContext, tab: ProjectsTab) -> None:
         except InputError as exc:
             return {tab.report: f"⚠️ {exc}"}
         ctx.wake_worker()
-        return {tab.report: f"✅ Settings of **{settings.name}** saved."}
+        return {tab.report: f"✅ Settings of **{settings.name}** saved.",
+                tab.judge_report: judge_summary(ctx, threads, settings.name)}
 
-    tab.save.click(save, fields, [tab.report], api_name="save_project")
+    tab.save.click(save, fields, [tab.report, tab.judge_report], api_name="save_project")
 
     def add(name, text):
         try:
