@@ -312,3 +312,9 @@ def test_a_broken_reward_model_never_stops_generation(db, tiny_model_dir, tiny_r
     assert "cannot load" in worker.status.warnings["p"] and worker.status.errors == {}
     # Unscored items are still served, in the default order.
     assert L.next_item(db, "p", "ann") is not None
+
+
+def test_a_relative_reward_model_folder_is_stored_absolute(db, tiny_reward_dir, monkeypatch):
+    monkeypatch.chdir(tiny_reward_dir.parent)
+    create_project(db, ProjectSettings(name="p", queue_order="uncertainty", queue_reward_model=tiny_reward_dir.name))
+    assert get_settings(db, "p").queue_reward_model == str(tiny_reward_dir)  # the generator runs elsewhere

@@ -6,6 +6,7 @@ anything is written.
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import asdict, dataclass, field, fields
 
 from sqlalchemy import func, select, update
@@ -99,7 +100,8 @@ class ProjectSettings:
             from alignment.best_of_n import check_reward_dir  # lazy: torch only when a reward model is set
 
             try:
-                self.queue_reward_model = str(check_reward_dir(self.queue_reward_model))
+                # Absolute: the generator process may run from another working directory.
+                self.queue_reward_model = os.path.abspath(check_reward_dir(self.queue_reward_model))
             except ValueError as exc:
                 raise InputError(f"queue reward model: {exc}") from None
 
