@@ -254,6 +254,27 @@ def test_pl_dpo_two_steps(tiny_model_dir, tmp_path):
     assert "2/2" in bar_output.getvalue() and "eval @ step 2" in bar_output.getvalue()
 
 
+@pytest.mark.parametrize("method", ["dpo", "reward"])
+def test_forward_chunks_give_the_same_step_as_one_forward(tiny_model_dir, tmp_path, method):
+    """micro_batch_size splits a batch into forward/backward passes; the optimizer step is the same."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
+    train, config_class = (train_dpo, DPOConfig) if method == "dpo" else (train_reward_model, RewardConfig)
+    results = {}
+    for micro in (1, 3, None):
+        config = config_class(model=str(tiny_model_dir), data=str(data), out=str(tmp_path / f"{method}-{micro}"),
+                              max_steps=1, batch_size=4, micro_batch_size=micro, eval_fraction=0.0, lr=1e-2,
+                              device="cpu", **FAST)
+        results[micro] = train(config)
+    from safetensors.torch import load_file
+
+    weights = {m: load_file(r.out_dir / "adapter_model.safetensors") for m, r in results.items()}
+    assert weights[1].keys() == weights[None].keys()
+    for name in weights[None]:
+        assert torch.allclose(weights[1][name], weights[None][name], atol=1e-5), name
+        assert torch.allclose(weights[3][name], weights[None][name], atol=1e-5), name
+    assert results[1].metrics["loss"] == pytest.approx(results[None].metrics["loss"], abs=1e-5)
+
+
 def test_resume_from_checkpoint_continues_to_the_same_weights(tiny_model_dir, tmp_path, monkeypatch):
     from peft import load_peft_weights
 

@@ -50,8 +50,12 @@ class CommonConfig:
     warmup_steps: int = _f(0, "Linear warm-up steps from 0 to lr.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     max_grad_norm: float | None = _f(1.0, "Clip the gradient norm to this value (None: no clipping).")
-    batch_size: int = _f(4, "Examples per micro-batch (a pair counts once; CPU default 4).")
-    grad_accum: int = _f(1, "Micro-batches accumulated per optimizer step.")
+    batch_size: int = _f(4, "Examples per batch (a pair or a ranking counts once); an optimizer step takes "
+                            "grad_accum batches.")
+    grad_accum: int = _f(1, "Batches accumulated per optimizer step.")
+    micro_batch_size: int | None = _f(None, "Examples per forward pass: a batch runs as forward/backward passes of "
+                                            "this many with the gradients summed (the same step, less memory). "
+                                            "Empty: 1 on the CPU, the whole batch on a GPU.")
     max_length: int = _f(512, "Maximum tokens of prompt + completion; prompts are truncated from the left first.")
     lora_r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(32, "LoRA scaling alpha.")
@@ -61,8 +65,9 @@ class CommonConfig:
     seed: int = _f(0, "Seed for the split, the shuffling, LoRA initialisation and dropout.")
     device: str = _f("auto", "Where to train: 'auto' (CUDA when available), 'cpu' or 'cuda'.")
     load_in_4bit: bool = _f(False, "QLoRA: load the base model in 4-bit NF4 with bitsandbytes (CUDA only).")
-    gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass: far less memory for "
-                                            "some extra compute.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: far less memory for "
+                                             "about a third more compute (for long sequences; small forward "
+                                             "passes, micro_batch_size, are the cheaper saving).")
     logging_steps: int = _f(1, "Report a 'step' event every this many optimizer steps.")
     save_steps: int | None = _f(None, "Write a resumable checkpoint every this many steps (None: only the final save).")
     resume_from: str | None = _f(None, "Checkpoint folder (out/checkpoint-N) to continue from.")
@@ -97,6 +102,8 @@ class CommonConfig:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
         _check_int("batch_size", self.batch_size, minimum=1)
         _check_int("grad_accum", self.grad_accum, minimum=1)
+        if self.micro_batch_size is not None:
+            _check_int("micro_batch_size", self.micro_batch_size, minimum=1)
         _check_int("max_length", self.max_length, minimum=16)
         _check_int("lora_r", self.lora_r, minimum=1)
         if not (isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0):
@@ -131,6 +138,14 @@ class CommonConfig:
         if self.device == "auto":
             return "cuda" if cuda_available() else "cpu"
         return self.device
+
+    def resolved_micro_batch_size(self) -> int:
+        """Examples per forward pass. On the CPU one at a time: activation memory then follows one
+        example, and batching more buys little speed there (the matrix products are already large
+        enough to keep the cores busy). On a GPU the whole batch, for throughput."""
+        if self.micro_batch_size is not None:
+            return min(self.micro_batch_size, self.batch_size)
+        return 1 if self.resolved_device() == "cpu" else self.batch_size
 
     # ----------------------------------------------------------------------------------------
     # Serialisation

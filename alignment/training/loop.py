@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from accelerate.utils import send_to_device
+
 from alignment.packing import PACKED_INPUTS
 from alignment.training.callbacks import Callback, emit, eta_seconds
 from alignment.training.memory import lean_allocator
@@ -187,6 +189,28 @@ class FitResult:
                 "elapsed_s": round(elapsed, 3), "eta_s": 0.0, **extra}
 
 
+def accumulate_batch(task: Task, forward: nn.Module, accelerator: Any, indices: list[int], forward_size: int,
+                     scale: float, step: int) -> dict[str, float]:
+    """Forward and backward one batch in chunks of ``forward_size`` examples; its mean loss and metrics.
+
+    The methods' losses are means over examples, so the batch's gradient is the sum of each
+    chunk's mean-loss gradient weighted by its share of the batch: the same gradient as one
+    forward over the whole batch, with only one chunk's activations alive at a time.
+    """
+    totals: dict[str, float] = {}
+    for start in range(0, len(indices), forward_size):
+        chunk = indices[start:start + forward_size]
+        batch = send_to_device(task.collate(chunk), accelerator.device)
+        loss, metrics = task.loss(forward, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{task.name}: loss is {loss.item()} at step {step + 1}")
+        share = len(chunk) / len(indices)
+        accelerator.backward(loss * (share * scale))
+        for key, value in {"loss": loss.item(), **metrics}.items():
+            totals[key] = totals.get(key, 0.0) + value * share
+    return totals
+
+
 def fit(config: Any, model: nn.Module, forward_fn: Callable[..., Tensor], task: Task,
         callbacks: Sequence[Callback], run_dir: Path) -> FitResult:
     """Train ``model`` (a PEFT model) on ``task`` with ``forward_fn(model, **batch)``.
@@ -231,6 +255,7 @@ def fit(config: Any, model: nn.Module, forward_fn: Callable[..., Tensor], task: 
     start_step = step
     forward = ForwardModule(model, forward_fn)
     forward, optimizer = accelerator.prepare(forward, optimizer)
+    forward_size = config.resolved_micro_batch_size()
     model.train()
 
     def report(event: str, **extra: Any) -> None:
@@ -251,22 +276,20 @@ def fit(config: Any, model: nn.Module, forward_fn: Callable[..., Tensor], task: 
         while step < total:
             # (c) This epoch's batches; a resumed run skips the windows it already did.
             batches = epoch_batches(task.n_train, config.batch_size, config.seed, epoch)
-            loader = torch.utils.data.DataLoader(range(task.n_train), batch_sampler=batches, collate_fn=task.collate)
+            # The loader hands out index lists; they are tokenised per forward chunk below.
+            loader = torch.utils.data.DataLoader(range(task.n_train), batch_sampler=batches, collate_fn=list)
             loader = accelerator.prepare_data_loader(loader)
             n_micro = len(loader)
             skip = (step - epoch * per_epoch) * config.grad_accum
             if skip:
                 loader = accelerator.skip_first_batches(loader, skip)
 
-            for micro, batch in enumerate(loader, start=skip):
-                # (d) Forward and loss, scaled by the size of this accumulation window.
+            for micro, indices in enumerate(loader, start=skip):
+                # (d) Forward and backward, scaled by the size of this accumulation window.
                 window_start = micro - micro % config.grad_accum
                 window_size = min(config.grad_accum, n_micro - window_start)
-                loss, metrics = task.loss(forward, batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{task.name}: loss is {loss.item()} at step {step + 1}")
-                accelerator.backward(loss / window_size)
-                window.append({"loss": loss.item(), **metrics})
+                window.append(accumulate_batch(task, forward, accelerator, [int(i) for i in indices],
+                                               forward_size, scale=1 / window_size, step=step))
                 if micro + 1 < window_start + window_size:
                     continue
 
