@@ -15,7 +15,7 @@ from alignment.training.config import DPOConfig, PLDPOConfig, RewardConfig
 from alignment.training.dpo import train_dpo
 from alignment.training.pl_dpo import train_pl_dpo
 from alignment.training.reward import train_reward_model
-from annotation.jobs import best_of_n
+from annotation.jobs import best_of_n, evaluation
 from storage.models import Job, TrainedModel
 
 #: What a job produces: trained models are registered (with their lineage); a dataset is a file.
@@ -44,11 +44,13 @@ class JobKind:
     title: str
     config_class: type
     run: Callable  # run(config, callbacks=[...]) in the job subprocess
-    snapshot: str  # input frozen at submit: "pairs" | "rankings" (storage.snapshots.SNAPSHOT_KINDS) | "prompts"
-    produces: str  # "policy-adapter" | "reward-model" | "dataset"
+    snapshot: str  # input frozen at submit: "pairs" | "rankings" (storage.snapshots.SNAPSHOT_KINDS) | "prompts" | "eval"
+    produces: str  # "policy-adapter" | "reward-model" | "dataset" | "evaluation"
     summarize: Callable[[Any], dict] = training_summary
     record: Callable[[Any, Job, dict], str | None] = register_trained_model
     check: Callable[[Any, Any], None] | None = None  # check(project, config), raises InputError
+    # freeze(session, project, out_dir, values) -> (snapshot, extra config values): the kind's own input
+    freeze: Callable[..., tuple[Any, dict]] | None = None
     unit: str = "step"  # what the progress counts
 
     @property
@@ -63,4 +65,7 @@ JOB_KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("bon", "Best-of-N dataset (reward model picks the best of N)", best_of_n.BestOfNJobConfig,
             best_of_n.run, "prompts", "dataset", summarize=dict, record=best_of_n.record, check=best_of_n.check,
             unit="prompt"),
+    JobKind("eval", "Evaluation: tuned vs base on held-out prompts (reward model as judge)",
+            evaluation.EvalJobConfig, evaluation.run, "eval", "evaluation", summarize=dict, record=evaluation.record,
+            freeze=evaluation.freeze, unit="prompt"),
 )}

@@ -145,8 +145,8 @@ class JobRunner:
                 s.add(job)
                 s.flush()
                 run_dir = self.runs_root / f"job-{job.id:05d}-{kind.name}"
-                snapshot = self._freeze_input(s, kind, project, run_dir / "snapshot", request)
-                values = {**request.config, "data": snapshot.path, "out": str(run_dir / "output")}
+                snapshot, extra = self._freeze_input(s, kind, project, run_dir / "snapshot", request)
+                values = {**request.config, **extra, "data": snapshot.path, "out": str(run_dir / "output")}
                 if _has_field(kind.config_class, "project"):
                     values["project"] = project.name
                 config = build_config(kind.name, values)
@@ -161,15 +161,19 @@ class JobRunner:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
 
-    def _freeze_input(self, session, kind, project, out_dir: Path, request: JobRequest) -> Snapshot:
-        """The job's input, written now: labels or prompts added while it waits never change what it reads."""
-        if kind.snapshot != "prompts":
-            return create_snapshot(session, project, kind.snapshot, out_dir, request.filters, min_rows=self.min_labels)
+    def _freeze_input(self, session, kind, project, out_dir: Path, request: JobRequest) -> tuple[Snapshot, dict]:
+        """The job's input, written now: labels or prompts added while it waits never change what it
+        reads. Returns the snapshot and any config values that point into it."""
+        if kind.snapshot in ("pairs", "rankings"):
+            return create_snapshot(session, project, kind.snapshot, out_dir, request.filters,
+                                   min_rows=self.min_labels), {}
         if request.filters is not None and any(asdict(request.filters).values()):
             raise InputError(f"annotator and date filters select labels; a {kind.name} job reads prompts: "
                              f"choose them with its prompts and max_prompts settings")
+        if kind.freeze is not None:
+            return kind.freeze(session, project, out_dir, request.config)
         return create_prompt_snapshot(session, project, out_dir, request.config.get("prompts", "all"),
-                                      request.config.get("max_prompts"))
+                                      request.config.get("max_prompts")), {}
 
     def cancel(self, job_id: int) -> None:
         with self._lock, transaction(self.db) as s:

@@ -1,0 +1,299 @@
+"""Evaluating a tuned adapter against its base model on held-out prompts, with a reward model as judge.
+
+This module owns
+
+* :class:`EvalConfig`: the settings of an evaluation (one dataclass with help text per field and
+  validation, like the training configs, so the job form, the saved config and the worker agree);
+* :func:`held_out_pairs`: the preference pairs an adapter's training run held out, recomputed
+  from its saved ``training_config.json`` (the split is deterministic: same data, fraction, seed);
+* :func:`evaluate_against_base`: for each prompt the base model and the tuned model answer with
+  the same sampling settings and seed; the reward model scores both answers; the per-token KL of
+  the tuned answer to the base is estimated; the reward model's agreement with held-out human
+  labels is measured;
+* :func:`summarize_rows`: the metrics, computed from the per-prompt rows (the stored scores) and
+  nothing else, so what the UI shows can always be traced back to the rows file.
+
+Win rate by reward model: a prompt is won when the tuned answer scores higher, lost when lower,
+half when equal; the interval is a percentile bootstrap over prompts (Efron & Tibshirani 1993).
+Pure computation: no database; the only files read are the model folders and the adapter's
+training data.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from alignment.best_of_n import (
+    TRAINING_CONFIG, adapter_base_model, check_adapter_dir, check_reward_dir,
+)
+from alignment.chat import Messages, validate_messages
+from alignment.models import DEFAULT_MODEL
+from alignment.sampling import SamplingParams
+from alignment.training.config import DEVICES, cuda_available
+from alignment.training.data import PreferencePair, load_pairs, split
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "evaluation.jsonl"
+BOOTSTRAP_SAMPLES = 1000
+
+
+def _help(default: Any, text: str) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """A tuned adapter against its base model on held-out prompts, judged by a reward model."""
+
+    method: ClassVar[str] = "evaluation"
+
+    data: str = field(metadata={"help": "Prompt file (JSONL: one {'prompt'} or {'messages'} row per prompt)."})
+    out: str = field(metadata={"help": f"Output folder: per-prompt results ({RESULTS_FILE}) and metrics."})
+    adapter: str = _help("", "The tuned model: a LoRA adapter folder (a DPO or listwise DPO job's output).")
+    reward: str = _help("", "Reward model folder (a reward-model job's output) that scores both answers.")
+    model: str | None = _help(None, "Base model spec (empty: the adapter's own base model).")
+    pairs: str | None = _help(None, "Held-out human preference pairs (TRL JSONL) to measure the reward model's "
+                                    "agreement with people (empty: skip that metric).")
+    temperature: float = _help(0.7, "Sampling temperature for both models (0 = greedy).")
+    top_p: float = _help(0.95, "Nucleus sampling threshold, in (0, 1].")
+    max_new_tokens: int = _help(128, "Longest answer, in tokens.")
+    seed: int = _help(0, "Sampling seed: both models draw with the same seed for each prompt.")
+    batch_size: int = _help(8, "Human pairs per reward-model batch when measuring its agreement with people.")
+    device: str = _help("auto", "Where to run: 'auto' (CUDA when available), 'cpu' or 'cuda'.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not self.data or not Path(self.data).expanduser().is_file():
+            raise ValueError(f"prompt file not found: {self.data!r}")
+        if not self.out:
+            raise ValueError("out must name an output folder")
+        if not self.adapter:
+            raise ValueError("adapter: pick the tuned model to evaluate (a DPO job's output)")
+        check_adapter_dir(self.adapter)  # also refuses a reward model given as the adapter
+        check_reward_dir(self.reward)
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            raise ValueError("model must be a non-empty spec or empty for the adapter's base model")
+        if self.pairs is not None and not Path(self.pairs).expanduser().is_file():
+            raise ValueError(f"pairs file not found: {self.pairs!r}")
+        self.sampling_params()
+        _check_int("seed", self.seed, minimum=0)
+        _check_int("batch_size", self.batch_size, minimum=1)
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.device == "cuda" and not cuda_available():
+            raise ValueError("device='cuda' but no CUDA GPU is available; use device='cpu' or 'auto'")
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                              seed=self.seed)
+
+    def base_spec(self) -> str:
+        return self.model or adapter_base_model(self.adapter) or DEFAULT_MODEL
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if cuda_available() else "cpu"
+        return self.device
+
+    @property
+    def results_path(self) -> Path:
+        return Path(self.out) / RESULTS_FILE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **asdict(self), "resolved_device": self.resolved_device()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        values = dict(values)
+        method = values.pop("method", cls.method)
+        values.pop("resolved_device", None)
+        if method != cls.method:
+            raise ValueError(f"config is for method {method!r}, not {cls.method!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(unknown)}")
+        return cls(**values)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out data of an adapter's training run
+# --------------------------------------------------------------------------------------------
+
+def held_out_pairs(adapter: str | Path) -> list[PreferencePair]:
+    """The pairs the adapter's training run held out, recomputed from its saved training config.
+
+    Raises ValueError when the adapter has no training config, was trained on rankings, or its
+    training data file is gone.
+    """
+    config = _read_json(Path(adapter) / TRAINING_CONFIG)
+    data = config.get("data")
+    if not data or not Path(data).is_file():
+        raise ValueError(f"the training data of {adapter} is not available ({data!r}); give a prompt file")
+    if config.get("method") not in ("dpo", "reward"):
+        raise ValueError(f"{adapter} was trained with {config.get('method')!r}, not on pairs; give a prompt file")
+    _, held_out = split(load_pairs(data), float(config.get("eval_fraction", 0.1)), int(config.get("seed", 0)))
+    return held_out
+
+
+def distinct_prompts(pairs: Sequence[PreferencePair]) -> list[Messages]:
+    """The pairs' prompts, each once, in order."""
+    seen, prompts = set(), []
+    for pair in pairs:
+        key = json.dumps(pair.prompt_messages, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            prompts.append(pair.prompt_messages)
+    return prompts
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics from rows
+# --------------------------------------------------------------------------------------------
+
+def outcome(tuned_score: float, base_score: float) -> float:
+    """1 when the tuned answer scores higher, 0 when lower, 0.5 when equal."""
+    return 1.0 if tuned_score > base_score else 0.0 if tuned_score < base_score else 0.5
+
+
+def bootstrap_interval(values: Sequence[float], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values``."""
+    if not values:
+        return (math.nan, math.nan)
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(statistics.fmean(rng.choices(values, k=n)) for _ in range(samples))
+    lo = means[int((1 - level) / 2 * (samples - 1))]
+    hi = means[int((1 + level) / 2 * (samples - 1))]
+    return (lo, hi)
+
+
+def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Win rate vs base by reward model (with a 95% bootstrap interval), mean reward, length and KL."""
+    if not rows:
+        raise ValueError("no evaluated prompts")
+    wins = [outcome(r["tuned_score"], r["base_score"]) for r in rows]
+    low, high = bootstrap_interval(wins)
+    return {
+        "n": len(rows),
+        "win_rate": statistics.fmean(wins),
+        "win_rate_low": low,
+        "win_rate_high": high,
+        "reward/base": statistics.fmean(r["base_score"] for r in rows),
+        "reward/tuned": statistics.fmean(r["tuned_score"] for r in rows),
+        "length/base": statistics.fmean(r["base_tokens"] for r in rows),
+        "length/tuned": statistics.fmean(r["tuned_tokens"] for r in rows),
+        "kl/tuned_to_base": statistics.fmean(r["kl"] for r in rows),
+    }
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# Running it
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class EvalResult:
+    rows: list[dict[str, Any]]
+    metrics: dict[str, float]
+    seconds: float
+
+
+def reward_agreement(reward_model: Any, tokenizer: Any, pairs: Sequence[PreferencePair],
+                     batch_size: int = 8) -> dict[str, float]:
+    """How often the reward model scores the human-chosen response above the rejected one."""
+    from alignment.training.reward import score
+
+    if not pairs:
+        return {}
+    prompts = [p.prompt_messages for p in pairs]
+    chosen = score(reward_model, tokenizer, prompts, [p.chosen for p in pairs], batch_size=batch_size)
+    rejected = score(reward_model, tokenizer, prompts, [p.rejected for p in pairs], batch_size=batch_size)
+    agree = [1.0 if c > r else 0.0 for c, r in zip(chosen, rejected)]
+    return {"rm_agreement": statistics.fmean(agree), "rm_agreement_n": len(agree)}
+
+
+def evaluate_against_base(config: EvalConfig, prompts: Sequence[Messages],
+                          human_pairs: Sequence[PreferencePair] = (),
+                          progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """Base and tuned answers for every prompt, scored, with the KL estimate; see the module docstring.
+
+    Each prompt is one side-by-side comparison (:func:`alignment.compare.answer_side_by_side`):
+    one copy of the base weights with the adapter attached answers as both models in one batch,
+    with the same seed (prompt ``i`` uses ``seed + i``) and common random numbers, so the two
+    answers differ because the models do, not because the dice did.
+    """
+    from alignment.compare import ModelRef, answer_side_by_side
+    from alignment.training.reward import load_reward_model
+
+    for index, messages in enumerate(prompts):
+        try:
+            validate_messages(messages)
+        except ValueError as exc:
+            raise ValueError(f"prompt {index + 1}: {exc}") from None
+    if not prompts:
+        raise ValueError("no prompts to evaluate")
+    started = time.monotonic()
+    device = config.resolved_device()
+    base_spec = config.base_spec()
+    refs = [ModelRef(model=base_spec, label="base"), ModelRef(model=base_spec, adapter=config.adapter, label="tuned")]
+    reward = load_reward_model(config.reward, device=device)
+    params = config.sampling_params()
+
+    rows: list[dict[str, Any]] = []
+    if progress:
+        progress(0, len(prompts))
+    for index, messages in enumerate(prompts):
+        base, tuned = answer_side_by_side(refs, messages, params, seed=config.seed + index, reward=reward,
+                                          device=device)
+        rows.append({
+            "prompt": messages, "seed": base.seed,
+            "base": base.text, "tuned": tuned.text,
+            "base_tokens": base.num_tokens, "tuned_tokens": tuned.num_tokens,
+            "base_score": float(base.rm_score), "tuned_score": float(tuned.rm_score),
+            "kl": float(tuned.kl_to_base),
+        })
+        if progress:
+            progress(len(rows), len(prompts))
+
+    metrics = summarize_rows(rows)
+    metrics.update(reward_agreement(reward.model, reward.tokenizer, human_pairs, config.batch_size))
+    return EvalResult(rows=rows, metrics=metrics, seconds=time.monotonic() - started)
+
+
+def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """One JSON row per prompt, written beside and renamed so a killed job leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)

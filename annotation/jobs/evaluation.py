@@ -1,0 +1,156 @@
+"""The evaluation job: a tuned adapter against its base model on held-out prompts, judged by a reward model.
+
+* At submit (:func:`freeze`, in the runner's transaction) the prompts are written into the run
+  folder: by default the prompts the adapter's training run held out (recomputed from its saved
+  config), or the project's prompts ("all" / "unlabelled"). The held-out human pairs go beside
+  them, to measure the reward model's agreement with people.
+* :func:`run` (in the job subprocess) evaluates (:func:`alignment.evaluation.evaluate_against_base`),
+  reporting prompts done / total with an ETA, and writes one row per prompt (both answers, their
+  scores, lengths and the KL estimate) and the metrics.
+* :func:`record` (in the runner, in the transaction that marks the job succeeded) stores an
+  :class:`~storage.models.Evaluation` row linked to the job, the project and the trained models
+  (lineage), with metrics computed again from the rows file, so what is stored and shown is
+  exactly what the stored scores say.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignment.best_of_n import adapter_base_model
+from alignment.evaluation import (
+    EvalConfig, distinct_prompts, evaluate_against_base, held_out_pairs, read_rows, summarize_rows, write_rows,
+)
+from alignment.training.data import load_pairs
+from annotation.jobs.best_of_n import ProgressEvents, _write_json
+from annotation.services.best_of_n import read_prompts
+from storage.errors import InputError
+from storage.exporters import trl_chat_pair_row, write_rows as write_jsonl
+from storage.models import Evaluation, Job, Project, Snapshot, TrainedModel
+from storage.snapshots import PROMPT_SELECTIONS, create_prompt_snapshot
+
+HELD_OUT = "held-out"
+SELECTIONS = (HELD_OUT, *PROMPT_SELECTIONS)
+PROMPTS_FILE = "prompts.jsonl"
+PAIRS_FILE = "human_pairs.jsonl"
+METRICS_FILE = "metrics.json"
+
+
+def _f(default: Any, text: str) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(kw_only=True)
+class EvalJobConfig(EvalConfig):
+    """Evaluation over a project's held-out prompts (or its prompts), stored with the model's lineage."""
+
+    project: str = _f("", "Project the evaluation belongs to (set at submit).")
+    prompts: str = _f(HELD_OUT, f"Which prompts: {HELD_OUT} (those the adapter's training held out), all or "
+                                f"unlabelled (the project's prompts without a label).")
+    max_prompts: int | None = _f(32, "At most this many prompts (empty: all of them). Each takes a few seconds "
+                                     "per 100 tokens on a CPU.")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.prompts not in SELECTIONS:
+            raise ValueError(f"prompts must be one of {', '.join(SELECTIONS)}, got {self.prompts!r}")
+        if self.max_prompts is not None and (isinstance(self.max_prompts, bool)
+                                             or not isinstance(self.max_prompts, int) or self.max_prompts < 1):
+            raise ValueError(f"max_prompts must be an integer >= 1 or empty for all, got {self.max_prompts!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# At submit, in the runner's transaction
+# --------------------------------------------------------------------------------------------
+
+def _held_out(adapter: str) -> list:
+    try:
+        return held_out_pairs(adapter)
+    except ValueError:
+        return []
+
+
+def freeze(session, project: Project, out_dir: Path, values: dict[str, Any]) -> tuple[Snapshot, dict[str, Any]]:
+    """Write the prompts (and held-out human pairs) the job will read; returns the snapshot and the
+    config values pointing at them. Bad settings raise InputError and write nothing that stays."""
+    selection = values.get("prompts", HELD_OUT)
+    limit = values.get("max_prompts", 32)
+    adapter = values.get("adapter") or ""
+    if not adapter or not Path(adapter).is_dir():
+        raise InputError("adapter: pick the tuned model to evaluate (a DPO job's output)")
+    pairs = _held_out(adapter)
+    extra: dict[str, Any] = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if pairs:
+        write_jsonl([trl_chat_pair_row(p.prompt_messages, True, p.chosen, p.rejected) for p in pairs],
+                    out_dir / PAIRS_FILE)
+        extra["pairs"] = str(out_dir / PAIRS_FILE)
+    if selection != HELD_OUT:
+        snapshot = create_prompt_snapshot(session, project, out_dir, selection, limit)
+        return snapshot, extra
+    if not pairs:
+        raise InputError(f"{adapter} has no held-out pairs to take prompts from (trained with eval_fraction 0, or "
+                         f"its training data is gone): choose prompts 'all' or 'unlabelled'")
+    prompts = distinct_prompts(pairs)[:limit]
+    path = out_dir / PROMPTS_FILE
+    write_jsonl([{"messages": m} for m in prompts], path)
+    snapshot = Snapshot(project_id=project.id, filters={"prompts": selection, "max_prompts": limit},
+                        counts={"prompts": len(prompts), "rows": len(prompts), "human_pairs": len(pairs)},
+                        path=str(path))
+    session.add(snapshot)
+    session.flush()
+    return snapshot, extra
+
+
+# --------------------------------------------------------------------------------------------
+# In the job subprocess
+# --------------------------------------------------------------------------------------------
+
+def run(config: EvalJobConfig, callbacks: Iterable[Any] = ()) -> dict[str, Any]:
+    """Evaluate, write the rows and the metrics; returns the job's result summary."""
+    progress = ProgressEvents(callbacks)
+    prompts, _, _ = read_prompts(config.data)
+    human_pairs = load_pairs(config.pairs) if config.pairs else []
+    result = evaluate_against_base(config, prompts, human_pairs, progress=progress)
+    write_rows(config.results_path, result.rows)
+    metrics_path = Path(config.out) / METRICS_FILE
+    _write_json(metrics_path, result.metrics)
+    progress.end(result.metrics)
+    return {"output": str(config.results_path), "metrics_file": str(metrics_path), "prompts": len(result.rows),
+            "metrics": result.metrics, "seconds": result.seconds}
+
+
+# --------------------------------------------------------------------------------------------
+# In the runner, once the subprocess succeeded
+# --------------------------------------------------------------------------------------------
+
+def _trained_model_id(session, path: str | None) -> int | None:
+    if not path:
+        return None
+    wanted = str(Path(path).resolve())
+    for model in session.query(TrainedModel).all():
+        if str(Path(model.path).resolve()) == wanted:
+            return model.id
+    return None
+
+
+def record(session, job: Job, summary: dict[str, Any]) -> str:
+    """An Evaluation row with the model's lineage; metrics recomputed from the stored rows."""
+    rows = read_rows(summary["output"])
+    metrics = summarize_rows(rows)
+    stored = json.loads(Path(summary["metrics_file"]).read_text(encoding="utf-8"))
+    metrics.update({k: v for k, v in stored.items() if k.startswith("rm_agreement")})
+    config = job.config
+    evaluation = Evaluation(job_id=job.id, project_id=job.project_id,
+                            model_id=_trained_model_id(session, config.get("adapter")),
+                            reward_model_id=_trained_model_id(session, config.get("reward")),
+                            adapter=config.get("adapter"),
+                            base_model=config.get("model") or adapter_base_model(config["adapter"]) or "default",
+                            metrics=metrics, path=summary["output"])
+    session.add(evaluation)
+    session.flush()
+    return (f"evaluation {evaluation.id}: win rate vs base {metrics['win_rate']:.0%} over {metrics['n']} prompts "
+            f"(by reward model)")
