@@ -124,6 +124,25 @@ def build_parser() -> argparse.ArgumentParser:
     bon.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
     bon.add_argument("--max-new-tokens", type=int, default=256, help="longest response in tokens (default 256)")
     bon.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+
+    ev = sub.add_parser("eval", help="evaluate a tuned adapter against its base model with a reward model",
+                        description="The base model and the tuned adapter answer the same held-out prompts with the "
+                                    "same seed; a reward model scores both. Prints the win rate vs base (with a "
+                                    "95%% bootstrap interval), mean reward, length and KL to the base, and the "
+                                    "reward model's agreement with the held-out human pairs; writes one row per "
+                                    "prompt (evaluation.jsonl) and metrics.json into --out.")
+    ev.add_argument("--adapter", required=True, help="the tuned LoRA adapter folder (the --out of `train dpo`)")
+    ev.add_argument("--reward", required=True, help="reward model folder (the --out of `train rm`)")
+    ev.add_argument("--model", default=None, help=f"base model: {MODEL_HELP} (default: the adapter's base model)")
+    ev.add_argument("--prompts", default=None,
+                    help="prompt file in any format `import` reads (default: the prompts the adapter's training "
+                         "held out)")
+    ev.add_argument("--max-prompts", type=int, default=32, help="evaluate at most this many prompts (default 32)")
+    ev.add_argument("--out", required=True, help="output folder")
+    ev.add_argument("--temperature", type=float, default=0.7, help="sampling temperature, 0 = greedy (default 0.7)")
+    ev.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
+    ev.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default 128)")
+    ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     return parser
 
 
@@ -228,8 +247,39 @@ def cmd_bon(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from tqdm import tqdm
+
+    from annotation.jobs.evaluation import evaluate_headless
+
+    bar = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="prompt", desc="eval")
+        bar.n = done
+        bar.refresh()
+
+    result = evaluate_headless(args.adapter, args.reward, args.out, model=args.model, prompts_file=args.prompts,
+                               max_prompts=args.max_prompts, temperature=args.temperature, top_p=args.top_p,
+                               max_new_tokens=args.max_new_tokens, seed=args.seed, progress=on_progress)
+    if bar is not None:
+        bar.close()
+    m = result.metrics
+    print(f"win rate vs base (reward model): {m['win_rate']:.1%} "
+          f"[{m['win_rate_low']:.1%}, {m['win_rate_high']:.1%}] over {m['n']} prompts")
+    print(f"mean reward base {m['reward/base']:.3f} -> tuned {m['reward/tuned']:.3f}; mean length "
+          f"{m['length/base']:.1f} -> {m['length/tuned']:.1f} tokens; KL to base {m['kl/tuned_to_base']:.4f} per token")
+    if "rm_agreement" in m:
+        print(f"reward model agrees with held-out human labels on {m['rm_agreement']:.1%} "
+              f"of {m['rm_agreement_n']} pairs")
+    print(f"rows in {args.out}")
+    return 0
+
+
 COMMANDS = {"serve": cmd_serve, "import": cmd_import, "export": cmd_export, "generate": cmd_generate,
-            "train": cmd_train, "bon": cmd_bon}
+            "train": cmd_train, "bon": cmd_bon, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

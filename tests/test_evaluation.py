@@ -97,3 +97,26 @@ def test_bad_eval_settings_are_refused_at_submit_and_launch_nothing(db, tmp_path
     with transaction(db) as s:
         assert s.scalars(select(Job)).all() == []
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_app_eval_on_the_command_line_uses_the_adapters_held_out_prompts(tiny_model_dir, tiny_reward_dir, tmp_path):
+    from alignment.training import DPOConfig, train_dpo
+
+    from tests.test_cli import app
+    from tests.test_training import FAST, pair_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(6))
+    adapter = train_dpo(DPOConfig(model=str(tiny_model_dir), data=str(data), out=str(tmp_path / "dpo"), max_steps=1,
+                                  batch_size=2, eval_fraction=0.34, device="cpu", **FAST)).out_dir
+    out = tmp_path / "eval"
+    done = app("eval", "--adapter", adapter, "--reward", tiny_reward_dir, "--model", tiny_model_dir, "--out", out,
+               "--max-new-tokens", 5, "--seed", 1, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "win rate vs base (reward model)" in done.stdout and "agrees with held-out human labels" in done.stdout
+    rows = read_rows(out / "evaluation.jsonl")
+    assert len(rows) == 2  # the 2 held-out prompts of 6 (eval_fraction 0.34, one pair per prompt)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["win_rate"] == pytest.approx(summarize_rows(rows)["win_rate"]) and metrics["rm_agreement_n"] == 2
+
+    refused = app("eval", "--adapter", tmp_path / "missing", "--reward", tiny_reward_dir, "--out", out)
+    assert refused.returncode != 0 and "error" in refused.stderr.lower()

@@ -123,6 +123,37 @@ def run(config: EvalJobConfig, callbacks: Iterable[Any] = ()) -> dict[str, Any]:
             "metrics": result.metrics, "seconds": result.seconds}
 
 
+def evaluate_headless(adapter: str, reward: str, out: str, *, model: str | None = None,
+                      prompts_file: str | None = None, max_prompts: int | None = 32, temperature: float = 0.7,
+                      top_p: float = 0.95, max_new_tokens: int = 128, seed: int = 0,
+                      progress=None):
+    """`app.py eval`: the same evaluation without a database, from files; writes rows and metrics to ``out``."""
+    out_dir = Path(out)
+    if not adapter or not Path(adapter).is_dir():
+        raise InputError(f"adapter folder not found: {adapter!r}")
+    pairs = _held_out(adapter)
+    if prompts_file is None:
+        if not pairs:
+            raise InputError(f"{adapter} has no held-out pairs to take prompts from: pass --prompts FILE")
+        prompts = distinct_prompts(pairs)
+    else:
+        prompts, _, _ = read_prompts(prompts_file)
+    if max_prompts is not None:
+        prompts = prompts[:max_prompts]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prompts_path = out_dir / PROMPTS_FILE
+    write_jsonl([{"messages": m} for m in prompts], prompts_path)
+    try:
+        config = EvalConfig(data=str(prompts_path), out=str(out_dir), adapter=adapter, reward=reward, model=model,
+                            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    except ValueError as exc:
+        raise InputError(f"invalid eval settings: {exc}") from None
+    result = evaluate_against_base(config, prompts, pairs, progress=progress)
+    write_rows(config.results_path, result.rows)
+    _write_json(out_dir / METRICS_FILE, result.metrics)
+    return result
+
+
 # --------------------------------------------------------------------------------------------
 # In the runner, once the subprocess succeeded
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import gradio as gr
 import pandas as pd
 
 from alignment.training.config import DPO_LOSS_TYPES, LR_SCHEDULES
+from annotation.jobs.evaluation import SELECTIONS as EVAL_SELECTIONS
 from annotation.jobs.kinds import JOB_KINDS
 from annotation.jobs.runner import JobRequest, job_rows, log_tail, read_progress
 from annotation.services import models, projects
@@ -27,12 +28,14 @@ from annotation.ui.forms import build_form, form_values
 from storage.errors import InputError
 from storage.snapshots import PROMPT_SELECTIONS, SnapshotFilters
 
-# Filled in by the runner (data = the frozen input, out = the run folder, project = the one picked)
-# or not for a new job.
-RUNNER_FIELDS = ("data", "out", "resume_from", "project")
+# Filled in by the runner (data = the frozen input, out = the run folder, project = the one picked,
+# pairs = an evaluation's held-out human pairs) or not for a new job.
+RUNNER_FIELDS = ("data", "out", "resume_from", "project", "pairs")
 QUEUE_COLUMNS = ["job", "method", "status", "progress", "loss", "ETA", "input", "output"]
 CHOICES = {"loss": list(DPO_LOSS_TYPES), "lr_schedule": list(LR_SCHEDULES), "device": ["auto", "cpu", "cuda"],
            "prompts": list(PROMPT_SELECTIONS)}
+# Where a kind's field of the same name takes other values.
+KIND_CHOICES = {"eval": {"prompts": list(EVAL_SELECTIONS)}}
 # Model pickers: filled from the trained models, and a folder can be typed in (e.g. one from the CLI).
 MODEL_FIELDS = ("reward", "adapter")
 NO_ADAPTER = ("base model (no adapter)", "")
@@ -93,7 +96,8 @@ def build_train_tab(ctx: UIContext) -> TrainTab:
     for kind in JOB_KINDS.values():
         with gr.Group(visible=kind.name == "dpo") as group:
             with gr.Accordion(f"{kind.title} settings", open=True):
-                forms[kind.name] = build_form(kind.config_class, choices=choices, exclude=RUNNER_FIELDS,
+                forms[kind.name] = build_form(kind.config_class, choices={**choices, **KIND_CHOICES.get(kind.name, {})},
+                                              exclude=RUNNER_FIELDS,
                                               prefix=_form_prefix(kind.name), custom_values=MODEL_FIELDS,
                                               defaults={"model": ctx.default_model, "adapter": ""})
         groups[kind.name] = group
