@@ -200,3 +200,46 @@ def test_best_of_n_job_from_the_train_tab(page, server, tiny_model_dir, tiny_rew
         assert job.status == JobStatus.succeeded and job.config["n"] == 2 and job.config["store_as_items"]
         added = len(s.scalars(select(Response).where(Response.source == "best-of-n")).all()) - bon_before
         assert added == 6
+
+
+def test_eval_job_from_the_train_tab_shows_in_the_models_tab(page, server, tiny_model_dir, tiny_reward_dir,
+                                                             tmp_path):
+    """A tuned adapter (trained here with a held-out split) is evaluated against its base by a reward
+    model from the Train tab; the Models tab then lists the stored result and plots its win rate."""
+    from alignment.training import DPOConfig, train_dpo
+    from storage.models import Evaluation
+
+    from tests.test_training import FAST, pair_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(6))
+    adapter = train_dpo(DPOConfig(model=str(tiny_model_dir), data=str(data), out=str(tmp_path / "dpo"),
+                                  max_steps=1, batch_size=2, eval_fraction=0.34, device="cpu", **FAST)).out_dir
+    db = server.db
+    with transaction(db) as s:
+        s.add(TrainedModel(name="tiny-dpo", kind="policy-adapter", path=str(adapter),
+                           base_model=str(tiny_model_dir), metrics={}))
+        if not s.scalars(select(TrainedModel).where(TrainedModel.name == "tiny-rm")).all():
+            s.add(TrainedModel(name="tiny-rm", kind="reward-model", path=str(tiny_reward_dir),
+                               base_model=str(tiny_model_dir), metrics={}))
+
+    goto_tab(page, "train")
+    pick_dropdown(page, "train-method", "Evaluation: tuned vs base on held-out prompts (reward model as judge)")
+    pick_dropdown(page, "train-project", "prefs")
+    expect(page.locator("#train-launch")).to_have_text("Run")
+    pick_dropdown(page, "eval-adapter", "tiny-dpo (job None)")
+    pick_dropdown(page, "eval-reward", "tiny-rm (job None)")
+    page.locator("#eval-model textarea").fill(str(tiny_model_dir))
+    fill_number(page, "eval-max_new_tokens", 6)
+    page.click("#train-launch")
+    wait_status(page, r"Job \d+ queued", elem_id="train-status")
+    job_id = re.search(r"Job (\d+) queued", page.locator("#train-status").inner_text()).group(1)
+    expect(page.locator("#job-progress")).to_contain_text(f"job {job_id} · succeeded · prompt 2/2", timeout=180_000)
+
+    with transaction(db) as s:
+        evaluation = s.scalars(select(Evaluation).where(Evaluation.job_id == int(job_id))).one()
+        win_rate = evaluation.metrics["win_rate"]
+    goto_tab(page, "models")
+    table = page.locator("#evaluations-table")
+    expect(table).to_contain_text("tiny-dpo")
+    expect(table).to_contain_text(f"{win_rate:.0%}")
+    expect(page.locator("#evaluations-plot")).to_be_visible()

@@ -82,3 +82,53 @@ def try_model(db: Database, model_id: int, prompt: str, max_new_tokens: int = 12
     backend = _policy(base, path)
     params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=max_new_tokens, seed=seed)
     return backend.sample([[{"role": "user", "content": prompt}]], 1, params)[0][0].text
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluations (eval jobs): a tuned model against its base, judged by a reward model
+# --------------------------------------------------------------------------------------------
+
+EVALUATION_COLUMNS = ["eval", "model", "project", "prompts", "win rate vs base", "95% interval",
+                      "reward base → tuned", "length base → tuned", "KL to base / token", "RM agrees with people",
+                      "job"]
+
+
+def list_evaluations(db: Database) -> list[dict]:
+    """Every stored evaluation, newest first, with the names of the models it involves. The numbers
+    are the stored metrics (computed by the job from its per-prompt rows), never recomputed here."""
+    from storage.models import Evaluation
+
+    rows = []
+    with transaction(db) as s:
+        for e in s.scalars(select(Evaluation).order_by(Evaluation.id.desc())):
+            model = s.get(TrainedModel, e.model_id) if e.model_id else None
+            project = s.get(Project, e.project_id) if e.project_id else None
+            rows.append({"id": e.id, "model": model.name if model else (e.adapter or "?"),
+                         "project": project.name if project else None, "job": e.job_id,
+                         "metrics": dict(e.metrics or {}), "path": e.path})
+    return rows
+
+
+def evaluation_table(rows: list[dict]) -> list[list]:
+    def pct(x):
+        return f"{x:.0%}" if isinstance(x, (int, float)) else "–"
+
+    def pair(m, key, digits):
+        a, b = m.get(f"{key}/base"), m.get(f"{key}/tuned")
+        return f"{a:.{digits}f} → {b:.{digits}f}" if a is not None and b is not None else "–"
+
+    table = []
+    for r in rows:
+        m = r["metrics"]
+        agreement = (f"{pct(m['rm_agreement'])} of {m.get('rm_agreement_n')}" if "rm_agreement" in m else "–")
+        table.append([r["id"], r["model"], r["project"], m.get("n"), pct(m.get("win_rate")),
+                      f"{pct(m.get('win_rate_low'))} – {pct(m.get('win_rate_high'))}", pair(m, "reward", 3),
+                      pair(m, "length", 1), f"{m['kl/tuned_to_base']:.4f}" if "kl/tuned_to_base" in m else "–",
+                      agreement, r["job"]])
+    return table
+
+
+def evaluation_points(rows: list[dict]) -> list[dict]:
+    """One point per evaluation for the win-rate plot (oldest first)."""
+    return [{"evaluation": f"#{r['id']} {r['model']}", "win rate vs base": r["metrics"].get("win_rate"),
+             "model": r["model"]} for r in reversed(rows) if r["metrics"].get("win_rate") is not None]

@@ -11,7 +11,7 @@ from annotation.ui.compare import build_compare_tab
 from annotation.ui.compare import on_select as compare_choices
 from annotation.ui.context import UIContext
 from annotation.ui.data import build_data_tab, counts_table
-from annotation.ui.models import build_models_tab, model_choices, model_table
+from annotation.ui.models import build_models_tab, show_models
 from annotation.ui.projects import build_projects_tab
 from annotation.ui.train import build_train_tab
 from annotation.ui.train import on_select as train_choices
@@ -98,8 +98,8 @@ def build_app(ctx: UIContext) -> gr.Blocks:
         projects_tab.select(lambda current: setup.refresh_choices(ctx, current), setup.project, setup.project)
         train_tab.select(lambda current: train_choices(ctx, train, current), train.project,
                          [train.project, *train.pickers])
-        models_tab.select(lambda current: (model_table(ctx), model_choices(ctx, current)), trained.model,
-                          [trained.table, trained.model])
+        models_tab.select(lambda current: show_models(ctx, current), trained.model,
+                          [trained.table, trained.model, trained.evaluations, trained.eval_plot])
         bon_tab.select(lambda *current: best_of_n_choices(ctx, *current), [best.project, best.reward, best.policy],
                        [best.project, best.reward, best.policy])
         compare_tab.select(lambda *current: compare_choices(ctx, *current), comparing.select_inputs,

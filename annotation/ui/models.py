@@ -24,6 +24,8 @@ class ModelsTab:
     prompt: gr.Textbox
     try_button: gr.Button
     answer: gr.Textbox
+    evaluations: gr.Dataframe
+    eval_plot: gr.BarPlot
 
 
 def model_table(ctx: UIContext) -> list[list]:
@@ -37,6 +39,21 @@ def model_choices(ctx: UIContext, current=None):
     return gr.update(choices=choices, value=current if current in ids else (ids[0] if ids else None))
 
 
+def evaluation_views(ctx: UIContext):
+    import pandas as pd
+
+    rows = models.list_evaluations(ctx.db)
+    points = models.evaluation_points(rows)
+    frame = pd.DataFrame(points, columns=["evaluation", "win rate vs base", "model"])
+    return models.evaluation_table(rows), frame
+
+
+def show_models(ctx: UIContext, current=None):
+    """Everything the tab shows, fresh from the database."""
+    table, plot = evaluation_views(ctx)
+    return model_table(ctx), model_choices(ctx, current), table, plot
+
+
 def build_models_tab(ctx: UIContext) -> ModelsTab:
     table = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, elem_id="models-table")
     refresh = gr.Button("Refresh", elem_id="models-refresh")
@@ -45,12 +62,15 @@ def build_models_tab(ctx: UIContext) -> ModelsTab:
     prompt = gr.Textbox(label="Try it: a prompt", lines=2, elem_id="try-prompt")
     try_button = gr.Button("Generate", elem_id="try-button")
     answer = gr.Textbox(label="Answer", lines=6, interactive=False, elem_id="try-answer")
-    tab = ModelsTab(table, refresh, model, lineage, prompt, try_button, answer)
+    gr.Markdown("### Evaluations (tuned vs base, judged by a reward model; run them from the Train tab: "
+                "method Evaluation)")
+    evaluations = gr.Dataframe(headers=models.EVALUATION_COLUMNS, value=[], interactive=False,
+                               elem_id="evaluations-table")
+    eval_plot = gr.BarPlot(value=None, x="evaluation", y="win rate vs base", color="model", y_lim=[0, 1],
+                           title="Win rate vs base (reward model)", elem_id="evaluations-plot")
+    tab = ModelsTab(table, refresh, model, lineage, prompt, try_button, answer, evaluations, eval_plot)
 
-    def show(current):
-        return model_table(ctx), model_choices(ctx, current)
-
-    refresh.click(show, model, [table, model])
+    refresh.click(lambda current: show_models(ctx, current), model, [table, model, evaluations, eval_plot])
 
     def lineage_of(model_id):
         if model_id is None:
