@@ -237,6 +237,7 @@ def summarise(results: list[dict[str, Any]], batch_size: int) -> dict[str, dict[
             "losses": good[0]["losses"], "all_walls": [round(r["wall_s"], 1) for r in good],
             "reference_inside_steps": good[0].get("reference_inside_steps", False),
             "gradient_checkpointing": good[0].get("gradient_checkpointing"),
+            "micro_batch_size": good[0].get("micro_batch_size"), "batch_size": batch_size,
             "loadavg": [r.get("loadavg_start") for r in good],
         }
     return out
@@ -253,9 +254,9 @@ def method_tables(method: str, summary: dict[str, dict[str, Any]]) -> list[str]:
     if not keys:
         return []
     lines = [f"### {method.upper()}", "",
-             "| side | grad. ckpt | pairs/s | train-loop pairs/s | peak RSS GB | wall s | CPU s | setup s "
-             "| reference s | train s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| side | grad. ckpt | examples per forward | pairs/s | train-loop pairs/s | peak RSS GB | wall s "
+             "| CPU s | setup s | reference s | train s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for key in keys:
         s = summary[key]
         ref = _f(s["reference_s"], 1)
@@ -265,7 +266,8 @@ def method_tables(method: str, summary: dict[str, dict[str, Any]]) -> list[str]:
             ref = "-"
         walls = "/".join(str(w) for w in s["all_walls"]) if s["runs"] > 1 else _f(s["wall_s"], 1)
         gc = "on" if s["gradient_checkpointing"] else "off"
-        lines.append(f"| {LABELS[key]} | {gc} | {_f(s['pairs_per_s'], 3)} | {_f(s['train_pairs_per_s'], 3)} "
+        per_forward = s.get("micro_batch_size") or s.get("batch_size") or "batch"
+        lines.append(f"| {LABELS[key]} | {gc} | {per_forward} | {_f(s['pairs_per_s'], 3)} | {_f(s['train_pairs_per_s'], 3)} "
                      f"| {_f(s['peak_rss_bytes'] / GB)} | {walls} | {_f(s['cpu_s'], 1)} | {_f(s['setup_s'], 1)} "
                      f"| {ref} | {_f(s['train_s'], 1)} |")
     steps = max(len(summary[k]["losses"]) for k in keys)

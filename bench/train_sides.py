@@ -159,6 +159,7 @@ def _run_ours(spec: dict[str, Any], method: str) -> dict[str, Any]:
         "finish_s": ended - last_step,  # final save
         "rss_after_imports_bytes": rss_before,
         "gradient_checkpointing": bool(getattr(config, "gradient_checkpointing", False)),
+        "micro_batch_size": config.resolved_micro_batch_size(),
         "final_metrics": trained.metrics,
     }
     return finish(result, started, cpu_started)

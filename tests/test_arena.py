@@ -339,3 +339,21 @@ def test_side_by_side_scores_every_answer_with_a_reward_model(with_models, tiny_
     answers = compare.answer(options, arena.typed_prompt("Name a colour."), compare.sampling_params(1.0, 0.9, 6, 1),
                              seed=1, reward=str(tiny_reward_dir))
     assert all(isinstance(a.rm_score, float) for a in answers)
+
+
+def test_undo_in_the_annotate_tab_leaves_arena_votes_alone(db):
+    """An arena vote is the annotator's latest label, but undo takes back their last queue label."""
+    from annotation.services import labelling
+
+    from tests.factories import make_items
+
+    make_project(db, "p")
+    make_items(db, "p", 1)
+    queued = labelling.submit_pairwise(db, labelling.next_item(db, "p", "alice"), "a")
+    vote = arena.record_arena_vote(db, match(), "alice", "b")
+    undone = labelling.undo_last(db, "p", "alice")
+    assert undone is not None and undone.item_id == queued.item_id
+    assert labelling.undo_last(db, "p", "alice") is None  # only the arena vote is left: untouched
+    with transaction(db) as s:
+        assert s.get(PairwiseLabel, vote.label_ids[0]) is not None
+        assert s.get(Item, vote.item_id).status == ItemStatus.done

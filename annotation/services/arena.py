@@ -35,7 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
 from alignment.leaderboard import Leaderboard, Vote, leaderboard
-from annotation.services.labelling import Receipt, _idempotent
+from annotation.services.labelling import ARENA_SOURCE, Receipt, _idempotent
 from annotation.services.projects import ensure_user, find_project
 from storage.db import Database, transaction
 from storage.errors import InputError
@@ -54,7 +54,7 @@ from storage.models import (
 from storage.prompts import content_hash, text_prompt, validate_messages
 from storage.snapshots import _labelled_prompt_ids
 
-SOURCE = "arena"
+SOURCE = ARENA_SOURCE
 POLICY_ADAPTER = "policy-adapter"
 
 

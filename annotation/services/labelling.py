@@ -38,6 +38,8 @@ from storage.models import (
     User,
 )
 
+ARENA_SOURCE = "arena"  # responses of blind-arena votes (annotation.services.arena.SOURCE)
+
 LEASE = timedelta(minutes=10)
 MAX_RATIONALE_CHARS = 10_000
 MAX_REWRITE_CHARS = 100_000
@@ -392,9 +394,12 @@ def undo_last(db: Database, project_name: str, user_name: str) -> Undone | None:
         project = find_project(s, project_name)
         user = ensure_user(s, user_name)
         model = _label_model(project.mode)
+        # Arena votes are labels too, but on items of the Compare tab that never enter the queue:
+        # undo in the Annotate tab must not bring them back as items to label.
+        arena_item = exists().where(Response.item_id == Item.id, Response.source == ARENA_SOURCE)
         last = s.scalar(select(model).join(Item, model.item_id == Item.id)
                         .where(Item.project_id == project.id, model.user_id == user.id,
-                               model.source == LabelSource.human)
+                               model.source == LabelSource.human, ~arena_item)
                         .order_by(model.created_at.desc(), model.id.desc()).limit(1))
         if last is None:
             return None
