@@ -21,13 +21,14 @@ import json
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from alignment.chat import Messages, validate_messages
 from alignment.models import DEFAULT_MODEL, LoadedModel, load_model
 from alignment.sampling import GenerationBackend, SamplingParams, TransformersBackend, backend_for
+from alignment.settings import RunSettings
 from alignment.training.config import DEVICES, cuda_available
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 
 @dataclass(kw_only=True)
-class BestOfNConfig:
+class BestOfNConfig(RunSettings):
     """Best-of-N over a prompt file: N samples per prompt from the policy, scored by a reward model."""
 
     method: ClassVar[str] = "best_of_n"
@@ -298,37 +299,12 @@ class BestOfNConfig:
         if self.device == "cuda" and not cuda_available():
             raise ValueError("device='cuda' but no CUDA GPU is available; use device='cpu' or 'auto'")
 
-    def sampling_params(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-                              seed=self.seed)
-
     def policy_spec(self) -> str:
         """The policy model as run: the given spec, else the adapter's base model, else the default."""
         return self.model or (adapter_base_model(self.adapter) if self.adapter else None) or DEFAULT_MODEL
-
-    def resolved_device(self) -> str:
-        """'cuda' or 'cpu': what ``device`` means on this machine."""
-        if self.device == "auto":
-            return "cuda" if cuda_available() else "cpu"
-        return self.device
 
     @property
     def dataset_path(self) -> Path:
         return Path(self.out) / BEST_OF_N_FILE
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict with the method and the resolved device (the saved run config)."""
-        return {"method": self.method, **asdict(self), "resolved_device": self.resolved_device()}
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]):
-        """Rebuild (and re-validate) a config; an unknown key is refused rather than silently dropped."""
-        values = dict(values)
-        method = values.pop("method", cls.method)
-        values.pop("resolved_device", None)
-        if method != cls.method:
-            raise ValueError(f"config is for method {method!r}, not {cls.method!r}")
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
-        return cls(**values)

@@ -27,7 +27,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,7 +36,7 @@ from alignment.best_of_n import (
 )
 from alignment.chat import Messages, validate_messages
 from alignment.models import DEFAULT_MODEL
-from alignment.sampling import SamplingParams
+from alignment.settings import RunSettings
 from alignment.training.config import DEVICES, cuda_available
 from alignment.training.data import PreferencePair, load_pairs, split
 
@@ -56,7 +56,7 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 
 @dataclass(kw_only=True)
-class EvalConfig:
+class EvalConfig(RunSettings):
     """A tuned adapter against its base model on held-out prompts, judged by a reward model."""
 
     method: ClassVar[str] = "evaluation"
@@ -99,37 +99,12 @@ class EvalConfig:
         if self.device == "cuda" and not cuda_available():
             raise ValueError("device='cuda' but no CUDA GPU is available; use device='cpu' or 'auto'")
 
-    def sampling_params(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-                              seed=self.seed)
-
     def base_spec(self) -> str:
         return self.model or adapter_base_model(self.adapter) or DEFAULT_MODEL
-
-    def resolved_device(self) -> str:
-        if self.device == "auto":
-            return "cuda" if cuda_available() else "cpu"
-        return self.device
 
     @property
     def results_path(self) -> Path:
         return Path(self.out) / RESULTS_FILE
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, **asdict(self), "resolved_device": self.resolved_device()}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]):
-        values = dict(values)
-        method = values.pop("method", cls.method)
-        values.pop("resolved_device", None)
-        if method != cls.method:
-            raise ValueError(f"config is for method {method!r}, not {cls.method!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown settings: {', '.join(unknown)}")
-        return cls(**values)
 
 
 def _read_json(path: Path) -> dict:
