@@ -393,17 +393,110 @@ class _Generation:
     seconds: float
 
 
+class _RowMask(torch.nn.Module):
+    """Stands in for one adapter's LoRA dropout during a batch: the LoRA input times 1 on the rows
+    that answer with that adapter and 0 on the others (``mask``: shape ``[rows, 1, 1]``).
+
+    PEFT adds ``lora_B(lora_A(dropout(x))) * scaling`` per active adapter; with ``x`` masked, the
+    other rows get ``lora_B(lora_A(0)) = 0`` exactly (no LoRA bias), so their outputs are those of
+    the base layer (plus their own adapter's term). Dropout is the identity in eval mode, so
+    nothing is lost by standing in for it, and the mask costs one multiply per LoRA layer and no
+    extra module call or hook.
+    """
+
+    def __init__(self, mask: Tensor) -> None:
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.mask
+
+
+def _lora_layers(model: Any, adapter_name: str) -> list[Any]:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer) and adapter_name in m.lora_A]
+
+
+def _row_maskable(model: Any, adapter_names: Sequence[str]) -> bool:
+    """Whether every adapter in the batch is plain LoRA on linear layers (the row-masked path's
+    case: prefstudio's adapters); anything else (DoRA and other variants, LoRA bias, embedding
+    LoRA, ``modules_to_save``, merged weights) goes through PEFT's own mixed-batch path."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.utils import PeftType
+
+    for name in set(adapter_names) - {BASE}:
+        config = model.peft_config.get(name)
+        if (config is None or config.peft_type != PeftType.LORA or getattr(config, "modules_to_save", None)
+                or getattr(config, "trainable_token_indices", None)):
+            return False
+        for layer in _lora_layers(model, name):
+            if (type(layer) is not LoraLinear or name in layer.lora_variant or layer.lora_bias.get(name)
+                    or layer.merged):
+                return False
+    return True
+
+
+@contextlib.contextmanager
+def _row_masked_adapters(model: Any, adapter_names: Sequence[str]) -> Iterator[None]:
+    """Row i of the next forward passes answers with adapter ``adapter_names[i]`` (``BASE``: none).
+
+    Every adapter of the batch is made active at once (PEFT sums the LoRA terms of the active
+    adapters), and each one's LoRA input is masked to its own rows (:class:`_RowMask`); an adapter
+    used by every row needs no mask. Per LoRA layer this costs one multiply per adapter, where
+    PEFT's mixed batch (``adapter_names=``) gathers the adapter's rows, runs LoRA on them and
+    scatters the result back, a handful of small ops per layer and decoding step that weigh on
+    the CPU, where decoding is bound by per-op overhead and weight reads rather than arithmetic.
+    The active adapter and the dropout modules are restored afterwards.
+    """
+    used = list(dict.fromkeys(name for name in adapter_names if name != BASE))
+    if not used:
+        with model.disable_adapter():
+            yield
+        return
+    previous = model.base_model.active_adapter
+    restore: list[tuple[Any, str, torch.nn.Module]] = []
+    try:
+        model.base_model.set_adapter(used, inference_mode=True)
+        for name in used:
+            if all(row == name for row in adapter_names):
+                continue
+            masks: dict[tuple[torch.dtype, torch.device], Tensor] = {}  # one per adapter, not per layer
+            for layer in _lora_layers(model, name):
+                weight = layer.lora_A[name].weight
+                key = (weight.dtype, weight.device)
+                if key not in masks:
+                    masks[key] = torch.tensor([float(row == name) for row in adapter_names], dtype=weight.dtype,
+                                              device=weight.device).view(-1, 1, 1)
+                restore.append((layer, name, layer.lora_dropout[name]))
+                layer.lora_dropout[name] = _RowMask(masks[key])
+        yield
+    finally:
+        for layer, name, dropout in reversed(restore):
+            layer.lora_dropout[name] = dropout
+        model.base_model.set_adapter(previous, inference_mode=True)
+
+
 class SideBySideBackend(TransformersBackend):
     """:class:`TransformersBackend` rows that differ by adapter rather than by prompt (call under the lock)."""
 
     def generate_batched(self, prompt_ids: list[int], adapter_names: list[str], params: SamplingParams,
                          seed: int) -> list[_Generation]:
-        """One ``generate`` call, row i answering with adapter ``adapter_names[i]`` (a mixed adapter batch)."""
-        if _is_peft(self.loaded.model):
-            return self._generate(prompt_ids, len(adapter_names), params, seed, adapter_names=list(adapter_names))
-        if set(adapter_names) != {BASE}:
-            raise ValueError(f"no adapters are attached, cannot answer with {sorted(set(adapter_names) - {BASE})}")
-        return self._generate(prompt_ids, len(adapter_names), params, seed)
+        """One ``generate`` call, row i answering with adapter ``adapter_names[i]``.
+
+        Plain LoRA adapters run row-masked (:func:`_row_masked_adapters`); others through PEFT's
+        mixed adapter batch (``generate(..., adapter_names=...)``). Both give each row its own
+        model's outputs.
+        """
+        model, rows = self.loaded.model, len(adapter_names)
+        if not _is_peft(model):
+            if set(adapter_names) != {BASE}:
+                raise ValueError(f"no adapters are attached, cannot answer with {sorted(set(adapter_names) - {BASE})}")
+            return self._generate(prompt_ids, rows, params, seed)
+        if not _row_maskable(model, adapter_names):
+            return self._generate(prompt_ids, rows, params, seed, adapter_names=list(adapter_names))
+        with _row_masked_adapters(model, adapter_names):
+            return self._generate(prompt_ids, rows, params, seed)
 
     def generate_alone(self, prompt_ids: list[int], adapter_name: str, params: SamplingParams,
                        seed: int) -> _Generation:

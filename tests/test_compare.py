@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from alignment.compare import (
-    BASE, ModelRef, SharedNoiseSampling, answer_side_by_side, clear_comparison_cache, get_comparison_model,
-    k3_per_token, per_token_kl,
+    BASE, ModelRef, SharedNoiseSampling, _policy_weights, _row_masked_adapters, answer_side_by_side,
+    clear_comparison_cache, get_comparison_model, k3_per_token, per_token_kl,
 )
 from alignment.sampling import SamplingParams
 from alignment.training import DPOConfig, load_reward_model, score, train_dpo
@@ -26,15 +26,16 @@ SAMPLED = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=8)
 GREEDY = SamplingParams(temperature=0, max_new_tokens=8)
 
 
-def save_adapter(base_dir: Path, out: Path, zero_b: bool) -> Path:
-    """A LoRA adapter on ``base_dir``: B = 0 (PEFT's default init, output unchanged) or random (output changed)."""
+def save_adapter(base_dir: Path, out: Path, zero_b: bool, seed: int = 0, **lora) -> Path:
+    """A LoRA adapter on ``base_dir``: B = 0 (PEFT's default init, output unchanged) or random (output changed);
+    ``lora``: further LoraConfig fields."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base_dir)),
                            LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"],
-                                      task_type=TaskType.CAUSAL_LM, init_lora_weights=zero_b))
+                                      task_type=TaskType.CAUSAL_LM, init_lora_weights=zero_b, **lora))
     model.save_pretrained(out)
     return out
 
@@ -137,6 +138,56 @@ def test_batched_answers_equal_one_after_the_other(tiny_model_dir, random_adapte
     assert batched[1].kl_to_base > 0
     assert len({a.seconds for a in batched}) == 1 and all(a.seed == 11 for a in batched)
     assert all(a.finish_reason in {"stop", "length"} and a.num_tokens <= params.max_new_tokens for a in batched)
+
+
+def lora_state(model) -> tuple:
+    """The active adapters and every LoRA layer's dropout modules (what a batch swaps and must put back)."""
+    from peft.tuners.lora import LoraLayer
+
+    dropouts = [(name, type(m.lora_dropout[name]).__name__, id(m.lora_dropout[name]))
+                for m in model.modules() if isinstance(m, LoraLayer) for name in m.lora_dropout]
+    return list(model.active_adapters), dropouts
+
+
+def test_a_row_masked_batch_gives_every_row_its_own_models_outputs(tiny_model_dir, random_adapter, tmp_path):
+    """One forward pass over rows (base, adapter 1, adapter 2, adapter 1) equals each model's own forward pass,
+    an adapter with LoRA dropout (the identity in eval mode) included; the model is left as it was."""
+    dropout_adapter = save_adapter(tiny_model_dir, tmp_path / "dropout", zero_b=False, seed=1, lora_dropout=0.1)
+    compared = get_comparison_model(str(tiny_model_dir), [random_adapter, dropout_adapter])
+    model = compared.loaded.model
+    first, second = compared.adapter_name(random_adapter), compared.adapter_name(dropout_adapter)
+    names = [BASE, first, second, first]
+    input_ids = torch.tensor([[1, 5, 9, 14, 20, 3]] * len(names))
+    before = lora_state(model)
+
+    with torch.no_grad():
+        with _row_masked_adapters(model, names):
+            batched = model(input_ids=input_ids).logits
+        assert lora_state(model) == before
+        for row, name in enumerate(names):
+            with _policy_weights(model, name):
+                alone = model(input_ids=input_ids[:1]).logits[0]
+            assert torch.allclose(batched[row], alone, atol=1e-5), (row, name)
+    # Each adapter really changed its rows, and only its rows.
+    assert not torch.allclose(batched[1], batched[0], atol=1e-3)
+    assert not torch.allclose(batched[2], batched[1], atol=1e-3)
+    assert torch.equal(batched[3], batched[1])
+
+    with pytest.raises(RuntimeError, match="interrupted"), _row_masked_adapters(model, names):
+        raise RuntimeError("interrupted")
+    assert lora_state(model) == before
+
+
+def test_adapters_the_row_mask_cannot_serve_go_through_peft_mixed_batches(tiny_model_dir, random_adapter, tmp_path):
+    """A LoRA bias adds B's bias even to a masked (zero) input, so such an adapter is batched the PEFT way; the
+    base row must still be the base's answer."""
+    biased = save_adapter(tiny_model_dir, tmp_path / "biased", zero_b=False, seed=2, lora_bias=True)
+    refs = [ModelRef(str(tiny_model_dir)), ModelRef(str(tiny_model_dir), str(biased)),
+            ModelRef(str(tiny_model_dir), str(random_adapter))]
+    batched = answer_side_by_side(refs, PROMPT, GREEDY, seed=5, batched=True)
+    alone = answer_side_by_side(refs, PROMPT, GREEDY, seed=5, batched=False)
+    assert [a.text for a in batched] == [a.text for a in alone]
+    assert batched[1].text != batched[0].text
 
 
 def test_the_seed_drives_sampling(tiny_model_dir):
