@@ -65,24 +65,32 @@ class Run:
     method: str  # dpo | rm
     precompute_ref: bool = False
     ours_gc: bool | None = None  # prefstudio's gradient checkpointing: None = its default
+    # Preload jemalloc, as prefstudio's job runner and `app.py train` do when the system has it.
+    jemalloc: bool = False
 
 
 RUNS = {
     "dpo": [Run("trl-dpo", "trl-dpo", "dpo"),
-            Run("ours-dpo", "ours-dpo", "dpo"),
+            Run("ours-dpo", "ours-dpo", "dpo", jemalloc=True),
             Run("trl-dpo-precompute", "trl-dpo", "dpo", precompute_ref=True),
-            Run("ours-dpo-gc", "ours-dpo", "dpo", ours_gc=True)],
+            Run("trl-dpo-jemalloc", "trl-dpo", "dpo", jemalloc=True),
+            Run("ours-dpo-gc", "ours-dpo", "dpo", ours_gc=True, jemalloc=True)],
     "rm": [Run("trl-rm", "trl-rm", "rm"),
-           Run("ours-rm", "ours-rm", "rm"),
-           Run("ours-rm-gc", "ours-rm", "rm", ours_gc=True)],
+           Run("ours-rm", "ours-rm", "rm", jemalloc=True),
+           Run("trl-rm-jemalloc", "trl-rm", "rm", jemalloc=True),
+           Run("ours-rm-gc", "ours-rm", "rm", ours_gc=True, jemalloc=True)],
 }
 #: Runs only made with --ours-gradient-checkpointing both.
 BOTH_ONLY = {"ours-dpo-gc", "ours-rm-gc"}
+#: Runs only made with --trl-jemalloc (TRL with the same allocator as prefstudio's jobs, for fairness).
+TRL_JEMALLOC_ONLY = {"trl-dpo-jemalloc", "trl-rm-jemalloc"}
 LABELS = {
     "ours-dpo": "prefstudio train_dpo",
     "ours-dpo-gc": "prefstudio train_dpo (gradient_checkpointing=True)",
     "trl-dpo": "TRL DPOTrainer (ref on the fly)",
     "trl-dpo-precompute": "TRL DPOTrainer (precompute_ref_log_probs)",
+    "trl-dpo-jemalloc": "TRL DPOTrainer (ref on the fly) with jemalloc",
+    "trl-rm-jemalloc": "TRL RewardTrainer with jemalloc",
     "ours-rm": "prefstudio train_reward_model",
     "ours-rm-gc": "prefstudio train_reward_model (gradient_checkpointing=True)",
     "trl-rm": "TRL RewardTrainer",
@@ -152,8 +160,10 @@ def code_version() -> str:
     return commit + (f" + uncommitted changes in alignment/ ({len(dirty.splitlines())} files)" if dirty else "")
 
 
-def child_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
+def child_env(threads: int, jemalloc: bool = False) -> dict[str, str]:
+    from alignment.training.memory import with_jemalloc
+
+    env = with_jemalloc() if jemalloc else {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                 "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false",
                 "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"})
@@ -174,7 +184,7 @@ def run_child(run: Run, spec: dict[str, Any], workdir: Path, index: int) -> dict
                "--result", str(result_path)]
     started = time.perf_counter()
     with log_path.open("w", encoding="utf-8") as log:
-        proc = subprocess.run(command, cwd=ROOT, env=child_env(spec["threads"]), stdout=log,
+        proc = subprocess.run(command, cwd=ROOT, env=child_env(spec["threads"], run.jemalloc), stdout=log,
                               stderr=subprocess.STDOUT)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0 or not result_path.is_file():
@@ -191,12 +201,13 @@ def run_child(run: Run, spec: dict[str, Any], workdir: Path, index: int) -> dict
 
 
 def schedule(methods: list[str], repeats: int, only: set[str] | None, both_gc: bool = False,
-             reverse: bool = False) -> list[Run]:
+             reverse: bool = False, trl_jemalloc: bool = False) -> list[Run]:
     """Runs in order, alternating sides: each repeat reverses the order of the one before."""
     order: list[Run] = []
     for repeat in range(repeats):
         for method in methods:
-            runs = [r for r in RUNS[method] if (only is None or r.key in only) and (both_gc or r.key not in BOTH_ONLY)]
+            runs = [r for r in RUNS[method] if (only is None or r.key in only) and (both_gc or r.key not in BOTH_ONLY)
+                    and (trl_jemalloc or r.key not in TRL_JEMALLOC_ONLY)]
             order.extend(runs if (repeat + reverse) % 2 == 0 else list(reversed(runs)))
     return order
 
@@ -238,6 +249,7 @@ def summarise(results: list[dict[str, Any]], batch_size: int) -> dict[str, dict[
             "reference_inside_steps": good[0].get("reference_inside_steps", False),
             "gradient_checkpointing": good[0].get("gradient_checkpointing"),
             "micro_batch_size": good[0].get("micro_batch_size"), "batch_size": batch_size,
+            "allocator": good[0].get("allocator", "?"),
             "loadavg": [r.get("loadavg_start") for r in good],
         }
     return out
@@ -254,9 +266,9 @@ def method_tables(method: str, summary: dict[str, dict[str, Any]]) -> list[str]:
     if not keys:
         return []
     lines = [f"### {method.upper()}", "",
-             "| side | grad. ckpt | examples per forward | pairs/s | train-loop pairs/s | peak RSS GB | wall s "
-             "| CPU s | setup s | reference s | train s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| side | grad. ckpt | examples per forward | allocator | pairs/s | train-loop pairs/s | peak RSS GB "
+             "| wall s | CPU s | setup s | reference s | train s |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for key in keys:
         s = summary[key]
         ref = _f(s["reference_s"], 1)
@@ -267,7 +279,7 @@ def method_tables(method: str, summary: dict[str, dict[str, Any]]) -> list[str]:
         walls = "/".join(str(w) for w in s["all_walls"]) if s["runs"] > 1 else _f(s["wall_s"], 1)
         gc = "on" if s["gradient_checkpointing"] else "off"
         per_forward = s.get("micro_batch_size") or s.get("batch_size") or "batch"
-        lines.append(f"| {LABELS[key]} | {gc} | {per_forward} | {_f(s['pairs_per_s'], 3)} | {_f(s['train_pairs_per_s'], 3)} "
+        lines.append(f"| {LABELS[key]} | {gc} | {per_forward} | {s['allocator']} | {_f(s['pairs_per_s'], 3)} | {_f(s['train_pairs_per_s'], 3)} "
                      f"| {_f(s['peak_rss_bytes'] / GB)} | {walls} | {_f(s['cpu_s'], 1)} | {_f(s['setup_s'], 1)} "
                      f"| {ref} | {_f(s['train_s'], 1)} |")
     steps = max(len(summary[k]["losses"]) for k in keys)
@@ -336,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prefstudio's gradient checkpointing, where its training config has the setting "
                         "(both: its runs are made twice, off and on)")
     p.add_argument("--reverse", action="store_true", help="start with the reversed order of the runs")
+    p.add_argument("--trl-jemalloc", action="store_true",
+                   help="also run TRL with jemalloc preloaded, the allocator prefstudio's training runs use")
     p.add_argument("--workdir", type=Path, default=None, help="where runs write (default: a temp folder)")
     p.add_argument("--json-out", type=Path, default=None, help="also write every result as JSON here")
     # child mode
@@ -398,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; work dir {workdir}", flush=True)
 
     results = []
-    for index, run in enumerate(schedule(methods, args.repeats, only, both_gc, args.reverse)):
+    for index, run in enumerate(schedule(methods, args.repeats, only, both_gc, args.reverse, args.trl_jemalloc)):
         print(f"[{index + 1}] {run.key} ...", flush=True)
         results.append(run_child(run, spec, workdir, index))
     summary = summarise(results, args.batch_size)

@@ -85,6 +85,10 @@ def finish(result: dict[str, Any], started: float, cpu_started: float) -> dict[s
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["ru_maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result["loadavg_end"] = os.getloadavg()
+    try:
+        result["allocator"] = "jemalloc" if "libjemalloc" in Path("/proc/self/maps").read_text() else "glibc"
+    except OSError:
+        result["allocator"] = "unknown"
     return result
 
 

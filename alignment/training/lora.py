@@ -8,7 +8,8 @@ This module owns
   output (``num_labels=1``) on the same weights for the reward model, float32 on the CPU and
   bfloat16 on CUDA;
 * wrapping it with PEFT LoRA (the reward model's ``score`` head is fully trained and saved with
-  the adapter through ``modules_to_save``);
+  the adapter through ``modules_to_save``), its dropout fused into ``lora_A`` to keep less for the
+  backward pass (:mod:`alignment.training.lean_dropout`);
 * QLoRA: 4-bit NF4 weights through bitsandbytes plus ``prepare_model_for_kbit_training``. Training
   runs refuse it without CUDA (see :func:`require_cuda_for_4bit`); the building blocks themselves
   also run on the CPU, which the tests use to exercise the real path.
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from alignment.models import converted_gguf_dir, resolve_model_spec
+from alignment.training.lean_dropout import use_lean_lora_dropout
 
 #: Where the reward model keeps its scalar head (LlamaForSequenceClassification and most others).
 REWARD_HEAD = "score"
@@ -184,6 +186,7 @@ def load_trainable(config: Any, reward: bool = False) -> TrainableModel:
         # works with frozen inputs (LoRA) and replays dropout with the same RNG state.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = wrap_with_lora(model, config, reward=reward)
+    use_lean_lora_dropout(model)  # same dropout, a 1-byte mask kept for backward instead of two float copies
     return TrainableModel(model=model, tokenizer=tokenizer, base_location=location, device=device)
 
 

@@ -1,5 +1,16 @@
 """Keeping a CPU training process's resident memory close to what its tensors need.
 
+Two tools, for two situations:
+
+* :func:`with_jemalloc`: the environment for a training subprocess, with jemalloc preloaded when
+  the system has it (Debian/Ubuntu: ``apt-get install libjemalloc2``; ``.ci/setup`` installs it).
+  jemalloc serves each size from its own slabs and reuses freed memory without the fragmentation
+  described below: on the embedded model (DPO, one pair per forward pass) the process peaks at
+  1.76 GB instead of 2.43 GB with glibc, at the same speed. Job subprocesses and ``app.py train``
+  run with it; ``PREFSTUDIO_JEMALLOC=0`` turns it off, ``PREFSTUDIO_JEMALLOC=/path/libjemalloc.so``
+  picks another build.
+* :func:`lean_allocator`, for glibc itself (no jemalloc), while gradient checkpointing:
+
 PyTorch's CPU allocator is plain ``malloc``. glibc serves blocks above ``M_MMAP_THRESHOLD`` with
 ``mmap`` and gives them back to the system on ``free``, but it raises that threshold (up to
 32 MiB) each time such a block is freed, so after the first layer nearly every activation comes
@@ -19,9 +30,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +70,47 @@ def lean_allocator(enabled: bool = True) -> Iterator[bool]:
         if applied:
             libc.mallopt(M_MMAP_THRESHOLD, RESTORED_THRESHOLD)
             libc.malloc_trim(0)
+
+
+# --------------------------------------------------------------------------------------------
+# jemalloc for training subprocesses
+# --------------------------------------------------------------------------------------------
+
+JEMALLOC_ENV = "PREFSTUDIO_JEMALLOC"
+JEMALLOC_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib64/libjemalloc.so.2",
+    "/usr/local/lib/libjemalloc.so.2",
+)
+
+
+def jemalloc_library(environ: Mapping[str, str] | None = None) -> str | None:
+    """The jemalloc shared library to preload, or None (not Linux, not installed, or turned off)."""
+    environ = os.environ if environ is None else environ
+    choice = environ.get(JEMALLOC_ENV, "").strip()
+    if choice.lower() in {"0", "off", "false", "no"} or not sys.platform.startswith("linux"):
+        return None
+    if choice:
+        return choice if Path(choice).is_file() else None
+    return next((path for path in JEMALLOC_PATHS if Path(path).is_file()), None)
+
+
+def with_jemalloc(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``environ`` (default: this process's) whose children preload jemalloc, when available."""
+    env = dict(os.environ if environ is None else environ)
+    library = jemalloc_library(env)
+    if library is None:
+        return env
+    preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p]
+    if library not in preload:
+        env["LD_PRELOAD"] = ":".join([library, *preload])
+    return env
+
+
+def jemalloc_loaded() -> bool:
+    """Whether this process runs with jemalloc (e.g. preloaded by its parent)."""
+    try:
+        return "libjemalloc" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False

@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from alignment.training.memory import with_jemalloc
 from annotation.jobs.kinds import JOB_KINDS
 from annotation.services.projects import find_project
 from storage.db import Database, transaction
@@ -229,7 +230,7 @@ class JobRunner:
         with (run_dir / "log.txt").open("ab") as logf:
             proc = subprocess.Popen([sys.executable, "-m", "annotation.jobs.worker", str(run_dir)], cwd=ROOT,
                                     stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                    start_new_session=True, env={**with_jemalloc(), "PYTHONUNBUFFERED": "1"})
         self._procs[job.id] = proc
         job.status, job.pid, job.started_at = JobStatus.running, proc.pid, _now()
         log.info("job %s (%s) started, pid %s", job.id, job.kind, proc.pid)
