@@ -8,8 +8,8 @@ This module owns
   with every compared LoRA adapter attached under its own name (PEFT multi-adapter), checked to
   have been trained on that base, cached per (base, device) like :func:`alignment.models.get_model`;
 * :func:`answer_side_by_side`: every model answers the same prompt with the same seed and sampling
-  parameters, either in one ``generate`` call whose rows use different adapters (PEFT's mixed
-  adapter batches: ``generate(..., adapter_names=["__base__", "adapter_1", ...])``) or one model
+  parameters, either in one ``generate`` call whose rows use different adapters (every adapter
+  active, each one's LoRA term masked to its own rows; see "Batched rows" below) or one model
   after the other (the baseline); each :class:`Answer` carries its reward-model score, length and
   per-token KL to the base;
 * :func:`per_token_kl`: the per-token KL estimate of a tuned policy to its base on one sampled
@@ -35,20 +35,26 @@ This module owns
   log-probs come from :func:`alignment.logprobs.completion_token_logps`, which runs the LM head
   only on the answer's positions (no full-vocabulary log-softmax over the whole sequence).
 
-Same seed, batched or not. Sampling draws its randomness per row from a generator of its own,
-seeded with the comparison's seed (Gumbel-max sampling: ``argmax(logits / T + Gumbel noise)``
-after top-p filtering, which samples exactly from the temperature / top-p distribution). Every
-model thus sees the same random numbers ("common random numbers"): identical models give
-identical answers, differences between answers come from the models rather than the dice, and a
-model's answer in a batch is the one it gives alone with that seed, up to floating-point
-differences between batch shapes. (Plain ``generate(do_sample=True)`` would draw all rows from
-one stream, so row i of a batch would get other numbers than the same model alone.) The seeded
+Same seed, batched or not. Sampling draws its randomness from a generator seeded with the
+comparison's seed, one noise vector per step added to every row (Gumbel-max sampling:
+``argmax(logits / T + Gumbel noise)`` after top-p filtering, which samples exactly from the
+temperature / top-p distribution). Every model thus sees the same random numbers ("common random
+numbers"), in a batch of any size as alone: identical models give identical answers,
+differences between answers come from the models rather than the dice, and a model's answer in a
+batch is the one it gives alone with that seed, up to floating-point differences between batch
+shapes. (Plain ``generate(do_sample=True)`` would draw all rows from one stream, so row i of a
+batch would get other numbers than the same model alone.) The seeded
 stream is not the one :class:`alignment.sampling.TransformersBackend` uses, so an answer here need
 not equal the annotation queue's sample with the same seed.
 
-Limits of mixed adapter batches (peft 0.21): the model must be in eval mode, no adapter may be
-merged into the weights, and DoRA adapters are refused; plain LoRA adapters, as prefstudio trains
-them, work. No database, no UI: callers pass model specs, adapter folders and messages.
+Batched rows. Plain LoRA adapters on linear layers, as prefstudio trains them, run row-masked
+(:func:`_row_masked_adapters`): every adapter of the batch is active and each one's LoRA scaling
+becomes a per-row tensor, ``scaling`` on its rows and 0 elsewhere, so a batch costs the base's
+forward pass plus each adapter's LoRA ops once. Other adapters go through PEFT's mixed adapter
+batches (``generate(..., adapter_names=["__base__", "adapter_1", ...])``), which gather and
+scatter each adapter's rows in every LoRA layer, slower on the CPU; there (peft 0.21) the model
+must be in eval mode, no adapter may be merged into the weights, and DoRA adapters are refused.
+No database, no UI: callers pass model specs, adapter folders and messages.
 """
 from __future__ import annotations
 
@@ -369,21 +375,21 @@ def shared_base(refs: Sequence[ModelRef]) -> str:
 # --------------------------------------------------------------------------------------------
 
 class SharedNoiseSampling:
-    """A logits processor that turns greedy search into sampling with one random stream per row.
+    """A logits processor that turns greedy search into sampling with the same random numbers in every row.
 
     Gumbel-max: with ``E ~ Exp(1)`` i.i.d. per vocabulary entry, ``argmax(scores - log E)`` is a
-    draw from ``softmax(scores)`` (Gumbel 1954; ``-log E`` is standard Gumbel noise). Every row's
-    generator is seeded with the same seed, so every row (model) consumes the same numbers, in a
-    batch or alone.
+    draw from ``softmax(scores)`` (Gumbel 1954; ``-log E`` is standard Gumbel noise). The numbers
+    come from a generator seeded with the comparison's seed, one vector per step shared by every
+    row: each row (model) sees at step t the numbers it sees alone with that seed, in a batch of
+    any size. (It is the stream of one seeded generator per row, drawn once instead of per row.)
     """
 
-    def __init__(self, seed: int, rows: int, device: str | torch.device) -> None:
-        self.generators = [torch.Generator(device=device).manual_seed(seed) for _ in range(rows)]
+    def __init__(self, seed: int, device: str | torch.device) -> None:
+        self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        noise = torch.stack([torch.empty(scores.shape[-1], device=scores.device, dtype=torch.float32)
-                             .exponential_(generator=g) for g in self.generators])
-        return scores.float() - noise.log()
+        noise = torch.empty(scores.shape[-1], device=scores.device, dtype=torch.float32)
+        return scores.float() - noise.exponential_(generator=self.generator).log()
 
 
 @dataclass
@@ -393,35 +399,28 @@ class _Generation:
     seconds: float
 
 
-class _RowMask(torch.nn.Module):
-    """Stands in for one adapter's LoRA dropout during a batch: the LoRA input times 1 on the rows
-    that answer with that adapter and 0 on the others (``mask``: shape ``[rows, 1, 1]``).
-
-    PEFT adds ``lora_B(lora_A(dropout(x))) * scaling`` per active adapter; with ``x`` masked, the
-    other rows get ``lora_B(lora_A(0)) = 0`` exactly (no LoRA bias), so their outputs are those of
-    the base layer (plus their own adapter's term). Dropout is the identity in eval mode, so
-    nothing is lost by standing in for it, and the mask costs one multiply per LoRA layer and no
-    extra module call or hook.
-    """
-
-    def __init__(self, mask: Tensor) -> None:
-        super().__init__()
-        self.mask = mask
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.mask
-
-
 def _lora_layers(model: Any, adapter_name: str) -> list[Any]:
     from peft.tuners.lora import LoraLayer
 
     return [m for m in model.modules() if isinstance(m, LoraLayer) and adapter_name in m.lora_A]
 
 
+def _scaling_as_tensor_is_exact(scaling: float, dtype: torch.dtype) -> bool:
+    """Whether ``t * torch.tensor(scaling, dtype)`` equals ``t * scaling`` for tensors ``t`` of ``dtype``.
+
+    A Python float multiplies in the op's compute type (float32 for float32/16-bit, float64 for
+    float64), a tensor factor is first rounded to ``dtype``: the same number unless ``scaling`` is
+    not representable in ``dtype`` (for instance 1/3 in bfloat16; powers of two always are).
+    """
+    compute = torch.promote_types(dtype, torch.float32)
+    return torch.tensor(scaling, dtype=dtype).item() == torch.tensor(scaling, dtype=compute).item()
+
+
 def _row_maskable(model: Any, adapter_names: Sequence[str]) -> bool:
-    """Whether every adapter in the batch is plain LoRA on linear layers (the row-masked path's
-    case: prefstudio's adapters); anything else (DoRA and other variants, LoRA bias, embedding
-    LoRA, ``modules_to_save``, merged weights) goes through PEFT's own mixed-batch path."""
+    """Whether every adapter in the batch is plain LoRA on linear layers whose scaling can be made a
+    row mask exactly (see :func:`_row_masked_adapters`): prefstudio's adapters. Anything else (DoRA
+    and other variants, LoRA on embeddings or convolutions, ``modules_to_save``, merged weights, a
+    scaling that 16-bit weights cannot hold) goes through PEFT's own mixed-batch path."""
     from peft.tuners.lora import Linear as LoraLinear
     from peft.utils import PeftType
 
@@ -431,23 +430,30 @@ def _row_maskable(model: Any, adapter_names: Sequence[str]) -> bool:
                 or getattr(config, "trainable_token_indices", None)):
             return False
         for layer in _lora_layers(model, name):
-            if (type(layer) is not LoraLinear or name in layer.lora_variant or layer.lora_bias.get(name)
-                    or layer.merged):
+            scaling = layer.scaling[name]
+            if (type(layer) is not LoraLinear or name in layer.lora_variant or layer.merged
+                    or not isinstance(scaling, (int, float))
+                    or not _scaling_as_tensor_is_exact(scaling, layer.lora_B[name].weight.dtype)):
                 return False
     return True
 
 
 @contextlib.contextmanager
 def _row_masked_adapters(model: Any, adapter_names: Sequence[str]) -> Iterator[None]:
-    """Row i of the next forward passes answers with adapter ``adapter_names[i]`` (``BASE``: none).
+    """Row i of the forward passes inside answers with adapter ``adapter_names[i]`` (``BASE``: none).
 
-    Every adapter of the batch is made active at once (PEFT sums the LoRA terms of the active
-    adapters), and each one's LoRA input is masked to its own rows (:class:`_RowMask`); an adapter
-    used by every row needs no mask. Per LoRA layer this costs one multiply per adapter, where
-    PEFT's mixed batch (``adapter_names=``) gathers the adapter's rows, runs LoRA on them and
-    scatters the result back, a handful of small ops per layer and decoding step that weigh on
-    the CPU, where decoding is bound by per-op overhead and weight reads rather than arithmetic.
-    The active adapter and the dropout modules are restored afterwards.
+    Every adapter of the batch is made active at once, so PEFT adds each one's LoRA term
+    ``lora_B(lora_A(dropout(x))) * scaling`` to every row; for each adapter the scalar ``scaling``
+    is swapped for a tensor of shape ``[rows, 1, 1]`` holding ``scaling`` on the rows that answer
+    with it and 0 on the others, which zeroes its term there, LoRA bias included (the LoRA term of
+    a finite input is finite). The mask thus rides on a multiply PEFT does anyway: no extra op, module call or hook
+    per layer, where PEFT's mixed batch (``adapter_names=``) gathers an adapter's rows, runs LoRA
+    on them and scatters the result back in every layer, a handful of small ops per layer and
+    decoding step that weigh on the CPU, where decoding is bound by per-op overhead and weight
+    reads rather than arithmetic. A row's sum is the one it gets alone: ``y + t`` plus exact zeros
+    from the other adapters (:func:`_scaling_as_tensor_is_exact` keeps ``t`` itself the same). An
+    adapter used by every row keeps its scalar. Call only when :func:`_row_maskable` holds; the
+    active adapters and the scalings are restored afterwards.
     """
     used = list(dict.fromkeys(name for name in adapter_names if name != BASE))
     if not used:
@@ -455,25 +461,25 @@ def _row_masked_adapters(model: Any, adapter_names: Sequence[str]) -> Iterator[N
             yield
         return
     previous = model.base_model.active_adapter
-    restore: list[tuple[Any, str, torch.nn.Module]] = []
+    restore: list[tuple[Any, str, float]] = []
     try:
         model.base_model.set_adapter(used, inference_mode=True)
         for name in used:
             if all(row == name for row in adapter_names):
                 continue
-            masks: dict[tuple[torch.dtype, torch.device], Tensor] = {}  # one per adapter, not per layer
+            masks: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}  # made once per batch, not per step
             for layer in _lora_layers(model, name):
-                weight = layer.lora_A[name].weight
-                key = (weight.dtype, weight.device)
+                scaling, weight = layer.scaling[name], layer.lora_B[name].weight
+                key = (scaling, weight.dtype, weight.device)
                 if key not in masks:
-                    masks[key] = torch.tensor([float(row == name) for row in adapter_names], dtype=weight.dtype,
-                                              device=weight.device).view(-1, 1, 1)
-                restore.append((layer, name, layer.lora_dropout[name]))
-                layer.lora_dropout[name] = _RowMask(masks[key])
+                    masks[key] = torch.tensor([scaling if row == name else 0.0 for row in adapter_names],
+                                              dtype=weight.dtype, device=weight.device).view(-1, 1, 1)
+                restore.append((layer, name, scaling))
+                layer.scaling[name] = masks[key]
         yield
     finally:
-        for layer, name, dropout in reversed(restore):
-            layer.lora_dropout[name] = dropout
+        for layer, name, scaling in reversed(restore):
+            layer.scaling[name] = scaling
         model.base_model.set_adapter(previous, inference_mode=True)
 
 
@@ -507,7 +513,7 @@ class SideBySideBackend(TransformersBackend):
     def _generate(self, prompt_ids: list[int], rows: int, params: SamplingParams, seed: int,
                   **extra: Any) -> list[_Generation]:
         input_ids = torch.tensor([prompt_ids] * rows, dtype=torch.long, device=self.loaded.device)
-        kwargs = {**self._shared_noise_kwargs(params, seed, rows), **extra}
+        kwargs = {**self._shared_noise_kwargs(params, seed), **extra}
         start = time.perf_counter()
         with torch.inference_mode():
             output = self.loaded.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
@@ -515,7 +521,7 @@ class SideBySideBackend(TransformersBackend):
         seconds = time.perf_counter() - start
         return [self._generation(row, seconds) for row in output[:, len(prompt_ids):].tolist()]
 
-    def _shared_noise_kwargs(self, params: SamplingParams, seed: int, rows: int) -> dict[str, Any]:
+    def _shared_noise_kwargs(self, params: SamplingParams, seed: int) -> dict[str, Any]:
         from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
         kwargs = self._generate_kwargs(params)
@@ -526,7 +532,7 @@ class SideBySideBackend(TransformersBackend):
         processors: list[Any] = [TemperatureLogitsWarper(params.temperature)]
         if params.top_p < 1:
             processors.append(TopPLogitsWarper(params.top_p))
-        processors.append(SharedNoiseSampling(seed, rows, self.loaded.device))
+        processors.append(SharedNoiseSampling(seed, self.loaded.device))
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
                       logits_processor=LogitsProcessorList(processors))
         return kwargs

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from alignment.compare import (
-    BASE, ModelRef, SharedNoiseSampling, _policy_weights, _row_masked_adapters, answer_side_by_side,
-    clear_comparison_cache, get_comparison_model, k3_per_token, per_token_kl,
+    BASE, ModelRef, SharedNoiseSampling, SideBySideBackend, _policy_weights, _row_maskable, _row_masked_adapters,
+    _scaling_as_tensor_is_exact, answer_side_by_side, clear_comparison_cache, get_comparison_model,
+    k3_per_token, load_comparison_model, per_token_kl,
 )
 from alignment.sampling import SamplingParams
 from alignment.training import DPOConfig, load_reward_model, score, train_dpo
@@ -34,8 +35,8 @@ def save_adapter(base_dir: Path, out: Path, zero_b: bool, seed: int = 0, **lora)
 
     torch.manual_seed(seed)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base_dir)),
-                           LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"],
-                                      task_type=TaskType.CAUSAL_LM, init_lora_weights=zero_b, **lora))
+                           LoraConfig(**{"r": 4, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj", "o_proj"],
+                                         "task_type": TaskType.CAUSAL_LM, "init_lora_weights": zero_b, **lora}))
     model.save_pretrained(out)
     return out
 
@@ -141,18 +142,21 @@ def test_batched_answers_equal_one_after_the_other(tiny_model_dir, random_adapte
 
 
 def lora_state(model) -> tuple:
-    """The active adapters and every LoRA layer's dropout modules (what a batch swaps and must put back)."""
+    """The active adapters and every LoRA layer's scalings (what a batch swaps and must put back)."""
     from peft.tuners.lora import LoraLayer
 
-    dropouts = [(name, type(m.lora_dropout[name]).__name__, id(m.lora_dropout[name]))
-                for m in model.modules() if isinstance(m, LoraLayer) for name in m.lora_dropout]
-    return list(model.active_adapters), dropouts
+    scalings = [(name, m.scaling[name]) for m in model.modules() if isinstance(m, LoraLayer) for name in m.scaling]
+    assert all(isinstance(scaling, float) for _, scaling in scalings)
+    return list(model.active_adapters), scalings
 
 
 def test_a_row_masked_batch_gives_every_row_its_own_models_outputs(tiny_model_dir, random_adapter, tmp_path):
     """One forward pass over rows (base, adapter 1, adapter 2, adapter 1) equals each model's own forward pass,
-    an adapter with LoRA dropout (the identity in eval mode) included; the model is left as it was."""
-    dropout_adapter = save_adapter(tiny_model_dir, tmp_path / "dropout", zero_b=False, seed=1, lora_dropout=0.1)
+    an adapter with LoRA dropout (the identity in eval mode), another rank and scaling and a LoRA bias included; the
+    model is left as it was."""
+    dropout_adapter = save_adapter(tiny_model_dir, tmp_path / "dropout", zero_b=False, seed=1, lora_dropout=0.1, r=8,
+                                   lora_alpha=12, target_modules=["q_proj", "k_proj", "gate_proj", "down_proj"],
+                                   lora_bias=True)
     compared = get_comparison_model(str(tiny_model_dir), [random_adapter, dropout_adapter])
     model = compared.loaded.model
     first, second = compared.adapter_name(random_adapter), compared.adapter_name(dropout_adapter)
@@ -178,16 +182,30 @@ def test_a_row_masked_batch_gives_every_row_its_own_models_outputs(tiny_model_di
     assert lora_state(model) == before
 
 
-def test_adapters_the_row_mask_cannot_serve_go_through_peft_mixed_batches(tiny_model_dir, random_adapter, tmp_path):
-    """A LoRA bias adds B's bias even to a masked (zero) input, so such an adapter is batched the PEFT way; the
-    base row must still be the base's answer."""
-    biased = save_adapter(tiny_model_dir, tmp_path / "biased", zero_b=False, seed=2, lora_bias=True)
-    refs = [ModelRef(str(tiny_model_dir)), ModelRef(str(tiny_model_dir), str(biased)),
-            ModelRef(str(tiny_model_dir), str(random_adapter))]
-    batched = answer_side_by_side(refs, PROMPT, GREEDY, seed=5, batched=True)
-    alone = answer_side_by_side(refs, PROMPT, GREEDY, seed=5, batched=False)
-    assert [a.text for a in batched] == [a.text for a in alone]
-    assert batched[1].text != batched[0].text
+def test_a_scaling_tensor_multiplies_like_the_scalar_exactly_when_the_dtype_holds_the_scaling():
+    x = torch.randn(3, 5, 16)
+    for dtype, scaling in [(torch.float32, 1 / 3), (torch.bfloat16, 2.0), (torch.float16, 1.5),
+                           (torch.bfloat16, 1 / 3), (torch.float16, 32 / 12 ** 0.5)]:
+        t = x.to(dtype)
+        same = torch.equal(t * scaling, t * torch.tensor(scaling, dtype=dtype))
+        assert _scaling_as_tensor_is_exact(scaling, dtype) == same, (dtype, scaling)
+    assert not _scaling_as_tensor_is_exact(1 / 3, torch.bfloat16)  # such an adapter is batched the PEFT way
+
+
+def test_an_adapter_whose_scaling_the_weights_cannot_hold_goes_through_peft_mixed_batches(tiny_model_dir, tmp_path):
+    """In bfloat16, alpha / r = 32 / 12 is not representable: a scaling tensor would round it, so such an adapter is
+    batched the PEFT way (``adapter_names=``), and every row still gives the answer its model gives alone."""
+    adapter = save_adapter(tiny_model_dir, tmp_path / "r12", zero_b=False, seed=2, r=12)
+    compared = load_comparison_model(str(tiny_model_dir), [adapter], device="cpu")  # a private copy, not the cache's
+    compared.loaded.model.to(torch.bfloat16)
+    name = compared.adapter_name(adapter)
+    assert not _row_maskable(compared.loaded.model, [BASE, name])
+    backend = SideBySideBackend(compared.loaded)
+    prompt_ids = backend.prompt_ids(PROMPT, GREEDY)
+    batched = backend.generate_batched(prompt_ids, [BASE, name], GREEDY, seed=0)
+    alone = [backend.generate_alone(prompt_ids, n, GREEDY, seed=0) for n in (BASE, name)]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
+    assert batched[1].token_ids != batched[0].token_ids
 
 
 def test_the_seed_drives_sampling(tiny_model_dir):
@@ -204,7 +222,7 @@ def test_shared_noise_sampling_draws_from_the_softmax():
     """Gumbel-max with the per-row streams samples the categorical distribution softmax(scores)."""
     probs = torch.tensor([0.5, 0.25, 0.15, 0.1])
     scores = probs.log()[None]
-    sampler = SharedNoiseSampling(seed=0, rows=1, device="cpu")
+    sampler = SharedNoiseSampling(seed=0, device="cpu")
     n = 6000
     counts = torch.bincount(torch.stack([sampler(None, scores).argmax(-1)[0] for _ in range(n)]), minlength=4)
     # Each frequency within 4 standard errors of its probability.
