@@ -4,8 +4,10 @@ The embedded model ("default") and one LoRA adapter on it answer the same HH-RLH
 first ``--prompts`` of ``../shared/data/hh-rlhf-harmless-base-test.jsonl.gz``) with the same seed,
 sampling settings and ``--max-new-tokens``, through :func:`alignment.compare.answer_side_by_side`:
 
-* batched: one ``generate`` call whose two rows use different adapters (PEFT's mixed adapter batch);
-* one after the other: the base with its adapter disabled, then the adapter, one row each.
+* batched: one ``generate`` call whose two rows use different adapters (both models active, the
+  adapter's LoRA scaling masked to its row: :func:`alignment.compare._row_masked_adapters`);
+* one after the other: the base with its adapter disabled, then the adapter, one row each (what
+  one would do without batching: ``disable_adapter()``, then ``set_adapter``).
 
 Without ``--adapter`` a LoRA adapter with random weights (``init_lora_weights=False``, all linear
 layers) is made on the fly in a temporary folder, so no training is needed. Both ways give the
@@ -14,18 +16,19 @@ ratio of generation times is the speed-up. The two ways alternate ``--repeats`` 
 flips every repeat, since neighbours' load on a shared machine comes and goes); the median repeat
 of each way is reported. Run from the repository root:
 
-    python -m bench.compare                         # defaults: 4 prompts, 64 new tokens, 3 repeats
+    python -m bench.compare                         # defaults: 4 prompts, 128 new tokens, 3 repeats
     python -m bench.compare --adapter runs/dpo --json-out /tmp/compare.json
 
 "generate s" is the time inside ``generate`` (what batching changes); "wall s" adds the per-token
-KL of the adapter's answer to the base (the same work either way).
+KL of the adapter's answer to the base (the same work either way). 128 new tokens is the Compare
+tab's default. A batch runs until its longest answer stops, so batching saves at most the shorter
+answer's decoding: "stopped early" counts the answers that ended before the limit.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -49,10 +52,13 @@ class Measurement:
 
     way: str
     answers: int
+    stopped: int  # answers that ended with a stop token before max_new_tokens
     tokens: int
     generate_s: float
     wall_s: float
     texts: list[str]
+    prompt_s: list[float]  # generate time per prompt (both answers)
+    answer_tokens: list[int]  # tokens of every answer, prompt by prompt
 
     @property
     def tokens_per_s(self) -> float:
@@ -89,18 +95,24 @@ def measure(refs: list[Any], prompts: list[list[dict]], params: Any, seed: int, 
     """Answer every prompt with every model once, batched or one after the other."""
     from alignment.compare import answer_side_by_side
 
-    tokens = 0
+    tokens = stopped = 0
     generate_s = 0.0
     texts: list[str] = []
+    prompt_s: list[float] = []
+    answer_tokens: list[int] = []
     started = time.perf_counter()
     for messages in prompts:
         answers = answer_side_by_side(refs, messages, params, seed=seed, batched=batched)
         tokens += sum(a.num_tokens for a in answers)
+        stopped += sum(a.finish_reason == "stop" for a in answers)
         # Batched answers share one generate call (and its time); unbatched ones each had their own.
-        generate_s += answers[0].seconds if batched else sum(a.seconds for a in answers)
+        prompt_s.append(answers[0].seconds if batched else sum(a.seconds for a in answers))
+        generate_s += prompt_s[-1]
         texts += [a.text for a in answers]
+        answer_tokens += [a.num_tokens for a in answers]
     way = "batched (1 generate, 2 rows)" if batched else "one after the other"
-    return Measurement(way, len(texts), tokens, generate_s, time.perf_counter() - started, texts)
+    return Measurement(way, len(texts), stopped, tokens, generate_s, time.perf_counter() - started, texts, prompt_s,
+                       answer_tokens)
 
 
 def median_run(runs: list[Measurement]) -> Measurement:
@@ -108,12 +120,25 @@ def median_run(runs: list[Measurement]) -> Measurement:
 
 
 def table(batched: Measurement, alone: Measurement) -> str:
-    lines = [f"{'way':<30} {'answers':>7} {'tokens':>7} {'generate s':>10} {'tokens/s':>9} {'wall s':>7}"]
+    lines = [f"{'way':<30} {'answers':>7} {'stopped early':>13} {'tokens':>7} {'generate s':>10} {'tokens/s':>9} "
+             f"{'wall s':>7}"]
     for m in (batched, alone):
-        lines.append(f"{m.way:<30} {m.answers:>7} {m.tokens:>7} {m.generate_s:>10.2f} {m.tokens_per_s:>9.1f} "
-                     f"{m.wall_s:>7.2f}")
+        lines.append(f"{m.way:<30} {m.answers:>7} {m.stopped:>13} {m.tokens:>7} {m.generate_s:>10.2f} "
+                     f"{m.tokens_per_s:>9.1f} {m.wall_s:>7.2f}")
     lines.append(f"speed-up (one after the other / batched, generate time): {speed_up(batched, alone):.2f}x "
                  f"(target >= {TARGET}x); wall time: {alone.wall_s / batched.wall_s:.2f}x")
+    return "\n".join(lines)
+
+
+def per_prompt_table(batched_runs: list[Measurement], alone_runs: list[Measurement]) -> str:
+    """Median generate time per prompt over the repeats, each way, with the answers' lengths."""
+    lines = [f"{'prompt':>6} {'tokens (base, adapter)':>22} {'batched s':>9} {'one after other s':>17} {'speed-up':>8}"]
+    first = batched_runs[0]
+    for i in range(len(first.prompt_s)):
+        b = sorted(r.prompt_s[i] for r in batched_runs)[len(batched_runs) // 2]
+        a = sorted(r.prompt_s[i] for r in alone_runs)[len(alone_runs) // 2]
+        tokens = ", ".join(str(t) for t in first.answer_tokens[2 * i:2 * i + 2])
+        lines.append(f"{i + 1:>6} {tokens:>22} {b:>9.2f} {a:>17.2f} {a / b:>7.2f}x")
     return "\n".join(lines)
 
 
@@ -128,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LoRA adapter folder trained on --model (default: a random one made on the fly)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="HH-RLHF file the prompts come from")
     p.add_argument("--prompts", type=int, default=4, help="how many prompts each way answers per repeat")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per answer (the Compare tab's default)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=1234)
@@ -179,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     batched, alone = median_run(runs[True]), median_run(runs[False])
     same = all(b.texts == a.texts for b, a in zip(runs[True], runs[False]))
+    print()
+    print(per_prompt_table(runs[True], runs[False]))
     print()
     print(table(batched, alone))
     print(f"same answers batched and one after the other: {'yes' if same else 'NO'}; "
