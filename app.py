@@ -146,18 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _rerun_with_jemalloc() -> None:
-    """Restart this command with jemalloc preloaded when the system has it (training keeps about a
-    quarter less memory with it; see alignment/training/memory.py). A no-op when it is loaded already."""
-    from alignment.training.memory import jemalloc_library, jemalloc_loaded, with_jemalloc
-
-    if jemalloc_library() and not jemalloc_loaded() and sys.argv and sys.argv[0].endswith("app.py"):
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, *sys.argv], with_jemalloc())
-
-
 def cmd_train(args) -> int:
-    _rerun_with_jemalloc()
+    from annotation.services.training import rerun_with_jemalloc
+
+    if sys.argv and sys.argv[0].endswith("app.py"):
+        rerun_with_jemalloc([sys.executable, *sys.argv])  # returns only when jemalloc is absent or loaded
     from annotation.services import open_database
     from annotation.services.training import train_headless
 
