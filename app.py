@@ -227,49 +227,46 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_bon(args) -> int:
-    from tqdm import tqdm
+class PromptBar:
+    """A tqdm bar over prompts, opened at the first ``(done, total)`` call (after the models load)."""
 
+    def __init__(self, desc: str) -> None:
+        self.desc, self.bar = desc, None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="prompt", desc=self.desc)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_bon(args) -> int:
     from annotation.services.best_of_n import run_best_of_n
 
-    bar = None
-
-    def on_progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, unit="prompt", desc="best-of-n")
-        bar.n = done
-        bar.refresh()
-
+    bar = PromptBar("best-of-n")
     run = run_best_of_n(args.prompts, args.reward, model=args.model, adapter=args.adapter, n=args.n,
                         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                        seed=args.seed, out=args.out, progress=on_progress)
-    if bar is not None:
-        bar.close()
+                        seed=args.seed, out=args.out, progress=bar)
+    bar.close()
     print(f"best-of-{run.n}: {len(run.results)} prompts, {len(run.results) * run.n} completions scored; "
           f"rows in {args.out}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from tqdm import tqdm
-
     from annotation.jobs.evaluation import evaluate_headless
 
-    bar = None
-
-    def on_progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, unit="prompt", desc="eval")
-        bar.n = done
-        bar.refresh()
-
+    bar = PromptBar("eval")
     result = evaluate_headless(args.adapter, args.reward, args.out, model=args.model, prompts_file=args.prompts,
                                max_prompts=args.max_prompts, temperature=args.temperature, top_p=args.top_p,
-                               max_new_tokens=args.max_new_tokens, seed=args.seed, progress=on_progress)
-    if bar is not None:
-        bar.close()
+                               max_new_tokens=args.max_new_tokens, seed=args.seed, progress=bar)
+    bar.close()
     m = result.metrics
     print(f"win rate vs base (reward model): {m['win_rate']:.1%} "
           f"[{m['win_rate_low']:.1%}, {m['win_rate_high']:.1%}] over {m['n']} prompts")
