@@ -69,6 +69,11 @@ def _row_logps(lm_head: nn.Module, hidden: Tensor, targets: Tensor, softcap: flo
     return -F.cross_entropy(logits, targets, reduction="none")
 
 
+def _scored(attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
+    """``[B, L-1]``: True where ``hidden[:, t]`` predicts a completion token ``input_ids[:, t + 1]``."""
+    return completion_mask[:, 1:].bool() & attention_mask[:, 1:].bool()
+
+
 def completion_logps(
     model: nn.Module,
     input_ids: Tensor,
@@ -84,20 +89,10 @@ def completion_logps(
     :func:`build_completion_batch` makes them. Only the scored rows go through the LM head,
     ``chunk_size`` rows at a time.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    hidden = _decoder(model)(
-        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-    ).last_hidden_state  # [B, L, H]
-
-    # hidden[:, t] predicts input_ids[:, t + 1]
-    scored = completion_mask[:, 1:].bool() & attention_mask[:, 1:].bool()  # [B, L-1]
-    rows = hidden[:, :-1][scored]  # [N, H]
-    targets = input_ids[:, 1:][scored]  # [N]
-    sequence_of_row = scored.nonzero()[:, 0]  # [N]
-
+    token_logps = completion_token_logps(model, input_ids, attention_mask, completion_mask, chunk_size)
+    sequence_of_token = _scored(attention_mask, completion_mask).nonzero()[:, 0]  # [N]
     sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
-    return sums.index_add(0, sequence_of_row, _chunked_row_logps(model, rows, targets, chunk_size))
+    return sums.index_add(0, sequence_of_token, token_logps)
 
 
 def completion_token_logps(
@@ -117,7 +112,7 @@ def completion_token_logps(
     hidden = _decoder(model)(
         input_ids=input_ids, attention_mask=attention_mask, use_cache=False
     ).last_hidden_state  # [B, L, H]
-    scored = completion_mask[:, 1:].bool() & attention_mask[:, 1:].bool()  # [B, L-1]
+    scored = _scored(attention_mask, completion_mask)
     return _chunked_row_logps(model, hidden[:, :-1][scored], input_ids[:, 1:][scored], chunk_size)
 
 
