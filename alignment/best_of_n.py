@@ -28,8 +28,7 @@ from typing import Any, ClassVar
 from alignment.chat import Messages, validate_messages
 from alignment.models import DEFAULT_MODEL, LoadedModel, load_model
 from alignment.sampling import GenerationBackend, SamplingParams, TransformersBackend, backend_for
-from alignment.settings import RunSettings
-from alignment.training.config import DEVICES, cuda_available
+from alignment.settings import RunSettings, check_int, help_field
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +226,6 @@ def policy_backend(model_spec: str | None = DEFAULT_MODEL, adapter: str | Path |
 BEST_OF_N_FILE = "best_of_n.jsonl"
 
 
-def _help(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
-
 
 def check_reward_dir(reward: str | Path) -> Path:
     """The reward model folder as a Path, or ValueError saying why it is not one."""
@@ -246,10 +242,6 @@ def check_reward_dir(reward: str | Path) -> Path:
     return path
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
 
 @dataclass(kw_only=True)
 class BestOfNConfig(RunSettings):
@@ -260,44 +252,38 @@ class BestOfNConfig(RunSettings):
     data: str = field(metadata={"help": "Prompt file (JSONL: one {'prompt'} or {'messages'} row per prompt)."})
     out: str = field(metadata={"help": f"Output folder: the dataset ({BEST_OF_N_FILE}) and every candidate "
                                        f"with its provenance."})
-    reward: str = _help("", "Reward model folder (the output of a reward-model job) that scores every candidate.")
-    model: str | None = _help(None, "Policy model spec: 'default', a .gguf file, a local HF folder or a hub id "
-                                    "(empty: the adapter's base model, else 'default').")
-    adapter: str | None = _help(None, "LoRA adapter folder for the policy, e.g. a DPO job's output (empty: the "
-                                      "base model alone).")
-    n: int = _help(4, "Candidates sampled per prompt; the reward model keeps the best.")
-    temperature: float = _help(0.8, "Sampling temperature (0 = greedy, which makes the N candidates identical).")
-    top_p: float = _help(0.95, "Nucleus sampling threshold, in (0, 1].")
-    max_new_tokens: int = _help(256, "Longest candidate, in tokens.")
-    seed: int | None = _help(0, "Seed for sampling: the same prompts and settings give the same candidates "
-                                "(empty: unseeded).")
-    batch_size: int = _help(8, "Candidates scored per reward-model batch.")
-    device: str = _help("auto", "Where to run: 'auto' (CUDA when available), 'cpu' or 'cuda'.")
+    reward: str = help_field("", "Reward model folder (the output of a reward-model job) that scores every candidate.")
+    model: str | None = help_field(None, "Policy model spec: 'default', a .gguf file, a local HF folder or a hub id "
+                                         "(empty: the adapter's base model, else 'default').")
+    adapter: str | None = help_field(None, "LoRA adapter folder for the policy, e.g. a DPO job's output (empty: the "
+                                           "base model alone).")
+    n: int = help_field(4, "Candidates sampled per prompt; the reward model keeps the best.")
+    temperature: float = help_field(0.8, "Sampling temperature (0 = greedy, which makes the N candidates identical).")
+    top_p: float = help_field(0.95, "Nucleus sampling threshold, in (0, 1].")
+    max_new_tokens: int = help_field(256, "Longest candidate, in tokens.")
+    seed: int | None = help_field(0, "Seed for sampling: the same prompts and settings give the same candidates "
+                                     "(empty: unseeded).")
+    batch_size: int = help_field(8, "Candidates scored per reward-model batch.")
+    device: str = help_field("auto", "Where to run: 'auto' (CUDA when available), 'cpu' or 'cuda'.")
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting and what would be accepted."""
-        if not self.data or not Path(self.data).expanduser().is_file():
-            raise ValueError(f"prompt file not found: {self.data!r}")
-        if not self.out:
-            raise ValueError("out must name an output folder")
+        self.check_files()
         check_reward_dir(self.reward)
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
             raise ValueError("model must be a non-empty spec ('default', a .gguf file, a folder or a hub id) "
                              "or empty for the adapter's base model")
         if self.adapter is not None:
             check_adapter_dir(self.adapter)
-        _check_int("n", self.n, minimum=1)
+        check_int("n", self.n, minimum=1)
         self.sampling_params()  # temperature, top_p, max_new_tokens and seed, checked where they are used
         if self.seed is not None:
-            _check_int("seed", self.seed, minimum=0)
-        _check_int("batch_size", self.batch_size, minimum=1)
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.device == "cuda" and not cuda_available():
-            raise ValueError("device='cuda' but no CUDA GPU is available; use device='cpu' or 'auto'")
+            check_int("seed", self.seed, minimum=0)
+        check_int("batch_size", self.batch_size, minimum=1)
+        self.check_device()
 
     def policy_spec(self) -> str:
         """The policy model as run: the given spec, else the adapter's base model, else the default."""

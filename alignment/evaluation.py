@@ -36,8 +36,7 @@ from alignment.best_of_n import (
 )
 from alignment.chat import Messages, validate_messages
 from alignment.models import DEFAULT_MODEL
-from alignment.settings import RunSettings
-from alignment.training.config import DEVICES, cuda_available
+from alignment.settings import RunSettings, check_int, help_field
 from alignment.training.data import PreferencePair, load_pairs, split
 
 log = logging.getLogger(__name__)
@@ -46,13 +45,6 @@ RESULTS_FILE = "evaluation.jsonl"
 BOOTSTRAP_SAMPLES = 1000
 
 
-def _help(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass(kw_only=True)
@@ -63,26 +55,23 @@ class EvalConfig(RunSettings):
 
     data: str = field(metadata={"help": "Prompt file (JSONL: one {'prompt'} or {'messages'} row per prompt)."})
     out: str = field(metadata={"help": f"Output folder: per-prompt results ({RESULTS_FILE}) and metrics."})
-    adapter: str = _help("", "The tuned model: a LoRA adapter folder (a DPO or listwise DPO job's output).")
-    reward: str = _help("", "Reward model folder (a reward-model job's output) that scores both answers.")
-    model: str | None = _help(None, "Base model spec (empty: the adapter's own base model).")
-    pairs: str | None = _help(None, "Held-out human preference pairs (TRL JSONL) to measure the reward model's "
-                                    "agreement with people (empty: skip that metric).")
-    temperature: float = _help(0.7, "Sampling temperature for both models (0 = greedy).")
-    top_p: float = _help(0.95, "Nucleus sampling threshold, in (0, 1].")
-    max_new_tokens: int = _help(128, "Longest answer, in tokens.")
-    seed: int = _help(0, "Sampling seed: both models draw with the same seed for each prompt.")
-    batch_size: int = _help(8, "Human pairs per reward-model batch when measuring its agreement with people.")
-    device: str = _help("auto", "Where to run: 'auto' (CUDA when available), 'cpu' or 'cuda'.")
+    adapter: str = help_field("", "The tuned model: a LoRA adapter folder (a DPO or listwise DPO job's output).")
+    reward: str = help_field("", "Reward model folder (a reward-model job's output) that scores both answers.")
+    model: str | None = help_field(None, "Base model spec (empty: the adapter's own base model).")
+    pairs: str | None = help_field(None, "Held-out human preference pairs (TRL JSONL) to measure the reward model's "
+                                         "agreement with people (empty: skip that metric).")
+    temperature: float = help_field(0.7, "Sampling temperature for both models (0 = greedy).")
+    top_p: float = help_field(0.95, "Nucleus sampling threshold, in (0, 1].")
+    max_new_tokens: int = help_field(128, "Longest answer, in tokens.")
+    seed: int = help_field(0, "Sampling seed: both models draw with the same seed for each prompt.")
+    batch_size: int = help_field(8, "Human pairs per reward-model batch when measuring its agreement with people.")
+    device: str = help_field("auto", "Where to run: 'auto' (CUDA when available), 'cpu' or 'cuda'.")
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        if not self.data or not Path(self.data).expanduser().is_file():
-            raise ValueError(f"prompt file not found: {self.data!r}")
-        if not self.out:
-            raise ValueError("out must name an output folder")
+        self.check_files()
         if not self.adapter:
             raise ValueError("adapter: pick the tuned model to evaluate (a DPO job's output)")
         check_adapter_dir(self.adapter)  # also refuses a reward model given as the adapter
@@ -92,12 +81,9 @@ class EvalConfig(RunSettings):
         if self.pairs is not None and not Path(self.pairs).expanduser().is_file():
             raise ValueError(f"pairs file not found: {self.pairs!r}")
         self.sampling_params()
-        _check_int("seed", self.seed, minimum=0)
-        _check_int("batch_size", self.batch_size, minimum=1)
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.device == "cuda" and not cuda_available():
-            raise ValueError("device='cuda' but no CUDA GPU is available; use device='cpu' or 'auto'")
+        check_int("seed", self.seed, minimum=0)
+        check_int("batch_size", self.batch_size, minimum=1)
+        self.check_device()
 
     def base_spec(self) -> str:
         return self.model or adapter_base_model(self.adapter) or DEFAULT_MODEL

@@ -6,18 +6,48 @@ validation, and the job form, the saved config and the worker agree on one datac
 """
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict, field, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 from alignment.sampling import SamplingParams
-from alignment.training.config import cuda_available
+from alignment.training.config import DEVICES, cuda_available
+
+
+def help_field(default: Any, text: str) -> Any:
+    """A dataclass field with its help text (the job form shows it)."""
+    return field(default=default, metadata={"help": text})
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_optional_count(name: str, value: Any) -> None:
+    """None (no limit) or an integer >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be an integer >= 1 or empty for all, got {value!r}")
 
 
 class RunSettings:
-    """Needs the dataclass fields ``device`` (and, for :meth:`sampling_params`, ``temperature``,
-    ``top_p``, ``max_new_tokens``, ``seed``) and a class attribute ``method``."""
+    """Needs the dataclass fields ``data``, ``out``, ``device`` (and, for :meth:`sampling_params`,
+    ``temperature``, ``top_p``, ``max_new_tokens``, ``seed``) and a class attribute ``method``."""
 
     method: ClassVar[str]
+
+    def check_files(self) -> None:
+        """The prompt file exists and an output folder is named."""
+        if not self.data or not Path(self.data).expanduser().is_file():
+            raise ValueError(f"prompt file not found: {self.data!r}")
+        if not self.out:
+            raise ValueError("out must name an output folder")
+
+    def check_device(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.device == "cuda" and not cuda_available():
+            raise ValueError("device='cuda' but no CUDA GPU is available; use device='cpu' or 'auto'")
 
     def resolved_device(self) -> str:
         """'cuda' or 'cpu': what ``device`` means on this machine."""

@@ -19,11 +19,12 @@ import os
 import statistics
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alignment.best_of_n import BestOfNConfig
+from alignment.settings import check_optional_count, help_field
 from alignment.training.callbacks import as_callbacks, emit, eta_seconds
 from annotation.services.best_of_n import BestOfNRun, check_candidates_fit, run_best_of_n, store_candidates
 from storage.errors import InputError
@@ -33,29 +34,23 @@ from storage.snapshots import PROMPT_SELECTIONS
 CANDIDATES_FILE = "candidates.json"
 
 
-def _f(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass(kw_only=True)
 class BestOfNJobConfig(BestOfNConfig):
     """Best-of-N over a project's prompts, optionally keeping the candidates as items to label."""
 
-    project: str = _f("", "Project whose prompts are read and where candidates are stored (set at submit).")
-    prompts: str = _f("all", f"Which of the project's prompts: {' or '.join(PROMPT_SELECTIONS)} (no label of "
-                             f"any kind yet).")
-    max_prompts: int | None = _f(None, "At most this many prompts, oldest first (empty: all of them).")
-    store_as_items: bool = _f(False, "Also store each prompt's N candidates as a new item of the project, ready "
-                                     "for labelling (N must suit its mode: pairwise 2, listwise 3-8, pointwise "
-                                     "1-8).")
+    project: str = help_field("", "Project whose prompts are read and where candidates are stored (set at submit).")
+    prompts: str = help_field("all", f"Which of the project's prompts: {' or '.join(PROMPT_SELECTIONS)} "
+                                     f"(no label of any kind yet).")
+    max_prompts: int | None = help_field(None, "At most this many prompts, oldest first (empty: all of them).")
+    store_as_items: bool = help_field(False, "Also store each prompt's N candidates as a new item of the project, "
+                                             "ready for labelling (N must suit its mode: pairwise 2, listwise 3-8, "
+                                             "pointwise 1-8).")
 
     def validate(self) -> None:
         super().validate()
         if self.prompts not in PROMPT_SELECTIONS:
             raise ValueError(f"prompts must be one of {', '.join(PROMPT_SELECTIONS)}, got {self.prompts!r}")
-        if self.max_prompts is not None and (isinstance(self.max_prompts, bool)
-                                             or not isinstance(self.max_prompts, int) or self.max_prompts < 1):
-            raise ValueError(f"max_prompts must be an integer >= 1 or empty for all, got {self.max_prompts!r}")
+        check_optional_count("max_prompts", self.max_prompts)
         if not isinstance(self.store_as_items, bool):
             raise ValueError(f"store_as_items must be true or false, got {self.store_as_items!r}")
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alignment.best_of_n import adapter_base_model
+from alignment.settings import check_optional_count, help_field
 from alignment.evaluation import (
     EvalConfig, distinct_prompts, evaluate_against_base, held_out_pairs, read_rows, summarize_rows, write_rows,
 )
@@ -39,27 +40,21 @@ PAIRS_FILE = "human_pairs.jsonl"
 METRICS_FILE = "metrics.json"
 
 
-def _f(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass(kw_only=True)
 class EvalJobConfig(EvalConfig):
     """Evaluation over a project's held-out prompts (or its prompts), stored with the model's lineage."""
 
-    project: str = _f("", "Project the evaluation belongs to (set at submit).")
-    prompts: str = _f(HELD_OUT, f"Which prompts: {HELD_OUT} (those the adapter's training held out), all or "
-                                f"unlabelled (the project's prompts without a label).")
-    max_prompts: int | None = _f(32, "At most this many prompts (empty: all of them). Each takes a few seconds "
-                                     "per 100 tokens on a CPU.")
+    project: str = help_field("", "Project the evaluation belongs to (set at submit).")
+    prompts: str = help_field(HELD_OUT, f"Which prompts: {HELD_OUT} (those the adapter's training held out), all or "
+                                        f"unlabelled (the project's prompts without a label).")
+    max_prompts: int | None = help_field(32, "At most this many prompts (empty: all of them). Each takes a few seconds "
+                                             "per 100 tokens on a CPU.")
 
     def validate(self) -> None:
         super().validate()
         if self.prompts not in SELECTIONS:
             raise ValueError(f"prompts must be one of {', '.join(SELECTIONS)}, got {self.prompts!r}")
-        if self.max_prompts is not None and (isinstance(self.max_prompts, bool)
-                                             or not isinstance(self.max_prompts, int) or self.max_prompts < 1):
-            raise ValueError(f"max_prompts must be an integer >= 1 or empty for all, got {self.max_prompts!r}")
+        check_optional_count("max_prompts", self.max_prompts)
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,7 +44,8 @@ class JobKind:
     title: str
     config_class: type
     run: Callable  # run(config, callbacks=[...]) in the job subprocess
-    snapshot: str  # input frozen at submit: "pairs" | "rankings" (storage.snapshots.SNAPSHOT_KINDS) | "prompts" | "eval"
+    # input frozen at submit: "pairs" | "rankings" (storage.snapshots.SNAPSHOT_KINDS) | "prompts" | "eval"
+    snapshot: str
     produces: str  # "policy-adapter" | "reward-model" | "dataset" | "evaluation"
     summarize: Callable[[Any], dict] = training_summary
     record: Callable[[Any, Job, dict], str | None] = register_trained_model
