@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -94,6 +95,25 @@ def new_page(browser, url: str):
     page.wait_for_function("() => { const i = document.querySelector('#annotate-project input[role=combobox]');"
                            " return i && i.value !== ''; }")
     return page
+
+
+@contextmanager
+def browser_page(url: str):
+    """A page on the app in a fresh Chromium; afterwards, checks that nothing left localhost."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch_browser(p)
+        page = new_page(browser, url)
+        yield page
+        assert page.external_requests == [], f"the page reached outside localhost: {page.external_requests}"
+        browser.close()
+
+
+def fill_number(page, elem_id: str, value) -> None:
+    """Type into a gr.Number and leave it, so its change event fires."""
+    page.locator(f"#{elem_id} input[type=number]").fill(str(value))
+    page.locator(f"#{elem_id} input[type=number]").press("Tab")
 
 
 def goto_tab(page, tab_id: str) -> None:

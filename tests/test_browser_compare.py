@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from storage.db import open_database, transaction
 from storage.models import PairwiseLabel, Response, TrainedModel
-from tests.browser_support import ServerProcess, goto_tab, launch_browser, new_page, pick_dropdown, wait_status
+from tests.browser_support import ServerProcess, browser_page, fill_number, goto_tab, pick_dropdown, wait_status
 from tests.factories import make_project
 from tests.test_arena import save_adapter
 
@@ -37,19 +37,8 @@ def server(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch_browser(p)
-        page = new_page(browser, server.url)
+    with browser_page(server.url) as page:
         yield page
-        assert page.external_requests == []
-        browser.close()
-
-
-def fill_number(page, elem_id, value):
-    page.locator(f"#{elem_id} input[type=number]").fill(str(value))
-    page.locator(f"#{elem_id} input[type=number]").press("Tab")
 
 
 def arena_text(page) -> str:

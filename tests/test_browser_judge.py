@@ -11,7 +11,7 @@ from sqlalchemy import select
 from annotation.services.projects import ProjectSettings, create_project
 from storage.db import open_database, transaction
 from storage.models import JudgeVerdict, PairwiseLabel, Response
-from tests.browser_support import ServerProcess, goto_tab, launch_browser, new_page, pick_dropdown, start_annotating
+from tests.browser_support import ServerProcess, browser_page, goto_tab, pick_dropdown, start_annotating
 from tests.browser_support import wait_status
 from tests.factories import make_items
 
@@ -33,14 +33,8 @@ def server(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch_browser(p)
-        page = new_page(browser, server.url)
+    with browser_page(server.url) as page:
         yield page
-        assert page.external_requests == [], f"the page reached outside localhost: {page.external_requests}"
-        browser.close()
 
 
 def item_on_screen(page) -> int:
