@@ -58,9 +58,10 @@ def _glibc():
 def lean_allocator(enabled: bool = True) -> Iterator[bool]:
     """Within the block, large allocations are mmapped and returned to the system when freed.
 
-    Yields whether the setting took effect (False off glibc or when ``enabled`` is False).
+    Yields whether the setting took effect (False off glibc, under a preloaded jemalloc, which
+    serves the allocations instead and needs no help, or when ``enabled`` is False).
     """
-    libc = _glibc() if enabled else None
+    libc = _glibc() if enabled and not jemalloc_loaded() else None
     applied = bool(libc and libc.mallopt(M_MMAP_THRESHOLD, LEAN_THRESHOLD))
     if enabled and not applied:
         log.debug("lean_allocator: not glibc malloc; leaving the allocator as it is")
