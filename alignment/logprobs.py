@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from alignment.packing import additive_mask
+from alignment.packing import additive_mask, truncate_to_fit
 
 __all__ = ["build_completion_batch", "completion_logps", "completion_logps_naive", "completion_token_logps",
            "packed_completion_logps", "packed_hidden_states"]
@@ -220,9 +220,7 @@ def build_completion_batch(
     for prompt, completion in zip(prompt_ids, completion_ids):
         if not completion or completion[-1] != eos:
             completion = [*completion, eos]
-        prompt_budget = max(max_length - len(completion), min(1, len(prompt)))
-        prompt = prompt[len(prompt) - prompt_budget:] if prompt_budget < len(prompt) else prompt
-        completion = completion[: max_length - len(prompt)]
+        prompt, (completion,) = truncate_to_fit(prompt, [completion], max_length)
         rows.append((prompt, completion))
 
     length = max((len(p) + len(c) for p, c in rows), default=0)

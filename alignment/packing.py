@@ -45,13 +45,14 @@ PACKED_INPUTS = ("input_ids", "attention_mask", "position_ids", "score_index", "
 _PROMPT, _PAD = 0, -1
 
 
-def _truncate(prompt: list[int], completions: list[list[int]], max_length: int) -> tuple[list[int], list[list[int]]]:
-    """Fit every ``prompt + completion`` into ``max_length`` tokens.
+def truncate_to_fit(prompt: list[int], completions: list[list[int]],
+                    max_length: int) -> tuple[list[int], list[list[int]]]:
+    """Fit every ``prompt + completion`` into ``max_length`` tokens (also used by
+    :func:`alignment.logprobs.build_completion_batch`, with one completion).
 
-    As in :func:`alignment.logprobs.build_completion_batch`: the prompt is cut from the left (its
-    end, next to the completion, matters most) keeping at least one token so a completion's first
-    token can be scored, then completions are cut from the right. The prompt is shared, so it is
-    cut once, to fit the longest completion.
+    The prompt is cut from the left (its end, next to the completion, matters most) keeping at
+    least one token so a completion's first token can be scored, then completions are cut from
+    the right. A shared prompt is cut once, to fit the longest completion.
     """
     longest = max(len(c) for c in completions)
     budget = max(max_length - longest, min(1, len(prompt)))
@@ -106,7 +107,7 @@ def build_shared_prefix_batch(tokenizer: Any, prompts: Sequence[str], completion
     rows: list[tuple[list[int], list[list[int]]]] = []
     for i, prompt in enumerate(prompt_ids):
         group = [ids if ids and ids[-1] == eos else [*ids, eos] for ids in flat_ids[i * k:(i + 1) * k]]
-        rows.append(_truncate(prompt, group, max_length))
+        rows.append(truncate_to_fit(prompt, group, max_length))
 
     length = max((len(p) + sum(len(c) for c in cs) for p, cs in rows), default=0)
     batch = len(rows)
