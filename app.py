@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    from annotation.services.training import rerun_with_jemalloc
+    from annotation.services.allocator import rerun_with_jemalloc
 
     if sys.argv and sys.argv[0].endswith("app.py"):
         rerun_with_jemalloc([sys.executable, *sys.argv])  # returns only when jemalloc is absent or loaded

@@ -39,17 +39,3 @@ def train_headless(kind_name: str, values: dict[str, Any], db: Database | None =
         callbacks.append(TqdmCallback())
     return kind.run(config, callbacks=callbacks)
 
-
-def rerun_with_jemalloc(argv: list[str]) -> None:
-    """Replace this process by ``argv`` with jemalloc preloaded, when the system has it and it is not
-    loaded yet (training keeps about a quarter less memory with it; see
-    :mod:`alignment.training.memory`). Otherwise return and go on with the allocator we have."""
-    import os
-    import sys
-
-    from alignment.training.memory import jemalloc_library, jemalloc_loaded, with_jemalloc
-
-    if jemalloc_library() and not jemalloc_loaded():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(argv[0], argv, with_jemalloc())
