@@ -109,13 +109,18 @@ def run(config: EvalJobConfig, callbacks: Iterable[Any] = ()) -> dict[str, Any]:
     progress = ProgressEvents(callbacks)
     prompts, _, _ = read_prompts(config.data)
     human_pairs = load_pairs(config.pairs) if config.pairs else []
+    result = evaluate_and_write(config, prompts, human_pairs, progress)
+    progress.end(result.metrics)
+    return {"output": str(config.results_path), "metrics_file": str(Path(config.out) / METRICS_FILE),
+            "prompts": len(result.rows), "metrics": result.metrics, "seconds": result.seconds}
+
+
+def evaluate_and_write(config: EvalConfig, prompts: list, human_pairs: list, progress=None):
+    """Evaluate, then write the per-prompt rows and the metrics into the output folder."""
     result = evaluate_against_base(config, prompts, human_pairs, progress=progress)
     write_rows(config.results_path, result.rows)
-    metrics_path = Path(config.out) / METRICS_FILE
-    _write_json(metrics_path, result.metrics)
-    progress.end(result.metrics)
-    return {"output": str(config.results_path), "metrics_file": str(metrics_path), "prompts": len(result.rows),
-            "metrics": result.metrics, "seconds": result.seconds}
+    _write_json(Path(config.out) / METRICS_FILE, result.metrics)
+    return result
 
 
 def evaluate_headless(adapter: str, reward: str, out: str, *, model: str | None = None,
@@ -143,10 +148,7 @@ def evaluate_headless(adapter: str, reward: str, out: str, *, model: str | None 
                             temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     except ValueError as exc:
         raise InputError(f"invalid eval settings: {exc}") from None
-    result = evaluate_against_base(config, prompts, pairs, progress=progress)
-    write_rows(config.results_path, result.rows)
-    _write_json(out_dir / METRICS_FILE, result.metrics)
-    return result
+    return evaluate_and_write(config, prompts, pairs, progress)
 
 
 # --------------------------------------------------------------------------------------------
