@@ -542,9 +542,6 @@ class SideBySideBackend(TransformersBackend):
         stopped = sample.finish_reason == "stop"
         return _Generation(sample, tokens[:sample.num_tokens + (1 if stopped else 0)], seconds)
 
-    def prompt_ids(self, messages: Messages, params: SamplingParams) -> list[int]:
-        return self._prompt_token_ids(messages, params)
-
 
 # --------------------------------------------------------------------------------------------
 # Side by side

@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from alignment.packing import additive_mask, truncate_to_fit
 
 __all__ = ["build_completion_batch", "completion_logps", "completion_logps_naive", "completion_token_logps",
-           "packed_completion_logps", "packed_hidden_states"]
+           "packed_completion_logps", "packed_hidden_states", "packed_token_logps", "token_entropies"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,13 +162,38 @@ def packed_completion_logps(
     The same quantity as :func:`completion_logps` on the unpacked ``prompt + completion`` rows,
     with each prompt computed once. ``S`` (the number of completions) is ``len(last_index)``.
     """
+    token_logps = packed_token_logps(model, input_ids, attention_mask, position_ids, score_index, targets,
+                                     chunk_size)
+    sums = torch.zeros(last_index.shape[0], dtype=torch.float32, device=input_ids.device)
+    return sums.index_add(0, segments, token_logps)
+
+
+def packed_token_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
+                       score_index: Tensor, targets: Tensor, chunk_size: int = 1024, **_: Tensor) -> Tensor:
+    """Log-probability of every completion token of a shared-prefix batch, ``[N]`` float32, in the
+    order of ``score_index`` (completion by completion, left to right): the per-token terms that
+    :func:`packed_completion_logps` sums, for per-token losses such as PPO's."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     hidden = packed_hidden_states(model, input_ids, attention_mask, position_ids)
     rows = hidden[score_index[:, 0], score_index[:, 1]]  # [N, H]
-    token_logps = _chunked_row_logps(model, rows, targets, chunk_size)
-    sums = torch.zeros(last_index.shape[0], dtype=torch.float32, device=input_ids.device)
-    return sums.index_add(0, segments, token_logps)
+    return _chunked_row_logps(model, rows, targets, chunk_size)
+
+
+@torch.no_grad()
+def token_entropies(model: nn.Module, rows: Tensor, chunk_size: int = 1024) -> Tensor:
+    """Entropy of the next-token distribution at each hidden row, ``[N]`` float32 (a diagnostic:
+    an RL policy whose entropy collapses has stopped exploring)."""
+    lm_head = model.get_output_embeddings()
+    softcap = _softcap(model)
+    pieces = []
+    for start in range(0, rows.shape[0], chunk_size):
+        logits = lm_head(rows[start:start + chunk_size]).float()
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
+        logps = torch.log_softmax(logits, dim=-1)
+        pieces.append(-(logps.exp() * logps).sum(-1))
+    return torch.cat(pieces) if pieces else rows.new_zeros(0, dtype=torch.float32)
 
 
 def completion_logps_naive(

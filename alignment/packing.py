@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["PACKED_INPUTS", "additive_mask", "build_shared_prefix_batch"]
+__all__ = ["PACKED_INPUTS", "additive_mask", "build_shared_prefix_batch", "pack_shared_prefix"]
 
 #: The tensors of a packed batch that a forward pass reads.
 PACKED_INPUTS = ("input_ids", "attention_mask", "position_ids", "score_index", "targets", "segments",
@@ -108,7 +108,20 @@ def build_shared_prefix_batch(tokenizer: Any, prompts: Sequence[str], completion
     for i, prompt in enumerate(prompt_ids):
         group = [ids if ids and ids[-1] == eos else [*ids, eos] for ids in flat_ids[i * k:(i + 1) * k]]
         rows.append(truncate_to_fit(prompt, group, max_length))
+    return pack_shared_prefix(rows, pad)
 
+
+def pack_shared_prefix(rows: Sequence[tuple[list[int], list[list[int]]]], pad: int) -> dict[str, Tensor]:
+    """Token ids ``(prompt, [completion 1, ..., completion K])`` per row -> the tensors of
+    :func:`build_shared_prefix_batch` (which tokenises text and then calls this).
+
+    Online RL calls it directly with the ids it sampled: ids already fit, end with EOS when the
+    model stopped, and must be scored exactly as they were drawn.
+    """
+    per_prompt = {len(group) for _, group in rows}
+    if len(per_prompt) > 1 or 0 in per_prompt:
+        raise ValueError(f"every prompt needs the same, non-zero number of completions; got {sorted(per_prompt)}")
+    k = per_prompt.pop() if per_prompt else 0
     length = max((len(p) + sum(len(c) for c in cs) for p, cs in rows), default=0)
     batch = len(rows)
     input_ids = torch.full((batch, length), pad, dtype=torch.long)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -70,12 +70,15 @@ class Sample:
 
     ``num_tokens`` counts generated tokens, excluding padding and the end-of-sequence token;
     ``finish_reason`` is ``"stop"`` when the model ended its reply, ``"length"`` when it was cut
-    off at ``max_new_tokens``.
+    off at ``max_new_tokens``. ``token_ids`` are the generated ids (without the stop token) when
+    the engine knows them: online RL scores exactly the tokens that were sampled, which decoding
+    and re-tokenising the text would not always give back.
     """
 
     text: str
     num_tokens: int
     finish_reason: FinishReason
+    token_ids: list[int] = field(default_factory=list, compare=False, repr=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +127,7 @@ class TransformersBackend(GenerationBackend):
     def sample(self, prompts: list[Messages], k: int, params: SamplingParams) -> list[list[Sample]]:
         if not _is_int(k) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        prompt_ids = [self._prompt_token_ids(messages, params) for messages in prompts]
+        prompt_ids = [self.prompt_ids(messages, params) for messages in prompts]
         # Rows of the same prompt stay adjacent, so most batches need little or no padding.
         rows = [ids for ids in prompt_ids for _ in range(k)]
 
@@ -137,7 +140,7 @@ class TransformersBackend(GenerationBackend):
 
     # -- steps -----------------------------------------------------------------------------
 
-    def _prompt_token_ids(self, messages: Messages, params: SamplingParams) -> list[int]:
+    def prompt_ids(self, messages: Messages, params: SamplingParams) -> list[int]:
         """Token ids of the rendered prompt, left-truncated to leave room for the reply."""
         tokenizer = self.loaded.tokenizer
         # The chat template already contains the special tokens the model expects.
@@ -176,6 +179,8 @@ class TransformersBackend(GenerationBackend):
             "max_new_tokens": params.max_new_tokens,
             "pad_token_id": self.loaded.tokenizer.pad_token_id,
             "eos_token_id": sorted(self._stop_ids),
+            # Training copies of a model switch the cache off in their config; decoding needs it.
+            "use_cache": True,
         }
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -205,7 +210,7 @@ class TransformersBackend(GenerationBackend):
         generated = tokens if end is None else tokens[:end]
         reason: FinishReason = "length" if end is None else "stop"
         text = self.loaded.tokenizer.decode(generated, skip_special_tokens=True)
-        return Sample(text=text, num_tokens=len(generated), finish_reason=reason)
+        return Sample(text=text, num_tokens=len(generated), finish_reason=reason, token_ids=list(generated))
 
 
 def backend_for(spec: str = DEFAULT_MODEL, max_batch_rows: int = 8, device: str | None = None) -> TransformersBackend:
