@@ -17,24 +17,28 @@ flips every repeat, since neighbours' load on a shared machine comes and goes); 
 of each way is reported. Run from the repository root:
 
     python -m bench.compare                         # defaults: 4 prompts, 128 new tokens, 3 repeats
-    python -m bench.compare --adapter runs/dpo --json-out /tmp/compare.json
+    python -m bench.compare --adapter runs/dpo --json /tmp/compare.json
 
 "generate s" is the time inside ``generate`` (what batching changes); "wall s" adds the per-token
 KL of the adapter's answer to the base (the same work either way). 128 new tokens is the Compare
 tab's default. A batch runs until its longest answer stops, so batching saves at most the shorter
 answer's decoding: "stopped early" counts the answers that ended before the limit.
+
+Every repeat of each way (per-prompt times, token counts, answers, the load average at its start
+and end), the settings, commit and versions go to ``bench/results/compare.json`` (``--json``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench.results import add_json_option, load_average, measured, write_results
 
 # Benchmarks run offline and without telemetry, like the app.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,6 +63,7 @@ class Measurement:
     texts: list[str]
     prompt_s: list[float]  # generate time per prompt (both answers)
     answer_tokens: list[int]  # tokens of every answer, prompt by prompt
+    window: dict[str, Any] = field(default_factory=dict)  # load average at the start and end
 
     @property
     def tokens_per_s(self) -> float:
@@ -100,19 +105,20 @@ def measure(refs: list[Any], prompts: list[list[dict]], params: Any, seed: int, 
     texts: list[str] = []
     prompt_s: list[float] = []
     answer_tokens: list[int] = []
-    started = time.perf_counter()
-    for messages in prompts:
-        answers = answer_side_by_side(refs, messages, params, seed=seed, batched=batched)
-        tokens += sum(a.num_tokens for a in answers)
-        stopped += sum(a.finish_reason == "stop" for a in answers)
-        # Batched answers share one generate call (and its time); unbatched ones each had their own.
-        prompt_s.append(answers[0].seconds if batched else sum(a.seconds for a in answers))
-        generate_s += prompt_s[-1]
-        texts += [a.text for a in answers]
-        answer_tokens += [a.num_tokens for a in answers]
+    window: dict[str, Any] = {}
+    with measured(window):
+        for messages in prompts:
+            answers = answer_side_by_side(refs, messages, params, seed=seed, batched=batched)
+            tokens += sum(a.num_tokens for a in answers)
+            stopped += sum(a.finish_reason == "stop" for a in answers)
+            # Batched answers share one generate call (and its time); unbatched ones each had their own.
+            prompt_s.append(answers[0].seconds if batched else sum(a.seconds for a in answers))
+            generate_s += prompt_s[-1]
+            texts += [a.text for a in answers]
+            answer_tokens += [a.num_tokens for a in answers]
     way = "batched (1 generate, 2 rows)" if batched else "one after the other"
-    return Measurement(way, len(texts), stopped, tokens, generate_s, time.perf_counter() - started, texts, prompt_s,
-                       answer_tokens)
+    return Measurement(way, len(texts), stopped, tokens, generate_s, window["block_wall_s"], texts, prompt_s,
+                       answer_tokens, window)
 
 
 def median_run(runs: list[Measurement]) -> Measurement:
@@ -162,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=int, default=32, help="alpha of the random adapter")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's choice); on a loaded shared CPU fewer threads thrash less")
-    p.add_argument("--json-out", type=Path, default=None, help="also write the settings and every run as JSON here")
+    add_json_option(p, "compare")
     return p
 
 
@@ -192,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{' (random, r=%d alpha=%d, all linear)' % (args.lora_r, args.lora_alpha) if not args.adapter else ''}; "
           f"{len(prompts)} HH-RLHF prompts x 2 models, max_new_tokens {args.max_new_tokens}, temperature "
           f"{args.temperature}, top_p {args.top_p}, seed {args.seed}, {args.repeats} repeats, torch threads "
-          f"{torch.get_num_threads()}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+          f"{torch.get_num_threads()}, load average {' '.join(f'{x:.2f}' for x in load_average())}", flush=True)
     measure(refs, prompts[:1], SamplingParams(max_new_tokens=4), args.seed, batched=True)  # warm-up
 
     runs: dict[bool, list[Measurement]] = {True: [], False: []}
@@ -200,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         for batched in ((True, False) if repeat % 2 == 0 else (False, True)):
             run = measure(refs, prompts, params, args.seed, batched)
             runs[batched].append(run)
-            print(f"  repeat {repeat + 1}: {run.way:<30} {run.generate_s:7.2f} s generate, {run.tokens} tokens",
+            print(f"  repeat {repeat + 1}: {run.way:<30} {run.generate_s:7.2f} s generate, {run.tokens} tokens, "
+                  f"load average {run.window['loadavg_start'][0]:.2f} -> {run.window['loadavg_end'][0]:.2f}",
                   flush=True)
     batched, alone = median_run(runs[True]), median_run(runs[False])
     same = all(b.texts == a.texts for b, a in zip(runs[True], runs[False]))
@@ -209,13 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(batched, alone))
     print(f"same answers batched and one after the other: {'yes' if same else 'NO'}; "
-          f"load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    if args.json_out:
-        result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                  "adapter": str(adapter), "device": compared.loaded.device, "same_answers": same,
-                  "speed_up": speed_up(batched, alone),
-                  "runs": {"batched": [asdict(r) for r in runs[True]], "alone": [asdict(r) for r in runs[False]]}}
-        args.json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+          f"load average now {' '.join(f'{x:.2f}' for x in load_average())}")
+    write_results(args.json, "compare", args, {
+        "adapter": str(adapter), "random_adapter": args.adapter is None, "device": compared.loaded.device,
+        "torch_threads": torch.get_num_threads(), "prompt_count": len(prompts), "same_answers": same,
+        "speed_up": speed_up(batched, alone), "wall_speed_up": alone.wall_s / batched.wall_s,
+        "median_repeat": {"batched": runs[True].index(batched), "alone": runs[False].index(alone)},
+        "runs": {"batched": runs[True], "alone": runs[False]}})
     return 0
 
 

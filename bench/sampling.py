@@ -8,13 +8,17 @@ embedded default model. Run from the repository root:
 
 Each measurement is a function returning a :class:`Measurement`, so further parts (e.g. latency)
 can be added beside :func:`measure_batched` / :func:`measure_naive` and reported from :func:`main`.
+Part 2 (label latency in the browser) lives in :mod:`bench.queue_latency`. Every run of each part
+(tokens and seconds, per-label milliseconds, the load average at its start and end), the settings,
+commit and versions go to ``bench/results/sampling.json`` (``--json``).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 # Benchmarks must run offline and without telemetry, like the app.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,6 +29,7 @@ import torch  # noqa: E402
 from alignment.chat import Messages, render_prompt  # noqa: E402
 from alignment.models import DEFAULT_MODEL, LoadedModel, get_model  # noqa: E402
 from alignment.sampling import SamplingParams, TransformersBackend  # noqa: E402
+from bench.results import add_json_option, measured, write_results  # noqa: E402
 
 BENCH_PROMPTS: list[Messages] = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -49,6 +54,7 @@ class Measurement:
     responses: int
     tokens: int
     seconds: float
+    window: dict[str, Any] = field(default_factory=dict)  # load average at the start and end
 
     @property
     def tokens_per_s(self) -> float:
@@ -59,11 +65,14 @@ def measure_batched(loaded: LoadedModel, prompts: list[Messages], k: int, params
                     max_batch_rows: int) -> Measurement:
     """Time the production path: all prompts x K rows through ``TransformersBackend.sample``."""
     backend = TransformersBackend(loaded, max_batch_rows=max_batch_rows)
-    started = time.perf_counter()
-    result = backend.sample(prompts, k, params)
-    seconds = time.perf_counter() - started
+    window: dict[str, Any] = {}
+    with measured(window):
+        started = time.perf_counter()
+        result = backend.sample(prompts, k, params)
+        seconds = time.perf_counter() - started
     samples = [s for per_prompt in result for s in per_prompt]
-    return Measurement(f"batched (<= {max_batch_rows} rows)", len(samples), sum(s.num_tokens for s in samples), seconds)
+    return Measurement(f"batched (<= {max_batch_rows} rows)", len(samples), sum(s.num_tokens for s in samples), seconds,
+                       window)
 
 
 def _generated_length(new_tokens: list[int], stop_ids: set[int]) -> int:
@@ -76,22 +85,25 @@ def measure_naive(loaded: LoadedModel, prompts: list[Messages], k: int, params: 
     tokenizer, model = loaded.tokenizer, loaded.model
     stop_ids = {tokenizer.eos_token_id}
     tokens = responses = 0
-    started = time.perf_counter()
-    for messages in prompts:
-        input_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False,
-                              return_tensors="pt")["input_ids"].to(loaded.device)
-        for j in range(k):
-            if params.seed is not None:
-                torch.manual_seed(params.seed + j)
-            with torch.inference_mode():
-                output = model.generate(
-                    input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=params.max_new_tokens,
-                    do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            tokens += _generated_length(output[0, input_ids.shape[1]:].tolist(), stop_ids)
-            responses += 1
-    return Measurement("naive (1 generate per response)", responses, tokens, time.perf_counter() - started)
+    window: dict[str, Any] = {}
+    with measured(window):
+        started = time.perf_counter()
+        for messages in prompts:
+            input_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False,
+                                  return_tensors="pt")["input_ids"].to(loaded.device)
+            for j in range(k):
+                if params.seed is not None:
+                    torch.manual_seed(params.seed + j)
+                with torch.inference_mode():
+                    output = model.generate(
+                        input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=params.max_new_tokens,
+                        do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None,
+                        pad_token_id=tokenizer.pad_token_id,
+                    )
+                tokens += _generated_length(output[0, input_ids.shape[1]:].tolist(), stop_ids)
+                responses += 1
+        seconds = time.perf_counter() - started
+    return Measurement("naive (1 generate per response)", responses, tokens, seconds, window)
 
 
 def warm_up(loaded: LoadedModel) -> None:
@@ -113,7 +125,7 @@ def _median(measurements: list[Measurement]) -> Measurement:
     return sorted(measurements, key=lambda m: m.tokens_per_s)[len(measurements) // 2]
 
 
-def run_throughput(loaded: LoadedModel, args: argparse.Namespace) -> tuple[Measurement, Measurement]:
+def run_throughput(loaded: LoadedModel, args: argparse.Namespace) -> dict[str, Any]:
     """Part 1: batched vs naive generated tokens/s on the same prompts and settings.
 
     With ``--repeats N`` the two methods alternate N times and the median run of each is shown:
@@ -131,7 +143,10 @@ def run_throughput(loaded: LoadedModel, args: argparse.Namespace) -> tuple[Measu
           f"temperature={args.temperature}, top_p={args.top_p}, seed={args.seed}, "
           f"median of {args.repeats} run(s)")
     print(format_throughput_table(batched, naive))
-    return batched, naive
+    return {"batched_runs": batched_runs, "naive_runs": naive_runs,
+            "median_run": {"batched": batched_runs.index(batched), "naive": naive_runs.index(naive)},
+            "tokens_per_s": {"batched": batched.tokens_per_s, "naive": naive.tokens_per_s},
+            "speed_up": batched.tokens_per_s / naive.tokens_per_s if naive.tokens_per_s else None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,28 +164,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", type=int, default=20, help="labels submitted in the latency part")
     parser.add_argument("--skip-throughput", action="store_true", help="run only the latency part")
     parser.add_argument("--skip-latency", action="store_true", help="run only the throughput part")
+    add_json_option(parser, "sampling")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    figures: dict[str, Any] = {}
     if not args.skip_throughput:
         started = time.perf_counter()
         loaded = get_model(args.model)
         print(f"model: {loaded.name} on {loaded.device} (loaded in {time.perf_counter() - started:.1f} s), "
               f"torch threads: {torch.get_num_threads()}")
         warm_up(loaded)
-        run_throughput(loaded, args)
+        figures["throughput"] = {"model": loaded.name, "device": str(loaded.device),
+                                 "torch_threads": torch.get_num_threads(), **run_throughput(loaded, args)}
     if not args.skip_latency:
-        from bench.queue_latency import measure_label_latency
+        from bench.queue_latency import run_latency
 
-        print("\n== label -> next item latency in the browser, warm queue (target p95 < 300 ms)")
-        idle = measure_label_latency(args.model, labels=args.labels, generator=False)
-        print("generator stopped (UI and database alone):\n" + idle.table())
-        busy = measure_label_latency(args.model, labels=args.labels, generator=True)
-        print("generator sampling in the background (normal operation):\n" + busy.table())
-        verdict = "meets" if busy.percentile(95) < 300 else "MISSES"
-        print(f"p95 with the generator running: {busy.percentile(95):.0f} ms, {verdict} the 300 ms target")
+        figures["latency"] = run_latency(args.model, args.labels)
+    write_results(args.json, "sampling", args, figures)
 
 
 if __name__ == "__main__":

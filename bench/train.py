@@ -8,19 +8,24 @@ its own; the parent collects one JSON result per side and prints, per method, pa
 wall time, the time split and the loss at every step, then the ratios ours/TRL.
 
 DPO pairs/s is end to end: model load, tokenisation, the reference pass and training. TRL's
-``DPOTrainer`` runs twice: as shipped (reference log-probs computed on the fly inside each step)
-and with ``precompute_ref_log_probs=True``; prefstudio computes them once before training.
+``DPOTrainer`` runs as shipped (reference log-probs computed on the fly inside each step), with
+``precompute_ref_log_probs=True`` (prefstudio computes them once before training) and with
+gradient checkpointing off. TRL turns gradient checkpointing on by default and prefstudio does
+not, so each method has two headline ratios: against TRL as shipped, and like for like against
+TRL without it.
 
 Run from the repository root (needs ``../shared/data/hh-rlhf-harmless-base-test.jsonl.gz``; the
 benchmark is skipped with a message when it is absent):
 
     python -m bench.train                       # defaults: 16 pairs, batch 4, max length 512
-    python -m bench.train --methods dpo --repeats 2 --json-out /tmp/train.json
+    python -m bench.train --methods dpo --repeats 2 --json /tmp/train.json
     python -m bench.train --ours-gradient-checkpointing both   # prefstudio with and without it
 
 Wall times on a shared CPU move by 2-4x with other work; each side's result records the load
 average at its start and end and its CPU time, and ``--repeats`` alternates the order of the
 sides. Compare only runs made while the load average stays near the benchmark's own threads.
+Every run's raw result (per-step losses and times, load averages, settings, commit, versions)
+goes to ``bench/results/train.json`` (``--json``).
 
 One side alone (what the parent runs in each subprocess):
 
@@ -40,6 +45,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.results import add_json_option, code_version, describe_code, load_average, measured, write_results
 
 # Benchmarks run offline and without telemetry, like the app.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,6 +71,7 @@ class Run:
     side: str  # ours-dpo | trl-dpo | ours-rm | trl-rm
     method: str  # dpo | rm
     precompute_ref: bool = False
+    trl_gc: bool | None = None  # TRL's gradient checkpointing: None = --trl-gradient-checkpointing
     ours_gc: bool | None = None  # prefstudio's gradient checkpointing: None = its default
     # Preload jemalloc, as prefstudio's job runner and `app.py train` do when the system has it.
     jemalloc: bool = False
@@ -74,10 +82,12 @@ RUNS = {
             Run("ours-dpo", "ours-dpo", "dpo", jemalloc=True),
             Run("trl-dpo-precompute", "trl-dpo", "dpo", precompute_ref=True),
             Run("trl-dpo-jemalloc", "trl-dpo", "dpo", jemalloc=True),
+            Run("trl-dpo-no-ckpt", "trl-dpo", "dpo", trl_gc=False),
             Run("ours-dpo-gc", "ours-dpo", "dpo", ours_gc=True, jemalloc=True)],
     "rm": [Run("trl-rm", "trl-rm", "rm"),
            Run("ours-rm", "ours-rm", "rm", jemalloc=True),
            Run("trl-rm-jemalloc", "trl-rm", "rm", jemalloc=True),
+           Run("trl-rm-no-ckpt", "trl-rm", "rm", trl_gc=False),
            Run("ours-rm-gc", "ours-rm", "rm", ours_gc=True, jemalloc=True)],
 }
 #: Runs only made with --ours-gradient-checkpointing both.
@@ -90,11 +100,15 @@ LABELS = {
     "trl-dpo": "TRL DPOTrainer (ref on the fly)",
     "trl-dpo-precompute": "TRL DPOTrainer (precompute_ref_log_probs)",
     "trl-dpo-jemalloc": "TRL DPOTrainer (ref on the fly) with jemalloc",
+    "trl-dpo-no-ckpt": "TRL DPOTrainer (ref on the fly), gradient checkpointing off",
     "trl-rm-jemalloc": "TRL RewardTrainer with jemalloc",
     "ours-rm": "prefstudio train_reward_model",
     "ours-rm-gc": "prefstudio train_reward_model (gradient_checkpointing=True)",
     "trl-rm": "TRL RewardTrainer",
+    "trl-rm-no-ckpt": "TRL RewardTrainer, gradient checkpointing off",
 }
+#: Per method, the TRL runs the headline ratios are taken against: as shipped, and like for like.
+HEADLINE = {"dpo": ("trl-dpo", "trl-dpo-no-ckpt"), "rm": ("trl-rm", "trl-rm-no-ckpt")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,19 +161,6 @@ def prepare_data(source: Path, out: Path, pairs: int, max_length: int) -> dict[s
 # Orchestration
 # --------------------------------------------------------------------------------------------
 
-def code_version() -> str:
-    """The commit measured, and whether alignment/ has uncommitted changes (they are measured too)."""
-    def git(*cmd: str) -> str:
-        try:
-            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
-    dirty = git("status", "--porcelain", "--", "alignment")
-    return commit + (f" + uncommitted changes in alignment/ ({len(dirty.splitlines())} files)" if dirty else "")
-
-
 def child_env(threads: int, jemalloc: bool = False) -> dict[str, str]:
     from alignment.training.memory import with_jemalloc
 
@@ -175,28 +176,33 @@ def run_child(run: Run, spec: dict[str, Any], workdir: Path, index: int) -> dict
     run_dir = workdir / f"{index:02d}-{run.key}"
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = {**spec, "workdir": str(run_dir), "precompute_ref": run.precompute_ref,
-            "_loadavg_start": os.getloadavg()}
+            "_loadavg_start": load_average()}
+    if run.trl_gc is not None:
+        spec["trl_gradient_checkpointing"] = run.trl_gc
     if run.ours_gc is not None:
         spec["ours_gradient_checkpointing"] = run.ours_gc
     spec_path, result_path, log_path = run_dir / "spec.json", run_dir / "result.json", run_dir / "log.txt"
     spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     command = [sys.executable, "-m", "bench.train", "--side", run.side, "--spec", str(spec_path),
                "--result", str(result_path)]
-    started = time.perf_counter()
-    with log_path.open("w", encoding="utf-8") as log:
+    window: dict[str, Any] = {}
+    with measured(window), log_path.open("w", encoding="utf-8") as log:
         proc = subprocess.run(command, cwd=ROOT, env=child_env(spec["threads"], run.jemalloc), stdout=log,
                               stderr=subprocess.STDOUT)
-    elapsed = time.perf_counter() - started
+    elapsed = window["block_wall_s"]
+    process = {"key": run.key, "method": run.method, "log": str(log_path), "process_s": elapsed,
+               "process_loadavg_start": window["loadavg_start"], "process_loadavg_end": window["loadavg_end"]}
     if proc.returncode != 0 or not result_path.is_file():
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
         print(f"  {run.key}: FAILED (exit {proc.returncode}) after {elapsed:.0f} s; log {log_path}:\n{tail}",
               flush=True)
-        return {"key": run.key, "ok": False, "log": str(log_path), "process_s": elapsed}
+        return {**process, "ok": False, "exit_code": proc.returncode, "log_tail": tail}
     result = json.loads(result_path.read_text(encoding="utf-8"))
-    result.update({"key": run.key, "method": run.method, "ok": True, "log": str(log_path), "process_s": elapsed})
+    result.update({**process, "ok": True})
     print(f"  {run.key}: {result['steps']} steps, wall {result['wall_s']:.1f} s, "
           f"peak RSS {result['peak_rss_bytes'] / GB:.2f} GB, "
-          f"losses {' '.join(f'{x:.4f}' for x in result['losses'])}", flush=True)
+          f"losses {' '.join(f'{x:.4f}' for x in result['losses'])}, "
+          f"load average {window['loadavg_start'][0]:.2f} -> {window['loadavg_end'][0]:.2f}", flush=True)
     return result
 
 
@@ -250,7 +256,8 @@ def summarise(results: list[dict[str, Any]], batch_size: int) -> dict[str, dict[
             "gradient_checkpointing": good[0].get("gradient_checkpointing"),
             "micro_batch_size": good[0].get("micro_batch_size"), "batch_size": batch_size,
             "allocator": good[0].get("allocator", "?"),
-            "loadavg": [r.get("loadavg_start") for r in good],
+            "loadavg_start": [r.get("process_loadavg_start") for r in good],
+            "loadavg_end": [r.get("process_loadavg_end") for r in good],
         }
     return out
 
@@ -313,10 +320,36 @@ def method_tables(method: str, summary: dict[str, dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+def headline_ratios(summary: dict[str, dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Per method, prefstudio's defaults against TRL as shipped and against TRL without checkpointing."""
+    out: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        ours = summary.get(f"ours-{method}", {})
+        if not ours.get("ok"):
+            continue
+        for trl_key in HEADLINE[method]:
+            trl = summary.get(trl_key, {})
+            if trl.get("ok"):
+                out.setdefault(method, {})[trl_key] = {
+                    "pairs_per_s_ratio": ours["pairs_per_s"] / trl["pairs_per_s"],
+                    "peak_rss_share": ours["peak_rss_bytes"] / trl["peak_rss_bytes"],
+                    "trl_gradient_checkpointing": trl["gradient_checkpointing"]}
+    return out
+
+
 def report(summary: dict[str, dict[str, Any]], methods: list[str]) -> str:
     lines: list[str] = []
     for method in methods:
         lines += method_tables(method, summary)
+    headline = headline_ratios(summary, methods)
+    if headline:
+        lines += ["Headline, prefstudio's defaults (gradient checkpointing off) vs TRL:", ""]
+    for method, against in headline.items():
+        cells = [f"{ratio['pairs_per_s_ratio']:.2f}x pairs/s at {ratio['peak_rss_share']:.0%} of the peak RSS "
+                 f"against TRL with gradient checkpointing "
+                 + ("on (as shipped)" if ratio["trl_gradient_checkpointing"] else "off (like for like)")
+                 for ratio in against.values()]
+        lines.append(f"- {method.upper()}: " + "; ".join(cells))
     return "\n".join(lines)
 
 
@@ -351,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trl-jemalloc", action="store_true",
                    help="also run TRL with jemalloc preloaded, the allocator prefstudio's training runs use")
     p.add_argument("--workdir", type=Path, default=None, help="where runs write (default: a temp folder)")
-    p.add_argument("--json-out", type=Path, default=None, help="also write every result as JSON here")
+    add_json_option(p, "train")
     # child mode
     p.add_argument("--side", default=None, help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, default=None, help=argparse.SUPPRESS)
@@ -408,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.batch_size}, LoRA r={args.lora_r} alpha={args.lora_alpha} dropout={args.lora_dropout} all-linear, "
           f"lr {args.dpo_lr:g} (DPO) / {args.rm_lr:g} (RM), beta {args.beta}, seed {args.seed}, fp32 CPU, "
           f"{args.threads} threads, gradient checkpointing: TRL {args.trl_gradient_checkpointing}, prefstudio "
-          f"{args.ours_gradient_checkpointing}; code {code_version()}; "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; work dir {workdir}", flush=True)
+          f"{args.ours_gradient_checkpointing}; code {describe_code(code_version())}; "
+          f"load average {' '.join(f'{x:.2f}' for x in load_average())}; work dir {workdir}", flush=True)
 
     results = []
     for index, run in enumerate(schedule(methods, args.repeats, only, both_gc, args.reverse, args.trl_jemalloc)):
@@ -418,13 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(results, args.batch_size)
     print()
     print(report(summary, methods))
-    print(f"order run: {', '.join(r['key'] for r in results)}; load average at each start: "
-          + ", ".join(f"{r['key']} {r.get('loadavg_start', [0])[0]:.2f}" for r in results if r.get("ok")))
-    if args.json_out:
-        args.json_out.write_text(json.dumps({"settings": {**spec, "pairs": args.pairs, "repeats": args.repeats,
-                                                          "code": code_version()},
-                                             "data": data_info, "results": results, "summary": summary},
-                                            indent=2), encoding="utf-8")
+    print(f"order run: {', '.join(r['key'] for r in results)}; load average at each start and end: "
+          + ", ".join(f"{r['key']} {r['process_loadavg_start'][0]:.2f}-{r['process_loadavg_end'][0]:.2f}"
+                      for r in results))
+    write_results(args.json, "train", args, {"spec": spec, "data": data_info, "runs": results, "summary": summary,
+                                             "headline": headline_ratios(summary, methods)})
     return 0 if all(r.get("ok") for r in results) else 1
 
 
