@@ -343,13 +343,14 @@ def report(summary: dict[str, dict[str, Any]], methods: list[str]) -> str:
         lines += method_tables(method, summary)
     headline = headline_ratios(summary, methods)
     if headline:
-        lines += ["Headline, prefstudio's defaults (gradient checkpointing off) vs TRL:", ""]
+        lines += ["Headline ratios, prefstudio vs TRL with and without gradient checkpointing:", ""]
     for method, against in headline.items():
+        ours_gc = "on" if summary[f"ours-{method}"]["gradient_checkpointing"] else "off"
         cells = [f"{ratio['pairs_per_s_ratio']:.2f}x pairs/s at {ratio['peak_rss_share']:.0%} of the peak RSS "
                  f"against TRL with gradient checkpointing "
                  + ("on (as shipped)" if ratio["trl_gradient_checkpointing"] else "off (like for like)")
                  for ratio in against.values()]
-        lines.append(f"- {method.upper()}: " + "; ".join(cells))
+        lines.append(f"- {method.upper()} (prefstudio's gradient checkpointing {ours_gc}): " + "; ".join(cells))
     return "\n".join(lines)
 
 
