@@ -17,7 +17,6 @@ It is pure computation: no database, no files other than the model folders it lo
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -27,13 +26,11 @@ from typing import Any, ClassVar
 
 from alignment.chat import Messages, validate_messages
 from alignment.models import DEFAULT_MODEL, LoadedModel, load_model
+from alignment.run_folder import ADAPTER_CONFIG, read_json, recorded_base_model, saved_training_config
 from alignment.sampling import GenerationBackend, SamplingParams, TransformersBackend, backend_for
 from alignment.settings import RunSettings, check_int, help_field
 
 log = logging.getLogger(__name__)
-
-ADAPTER_CONFIG = "adapter_config.json"
-TRAINING_CONFIG = "training_config.json"
 
 
 @dataclass
@@ -139,13 +136,6 @@ def best_of_n(prompts: list[Messages], n: int, params: SamplingParams, policy_ba
 # The policy: a base model, optionally with a LoRA adapter
 # --------------------------------------------------------------------------------------------
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable ({exc})") from None
-
-
 def check_adapter_dir(adapter: str | Path) -> Path:
     """The adapter folder as a Path, or ValueError saying why it is not a policy (causal LM) adapter."""
     path = Path(adapter).expanduser()
@@ -154,7 +144,7 @@ def check_adapter_dir(adapter: str | Path) -> Path:
     config_file = path / ADAPTER_CONFIG
     if not config_file.is_file():
         raise ValueError(f"{path} is not a PEFT adapter folder (no {ADAPTER_CONFIG})")
-    task = _read_json(config_file).get("task_type")
+    task = read_json(config_file).get("task_type")
     if task == "SEQ_CLS":
         raise ValueError(f"{path} is a reward model (a sequence-classification adapter), not a policy adapter: "
                          f"pass it as the reward model instead")
@@ -168,16 +158,11 @@ def adapter_base_model(adapter: str | Path) -> str | None:
     then ``base_model_name_or_path`` from ``adapter_config.json`` when it is an existing folder.
     """
     path = Path(adapter).expanduser()
-    training_config = path / TRAINING_CONFIG
-    if training_config.is_file():
-        spec = _read_json(training_config).get("model")
-        if isinstance(spec, str) and spec.strip():
-            return spec
-    recorded = _read_json(path / ADAPTER_CONFIG).get("base_model_name_or_path") \
-        if (path / ADAPTER_CONFIG).is_file() else None
-    if isinstance(recorded, str) and recorded and Path(recorded).is_dir():
-        return recorded
-    return None
+    spec = (saved_training_config(path) or {}).get("model")
+    if isinstance(spec, str) and spec.strip():
+        return spec
+    recorded = recorded_base_model(path)
+    return recorded if recorded and Path(recorded).is_dir() else None
 
 
 def load_policy_with_adapter(model_spec: str, adapter: str | Path, device: str | None = None,
@@ -237,7 +222,7 @@ def check_reward_dir(reward: str | Path) -> Path:
     config_file = path / ADAPTER_CONFIG
     if not config_file.is_file():
         raise ValueError(f"{path} is not a saved reward model (no {ADAPTER_CONFIG})")
-    if _read_json(config_file).get("task_type") not in (None, "SEQ_CLS"):
+    if read_json(config_file).get("task_type") not in (None, "SEQ_CLS"):
         raise ValueError(f"{path} is a policy adapter, not a reward model: pick it as the adapter instead")
     return path
 

@@ -59,7 +59,6 @@ No database, no UI: callers pass model specs, adapter folders and messages.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import threading
@@ -75,15 +74,13 @@ from torch import Tensor
 from alignment.chat import Messages, validate_messages
 from alignment.logprobs import completion_token_logps
 from alignment.models import DEFAULT_MODEL, LoadedModel, default_device, load_model
+from alignment.run_folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_json, saved_training_config
 from alignment.sampling import FinishReason, Sample, SamplingParams, TransformersBackend
 
 log = logging.getLogger(__name__)
 
 #: PEFT's name for "no adapter" in mixed-adapter batches: the row runs on the base weights.
 BASE = "__base__"
-
-ADAPTER_CONFIG = "adapter_config.json"
-TRAINING_CONFIG = "training_config.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,13 +204,6 @@ class Answer:
 # One base model with every compared adapter attached
 # --------------------------------------------------------------------------------------------
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable ({exc})") from None
-
-
 def _same_location(a: str, b: str) -> bool:
     """Whether two base-model locations (folders or hub ids) name the same weights."""
     if a == b:
@@ -235,13 +225,13 @@ def check_adapter_base(adapter: str | Path, base_spec: str) -> Path:
 
     path = check_adapter_dir(adapter)
     expected = base_model_location(base_spec)
-    recorded = _read_json(path / ADAPTER_CONFIG).get("base_model_name_or_path")
+    recorded = read_json(path / ADAPTER_CONFIG).get("base_model_name_or_path")
     if not recorded:
         log.warning("adapter %s does not record its base model; assuming %s", path, base_spec)
         return path
     if _same_location(str(recorded), expected):
         return path
-    trained_spec = _read_json(path / TRAINING_CONFIG).get("model") if (path / TRAINING_CONFIG).is_file() else None
+    trained_spec = (saved_training_config(path) or {}).get("model")
     if isinstance(trained_spec, str) and trained_spec.strip():
         with contextlib.suppress(ValueError, RuntimeError, OSError):
             if _same_location(base_model_location(trained_spec), expected):
@@ -261,7 +251,7 @@ def _named(spec: str | None, location: str) -> str:
 def _adapter_key(path: Path) -> tuple[str, int]:
     """Identity of an adapter's weights: its folder and the weights file's modification time, so a
     folder retrained in place is loaded again."""
-    weights = next((path / name for name in ("adapter_model.safetensors", "adapter_model.bin")
+    weights = next((path / name for name in ADAPTER_WEIGHTS
                     if (path / name).is_file()), path / ADAPTER_CONFIG)
     return str(path.resolve()), weights.stat().st_mtime_ns
 

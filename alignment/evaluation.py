@@ -31,11 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from alignment.best_of_n import (
-    TRAINING_CONFIG, adapter_base_model, check_adapter_dir, check_reward_dir,
-)
+from alignment.best_of_n import adapter_base_model, check_adapter_dir, check_reward_dir
 from alignment.chat import Messages, validate_messages
 from alignment.models import DEFAULT_MODEL
+from alignment.run_folder import TRAINING_CONFIG, read_json
 from alignment.settings import RunSettings, check_int, help_field
 from alignment.training.data import PreferencePair, load_pairs, split
 
@@ -93,13 +92,6 @@ class EvalConfig(RunSettings):
         return Path(self.out) / RESULTS_FILE
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
-
-
 # --------------------------------------------------------------------------------------------
 # Held-out data of an adapter's training run
 # --------------------------------------------------------------------------------------------
@@ -110,7 +102,7 @@ def held_out_pairs(adapter: str | Path) -> list[PreferencePair]:
     Raises ValueError when the adapter has no training config, was trained on rankings, or its
     training data file is gone.
     """
-    config = _read_json(Path(adapter) / TRAINING_CONFIG)
+    config = read_json(Path(adapter) / TRAINING_CONFIG)
     data = config.get("data")
     if not data or not Path(data).is_file():
         raise ValueError(f"the training data of {adapter} is not available ({data!r}); give a prompt file")

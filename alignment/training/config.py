@@ -15,7 +15,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-CONFIG_FILENAME = "training_config.json"
+from alignment.run_folder import TRAINING_CONFIG
+
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 DEVICES = ("auto", "cpu", "cuda")
@@ -163,7 +164,7 @@ class CommonConfig:
         path = Path(path)
         if path.is_dir() or not path.suffix:
             path.mkdir(parents=True, exist_ok=True)
-            path = path / CONFIG_FILENAME
+            path = path / TRAINING_CONFIG
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return path
@@ -189,7 +190,7 @@ class CommonConfig:
     def load(cls, path: str | os.PathLike):
         path = Path(path)
         if path.is_dir():
-            path = path / CONFIG_FILENAME
+            path = path / TRAINING_CONFIG
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
     @classmethod

@@ -31,16 +31,12 @@ from torch import Tensor, nn
 from accelerate.utils import send_to_device
 
 from alignment.packing import PACKED_INPUTS
+from alignment.run_folder import (
+    METRICS_FILE, OPTIMIZER_FILE, PROGRESS_FILE, RNG_FILE, SCHEDULER_FILE, STATE_FILE, checkpoint_dir,
+)
 from alignment.training.callbacks import Callback, emit, eta_seconds
 from alignment.training.memory import lean_allocator
 
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_FILE = "trainer_state.json"
-OPTIMIZER_FILE = "optimizer.pt"
-SCHEDULER_FILE = "scheduler.pt"
-RNG_FILE = "rng_state.pt"
-METRICS_FILE = "metrics.json"
-PROGRESS_FILE = "progress.jsonl"
 #: The batch keys a model forward takes (shared-prefix batches; the rest, e.g. "index", is bookkeeping).
 MODEL_INPUTS = PACKED_INPUTS
 
@@ -129,10 +125,6 @@ def total_steps(config: Any, per_epoch: int) -> int:
 def mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
     keys = {k for h in history for k in h}
     return {k: sum(h[k] for h in history if k in h) / sum(1 for h in history if k in h) for k in sorted(keys)}
-
-
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / f"{CHECKPOINT_PREFIX}{step}"
 
 
 def save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any,

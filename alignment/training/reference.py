@@ -22,11 +22,9 @@ from torch import Tensor
 
 from alignment.logprobs import packed_completion_logps
 from alignment.packing import PACKED_INPUTS
+from alignment.run_folder import REFERENCE_FILE
 
 log = logging.getLogger(__name__)
-
-REFERENCE_FILE = "reference_logps.pt"
-
 
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()

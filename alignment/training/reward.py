@@ -11,7 +11,6 @@ response.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,8 +21,9 @@ from torch import Tensor
 from alignment.chat import Messages
 from alignment.logprobs import packed_hidden_states
 from alignment.losses import bradley_terry_loss, implicit_reward_accuracy
+from alignment.run_folder import ADAPTER_CONFIG, TRAINING_CONFIG, recorded_base_model, saved_training_config
 from alignment.training.callbacks import ProgressFile, as_callbacks, emit
-from alignment.training.config import CONFIG_FILENAME, RewardConfig
+from alignment.training.config import RewardConfig
 from alignment.training.data import PreferencePair, PromptCache, load_pairs, pair_batch, response_batch, split
 from alignment.training.lora import (
     REWARD_HEAD, base_model_location, load_base_model, load_reward_backbone, load_tokenizer,
@@ -145,18 +145,14 @@ def train_reward_model(config: RewardConfig, callbacks: Iterable[Any] = ()) -> T
 
 def _base_location_for(run_dir: Path) -> str:
     """The base weights of a saved reward model: the adapter's recorded folder, else the config's spec."""
-    adapter_config = run_dir / "adapter_config.json"
-    if adapter_config.is_file():
-        recorded = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-        if recorded and Path(recorded).is_dir():
-            return recorded
-    config_file = run_dir / CONFIG_FILENAME
-    if config_file.is_file():
-        spec = json.loads(config_file.read_text(encoding="utf-8")).get("model")
-        if spec:
-            return base_model_location(spec)
+    recorded = recorded_base_model(run_dir)
+    if recorded and Path(recorded).is_dir():
+        return recorded
+    spec = (saved_training_config(run_dir) or {}).get("model")
+    if spec:
+        return base_model_location(spec)
     raise ValueError(f"{run_dir}: cannot tell which base model this reward model adapts "
-                     f"(no usable adapter_config.json or {CONFIG_FILENAME})")
+                     f"(no usable {ADAPTER_CONFIG} or {TRAINING_CONFIG})")
 
 
 def load_reward_model(path: str | Path, device: str | None = None, base: str | None = None) -> RewardModel:
@@ -164,8 +160,8 @@ def load_reward_model(path: str | Path, device: str | None = None, base: str | N
     from peft import PeftModel
 
     run_dir = Path(path).expanduser()
-    if not (run_dir / "adapter_config.json").is_file():
-        raise ValueError(f"{run_dir} is not a saved reward model (no adapter_config.json)")
+    if not (run_dir / ADAPTER_CONFIG).is_file():
+        raise ValueError(f"{run_dir} is not a saved reward model (no {ADAPTER_CONFIG})")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(str(run_dir))
     location = base or _base_location_for(run_dir)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from alignment.run_folder import ModelKind
 from alignment.training.config import DPOConfig, PLDPOConfig, RewardConfig
 from alignment.training.dpo import train_dpo
 from alignment.training.pl_dpo import train_pl_dpo
@@ -19,7 +20,7 @@ from annotation.jobs import best_of_n, evaluation
 from storage.models import Job, TrainedModel
 
 #: What a job produces: trained models are registered (with their lineage); a dataset is a file.
-MODEL_OUTPUTS = ("policy-adapter", "reward-model")
+MODEL_OUTPUTS = tuple(ModelKind)
 
 
 def training_summary(result) -> dict[str, Any]:
@@ -46,7 +47,7 @@ class JobKind:
     run: Callable  # run(config, callbacks=[...]) in the job subprocess
     # input frozen at submit: "pairs" | "rankings" (storage.snapshots.SNAPSHOT_KINDS) | "prompts" | "eval"
     snapshot: str
-    produces: str  # "policy-adapter" | "reward-model" | "dataset" | "evaluation"
+    produces: str  # a ModelKind | "dataset" | "evaluation"
     summarize: Callable[[Any], dict] = training_summary
     record: Callable[[Any, Job, dict], str | None] = register_trained_model
     check: Callable[[Any, Any], None] | None = None  # check(project, config), raises InputError
@@ -60,9 +61,9 @@ class JobKind:
 
 
 JOB_KINDS: dict[str, JobKind] = {k.name: k for k in (
-    JobKind("rm", "Reward model (Bradley-Terry, LoRA)", RewardConfig, train_reward_model, "pairs", "reward-model"),
-    JobKind("dpo", "DPO (LoRA)", DPOConfig, train_dpo, "pairs", "policy-adapter"),
-    JobKind("pl-dpo", "Listwise DPO (Plackett-Luce, LoRA)", PLDPOConfig, train_pl_dpo, "rankings", "policy-adapter"),
+    JobKind("rm", "Reward model (Bradley-Terry, LoRA)", RewardConfig, train_reward_model, "pairs", ModelKind.REWARD_MODEL),
+    JobKind("dpo", "DPO (LoRA)", DPOConfig, train_dpo, "pairs", ModelKind.POLICY_ADAPTER),
+    JobKind("pl-dpo", "Listwise DPO (Plackett-Luce, LoRA)", PLDPOConfig, train_pl_dpo, "rankings", ModelKind.POLICY_ADAPTER),
     JobKind("bon", "Best-of-N dataset (reward model picks the best of N)", best_of_n.BestOfNJobConfig,
             best_of_n.run, "prompts", "dataset", summarize=dict, record=best_of_n.record, check=best_of_n.check,
             unit="prompt"),

@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from alignment.run_folder import CHECKPOINT_PREFIX, PROGRESS_FILE, STATE_FILE
 from alignment.training.memory import with_jemalloc
 from annotation.jobs.kinds import JOB_KINDS
 from annotation.services.projects import find_project
@@ -64,7 +65,7 @@ def read_result(run_dir: Path) -> dict[str, Any]:
 
 def read_progress(run_dir: Path) -> list[dict[str, Any]]:
     """The progress events written so far (a line being written is skipped, not an error)."""
-    path = Path(run_dir) / "progress.jsonl"
+    path = Path(run_dir) / PROGRESS_FILE
     events = []
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -81,9 +82,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     A job killed while writing a checkpoint leaves a folder without its state file (written last):
     such a folder is skipped, and the job resumes from the checkpoint before it.
     """
-    from alignment.training.loop import STATE_FILE
-
-    candidates = [p for p in Path(run_dir).rglob("checkpoint-*")
+    candidates = [p for p in Path(run_dir).rglob(f"{CHECKPOINT_PREFIX}*")
                   if p.is_dir() and p.name.split("-")[-1].isdigit() and (p / STATE_FILE).exists()]
     return max(candidates, key=lambda p: int(p.name.split("-")[-1]), default=None)
 

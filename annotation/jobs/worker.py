@@ -19,13 +19,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def run(run_dir: Path) -> dict:
+    from alignment.run_folder import PROGRESS_FILE
     from alignment.training.callbacks import ProgressFile
     from annotation.jobs.kinds import JOB_KINDS
 
     spec = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
     kind = JOB_KINDS[spec["kind"]]
     config = kind.config_class.from_dict(spec["config"])
-    result = kind.run(config, callbacks=[ProgressFile(run_dir / "progress.jsonl")])
+    result = kind.run(config, callbacks=[ProgressFile(run_dir / PROGRESS_FILE)])
     summary = kind.summarize(result)
     (run_dir / "result.json").write_text(json.dumps(summary, default=float), encoding="utf-8")
     return summary

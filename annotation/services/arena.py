@@ -35,6 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
 from alignment.leaderboard import Leaderboard, Vote, leaderboard
+from alignment.run_folder import ModelKind
 from annotation.services.labelling import ARENA_SOURCE, Receipt, _idempotent
 from annotation.services.projects import ensure_user, find_project
 from storage.db import Database, transaction
@@ -55,7 +56,6 @@ from storage.prompts import content_hash, text_prompt, validate_messages
 from storage.snapshots import _labelled_prompt_ids
 
 SOURCE = ARENA_SOURCE
-POLICY_ADAPTER = "policy-adapter"
 
 
 @dataclass
@@ -267,7 +267,7 @@ def display_name(model: str, adapter: str | None, trained: dict[str, str] | None
 
 def trained_adapter_names(session) -> dict[str, str]:
     """Adapter folder -> TrainedModel name, for the policy adapters the app trained."""
-    rows = session.execute(select(TrainedModel.path, TrainedModel.name).where(TrainedModel.kind == POLICY_ADAPTER))
+    rows = session.execute(select(TrainedModel.path, TrainedModel.name).where(TrainedModel.kind == ModelKind.POLICY_ADAPTER))
     return {os.path.normpath(path): name for path, name in rows}
 
 

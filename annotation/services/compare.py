@@ -15,13 +15,12 @@ from typing import Any
 
 from sqlalchemy import select
 
+from alignment.run_folder import ModelKind
 from annotation.services.arena import display_name, trained_adapter_names
 from storage.db import Database, transaction
 from storage.errors import InputError
 from storage.models import TrainedModel
 
-POLICY_ADAPTER = "policy-adapter"
-REWARD_MODEL = "reward-model"
 MAX_MODELS = 6
 
 
@@ -37,7 +36,7 @@ def model_options(db: Database, default_model: str = "default") -> list[ModelOpt
     """The base model(s) and every trained policy adapter: the app's base model first, then each other
     base an adapter was trained on, then the adapters, newest first."""
     with transaction(db) as s:
-        adapters = s.scalars(select(TrainedModel).where(TrainedModel.kind == POLICY_ADAPTER)
+        adapters = s.scalars(select(TrainedModel).where(TrainedModel.kind == ModelKind.POLICY_ADAPTER)
                              .order_by(TrainedModel.id.desc())).all()
         trained = trained_adapter_names(s)
     bases = list(dict.fromkeys([default_model, *(m.base_model for m in adapters)]))
@@ -68,7 +67,7 @@ def reward_options(db: Database) -> list[tuple[str, str]]:
     """(label, folder) of every trained reward model, newest first."""
     with transaction(db) as s:
         rows = s.execute(select(TrainedModel.name, TrainedModel.job_id, TrainedModel.path)
-                         .where(TrainedModel.kind == REWARD_MODEL).order_by(TrainedModel.id.desc())).all()
+                         .where(TrainedModel.kind == ModelKind.REWARD_MODEL).order_by(TrainedModel.id.desc())).all()
     return [(f"{name} (job {job})", path) for name, job, path in rows]
 
 

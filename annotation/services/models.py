@@ -6,6 +6,8 @@ from functools import lru_cache
 
 from sqlalchemy import select
 
+from alignment.run_folder import ModelKind
+
 from storage.db import Database, transaction
 from storage.errors import InputError
 from storage.models import Job, Project, Snapshot, TrainedModel
@@ -76,7 +78,7 @@ def try_model(db: Database, model_id: int, prompt: str, max_new_tokens: int = 12
         model = s.get(TrainedModel, model_id)
         if model is None:
             raise InputError(f"unknown model {model_id}")
-        if model.kind != "policy-adapter":
+        if model.kind != ModelKind.POLICY_ADAPTER:
             raise InputError(f"{model.name} is a {model.kind}: pick a policy adapter (DPO / listwise DPO) to try")
         base, path = model.base_model, model.path
     backend = _policy(base, path)

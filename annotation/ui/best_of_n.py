@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from alignment.run_folder import ModelKind
 from annotation.render import render_response
 from annotation.services import best_of_n as bon
 from annotation.services import models, projects
@@ -45,7 +46,7 @@ def choices(ctx: UIContext, kind: str, with_base: bool = False) -> list[tuple[st
 
 def refresh(ctx: UIContext, project=None, reward=None, policy=None):
     names = projects.project_names(ctx.db)
-    rewards, policies = choices(ctx, "reward-model"), choices(ctx, "policy-adapter", with_base=True)
+    rewards, policies = choices(ctx, ModelKind.REWARD_MODEL), choices(ctx, ModelKind.POLICY_ADAPTER, with_base=True)
     keep = lambda value, options: value if value in [v for _, v in options] else (options[0][1] if options else None)  # noqa: E731
     return (gr.update(choices=names, value=project if project in names else (names[0] if names else None)),
             gr.update(choices=rewards, value=keep(reward, rewards)),

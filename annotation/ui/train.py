@@ -18,6 +18,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from alignment.run_folder import ModelKind
 from alignment.training.config import DPO_LOSS_TYPES, LR_SCHEDULES
 from annotation.jobs.evaluation import SELECTIONS as EVAL_SELECTIONS
 from annotation.jobs.kinds import JOB_KINDS
@@ -73,7 +74,7 @@ def model_choices(ctx: UIContext) -> dict[str, list[tuple[str, str]]]:
     """Trained reward models and policy adapters as (label, folder) choices for the model pickers."""
     rows = models.list_models(ctx.db)
     pick = lambda kind: [(f"{r.name} (job {r.job})", r.path) for r in rows if r.kind == kind]  # noqa: E731
-    return {"reward": pick("reward-model"), "adapter": [NO_ADAPTER, *pick("policy-adapter")]}
+    return {"reward": pick(ModelKind.REWARD_MODEL), "adapter": [NO_ADAPTER, *pick(ModelKind.POLICY_ADAPTER)]}
 
 
 def _form_prefix(kind_name: str) -> str:
