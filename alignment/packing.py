@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["PACKED_INPUTS", "additive_mask", "build_shared_prefix_batch", "pack_shared_prefix"]
+__all__ = ["PACKED_INPUTS", "additive_mask", "build_shared_prefix_batch", "completion_lengths", "pack_shared_prefix"]
 
 #: The tensors of a packed batch that a forward pass reads.
 PACKED_INPUTS = ("input_ids", "attention_mask", "position_ids", "score_index", "targets", "segments",
@@ -164,6 +164,11 @@ def pack_shared_prefix(rows: Sequence[tuple[list[int], list[list[int]]]], pad: i
         "segments": torch.tensor(segments, dtype=torch.long),
         "last_index": torch.tensor(last_index, dtype=torch.long).reshape(-1, 2),
     }
+
+
+def completion_lengths(batch: dict[str, Tensor]) -> Tensor:
+    """Scored tokens of each completion of a shared-prefix batch, ``[S]`` (what its log-prob sums over)."""
+    return torch.bincount(batch["segments"], minlength=batch["last_index"].shape[0])
 
 
 def _shared_prefix_mask(segment_of_token: Tensor) -> Tensor:

@@ -187,3 +187,23 @@ def test_generate_stores_items_with_provenance(tiny_model_dir, tmp_path):
             assert s.query(Prompt).count() == 3
     finally:
         db.engine.dispose()
+
+
+# --------------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------------
+
+
+def test_train_pl_dpo_uses_every_ranking_ties_included(tiny_model_dir, tmp_path):
+    rows = [{"prompt": f"Name a colour {i}", "completions": ["Blue.", "Red.", "Bread"], "ranks": ranks}
+            for i, ranks in enumerate([[0, 1, 2], [0, 0, 1], [0, 1, 1], [1, 0, 1], [0, 0, 0], [2, 1, 0]])]
+    data = write_jsonl(tmp_path / "rankings.jsonl", rows)
+    out = tmp_path / "pl"
+    done = app("train", "pl-dpo", "--data", data, "--model", tiny_model_dir, "--out", out, "--max-steps", 1,
+               "--batch-size", 2, "--max-length", 48, "--lora-r", 4, "--eval-fraction", 0.3, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "trained pl-dpo: 1 steps" in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_train"] + metrics["n_eval"] == len(rows) and metrics["with_ties"] == 4
+    split = json.loads((out / "split.json").read_text())
+    assert split["train"]["rows"] + split["held_out"]["rows"] == len(rows)

@@ -15,6 +15,7 @@ from alignment.losses import (
     hinge_loss,
     implicit_reward_accuracy,
     ipo_loss,
+    per_token_average,
     plackett_luce_loss,
     sigmoid_loss,
 )
@@ -119,12 +120,41 @@ def test_dpo_loss_sigmoid_and_its_metrics():
 
 
 @pytest.mark.parametrize("loss_type, expected", [
-    ("ipo", [(1.0 - 1 / (2 * 0.1)) ** 2, (-0.5 - 1 / (2 * 0.1)) ** 2]),
     ("hinge", [max(0.0, 1 - 0.1 * 1.0), max(0.0, 1 - 0.1 * -0.5)]),
     ("sigmoid", [neg_log_sigmoid(0.1), neg_log_sigmoid(-0.05)]),
 ])
 def test_dpo_loss_picks_the_loss_by_name(loss_type, expected):
     assert_close(dpo_loss(**PAIR, beta=0.1, loss_type=loss_type).losses, t(*expected))
+
+
+# Token counts of PAIR's completions: chosen (4, 2), rejected (5, 1).
+LENGTHS = dict(chosen_lengths=t(4.0, 2.0), rejected_lengths=t(5.0, 1.0))
+
+
+def test_ipo_averages_the_log_ratios_per_token():
+    out = dpo_loss(**PAIR, beta=0.1, loss_type="ipo", **LENGTHS)
+    # per-token log-ratios: chosen (−10+10.5)/4 = 0.125, (−12+12)/2 = 0
+    #                       rejected (−11+10.5)/5 = −0.1, (−10.5+11)/1 = 0.5
+    # h = (0.225, −0.5); target 1/(2β) = 5
+    assert_close(out.losses, t((0.225 - 5) ** 2, (-0.5 - 5) ** 2))
+    assert_close(out.chosen_rewards, t(0.1 * 0.125, 0.0))
+    assert_close(out.rejected_rewards, t(0.1 * -0.1, 0.1 * 0.5))
+    assert_close(out.policy_chosen_logps, t(-10.0 / 4, -12.0 / 2))
+
+
+def test_ipo_does_not_depend_on_length_the_way_a_sum_would():
+    """Twice as long answers with the same per-token log-ratios give the same IPO loss."""
+    short = dpo_loss(**PAIR, beta=0.1, loss_type="ipo", **LENGTHS)
+    doubled = dpo_loss(**{k: 2 * v for k, v in PAIR.items()}, beta=0.1, loss_type="ipo",
+                       **{k: 2 * v for k, v in LENGTHS.items()})
+    assert_close(doubled.losses, short.losses)
+
+
+def test_ipo_needs_the_token_counts():
+    with pytest.raises(ValueError, match="lengths must be a tensor"):
+        dpo_loss(**PAIR, beta=0.1, loss_type="ipo")
+    with pytest.raises(ValueError, match="at least one token"):
+        per_token_average(t(-1.0), t(0.0))
 
 
 def test_dpo_loss_with_label_smoothing():
@@ -184,6 +214,64 @@ def test_plackett_luce_three_way_ranking_by_hand():
     assert_close(out.rewards, torch.tensor([[s0, s1, s2]], dtype=torch.float64))
 
 
+# Rewards s = (ln 3, ln 2, 0) (β = 1, reference 0): weights exp(s) = (3, 2, 1).
+WEIGHTS = torch.tensor([[math.log(3), math.log(2), 0.0]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("ranks, ties, likelihood", [
+    # strict: 3/6 · 2/3
+    ([0, 1, 2], "efron", 3 / 6 * 2 / 3),
+    ([0, 1, 2], "breslow", 3 / 6 * 2 / 3),
+    # the best two tied: Efron 3·2 / (6 · (6 − ½·5)); Breslow 3·2 / 6²; the last group is 1/1
+    ([0, 0, 1], "efron", 3 * 2 / (6 * (6 - 0.5 * 5))),
+    ([0, 0, 1], "breslow", 3 * 2 / 6 ** 2),
+    # the worst two tied: first 3/6, then Efron 2·1 / (3 · (3 − ½·3)); Breslow 2·1 / 3²
+    ([0, 1, 1], "efron", 3 / 6 * 2 * 1 / (3 * (3 - 0.5 * 3))),
+    ([0, 1, 1], "breslow", 3 / 6 * 2 * 1 / 3 ** 2),
+    # all three tied: Efron 6 / (6 · (6 − 6/3) · (6 − 2·6/3))
+    ([0, 0, 0], "efron", 6 / (6 * 4 * 2)),
+])
+def test_plackett_luce_with_ties_by_hand(ranks, ties, likelihood):
+    out = plackett_luce_loss(WEIGHTS, torch.zeros_like(WEIGHTS), 1.0, ranks=torch.tensor([ranks]), ties=ties)
+    assert_close(out.losses, t(-math.log(likelihood)))
+
+
+def test_plackett_luce_with_distinct_ranks_is_the_strict_loss():
+    torch.manual_seed(0)
+    policy, ref = -20 * torch.rand(8, 5, dtype=torch.float64), -20 * torch.rand(8, 5, dtype=torch.float64)
+    strict = plackett_luce_loss(policy, ref, 0.3).losses
+    gapped = torch.tensor([0, 2, 3, 7, 9]).expand(8, 5)  # any strictly increasing places
+    for ties in ("efron", "breslow"):
+        assert_close(plackett_luce_loss(policy, ref, 0.3, ranks=gapped, ties=ties).losses, strict)
+    # the strict loss written out from the equation, for one row
+    s = 0.3 * (policy[0] - ref[0])
+    by_hand = -sum(s[k] - torch.logsumexp(s[k:], 0) for k in range(5))
+    assert_close(strict[0], by_hand)
+
+
+def test_plackett_luce_ties_with_a_mask_and_gradients():
+    policy = torch.tensor([[-3.0, -5.0, -4.0, 1e6], [-2.0, -6.0, -1.0, -3.0]], requires_grad=True)
+    ref = torch.tensor([[-4.0, -4.0, -4.5, -1e6], [-2.5, -5.0, -2.0, -3.5]])
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    ranks = torch.tensor([[0, 1, 1, 0], [0, 0, 2, 2]])  # the padding's rank is ignored
+    out = plackett_luce_loss(policy, ref, 0.5, mask=mask, ranks=ranks)
+    alone = plackett_luce_loss(policy[:1, :3].detach(), ref[:1, :3], 0.5, ranks=ranks[:1, :3]).losses
+    assert_close(out.losses[0], alone[0])
+    out.losses.sum().backward()
+    assert torch.isfinite(policy.grad).all() and policy.grad[0, 3] == 0.0
+    # rewards: row 0 (0.5, −0.5, 0.25, ·), row 1 (0.25, −0.5, 0.5, 0.25); adjacent pairs in strict
+    # order only (ties skipped): row 0 (0, 1) gap 1.0; row 1 (1, 2) gap −1.0
+    assert out.metrics() == {"rewards/accuracies": pytest.approx(0.5), "rewards/margins": pytest.approx(0.0)}
+
+
+def test_plackett_luce_rejects_unordered_ranks_and_unknown_ties():
+    x = torch.zeros(1, 3)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        plackett_luce_loss(x, x, 0.1, ranks=torch.tensor([[0, 2, 1]]))
+    with pytest.raises(ValueError, match="ties must be one of efron, breslow"):
+        plackett_luce_loss(x, x, 0.1, ties="exact")
+
+
 def test_plackett_luce_mask_pads_shorter_rankings():
     beta = 0.5
     policy3, ref3 = torch.tensor([[-3.0, -5.0, -4.0]]), torch.tensor([[-4.0, -4.0, -4.5]])
@@ -230,7 +318,9 @@ def test_dpo_losses_backpropagate(loss_type):
     torch.manual_seed(1)
     policy_chosen = torch.randn(8, requires_grad=True)
     policy_rejected = torch.randn(8, requires_grad=True)
-    out = dpo_loss(policy_chosen, policy_rejected, torch.randn(8), torch.randn(8), beta=0.5, loss_type=loss_type)
+    lengths = {"chosen_lengths": torch.full((8,), 3.0), "rejected_lengths": torch.full((8,), 5.0)}
+    out = dpo_loss(policy_chosen, policy_rejected, torch.randn(8), torch.randn(8), beta=0.5, loss_type=loss_type,
+                   **(lengths if loss_type == "ipo" else {}))
     out.loss.backward()
     for grad in (policy_chosen.grad, policy_rejected.grad):
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0

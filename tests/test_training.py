@@ -20,7 +20,7 @@ from alignment.training import (
     train_dpo, train_pl_dpo, train_reward_model,
 )
 from alignment.training import data as tdata
-from alignment.training import lora, reference
+from alignment.training import heldout, lora, reference
 from tests.conftest import build_tiny_model
 
 # Short sequences and no dropout: fast, and deterministic enough to compare runs exactly.
@@ -131,25 +131,59 @@ def test_bad_pair_rows_name_their_line(tmp_path, row, message):
         tdata.load_pairs(path)
 
 
-def test_rankings_drop_ties_and_split_is_deterministic_by_prompt(tmp_path):
+def test_rankings_keep_their_ties_best_first(tmp_path):
     path = write_jsonl(tmp_path / "l.jsonl", [
         {"prompt": "a", "completions": ["x", "y", "z"], "ranks": [0, 1, 2]},
-        {"prompt": "b", "completions": ["x", "y"], "ranks": [0, 0]},
+        {"prompt": "b", "completions": ["x", "y", "z"], "ranks": [1, 0, 1]},
         {"prompt": [{"role": "user", "content": "c"}],
          "completions": [[{"role": "assistant", "content": "w"}], [{"role": "assistant", "content": "v"}]],
          "ranks": [1, 0]},
     ])
     loaded = tdata.load_rankings(path)
-    assert loaded.dropped_ties == 1 and len(loaded) == 2
-    assert loaded.rankings[1].completions == ["v", "w"]  # re-ordered best first
+    assert len(loaded) == 3 and loaded.with_ties == 1
+    assert (loaded.rankings[1].completions, loaded.rankings[1].ranks) == (["y", "x", "z"], [0, 1, 1])
+    assert loaded.rankings[2].completions == ["v", "w"]  # re-ordered best first
     with pytest.raises(tdata.DataError, match="l.jsonl:1: .*at least 2"):
         tdata.load_rankings(write_jsonl(tmp_path / "l.jsonl", [{"prompt": "a", "completions": ["x"], "ranks": [0]}]))
 
-    items = [tdata.PreferencePair([{"role": "user", "content": f"p{i % 10}"}], "a", "b") for i in range(40)]
+
+def prompts(names) -> list:
+    return [tdata.PreferencePair([{"role": "user", "content": name}], "a", "b") for name in names]
+
+
+def test_split_is_by_prompt_and_deterministic():
+    items = prompts(f"p{i % 10}" for i in range(40))
     train, held = tdata.split(items, 0.2, seed=3)
-    assert (train, held) == tdata.split(items, 0.2, seed=3) and len(held) == 8
+    assert (train, held) == tdata.split(items, 0.2, seed=3) and held and train
     assert {tdata.prompt_key(x) for x in train}.isdisjoint({tdata.prompt_key(x) for x in held})
+    assert len(held) % 4 == 0  # each prompt's 4 rows on one side
     assert tdata.split(items, 0.0, seed=3) == (items, [])
+
+
+def test_split_holds_out_about_the_fraction_and_adding_rows_moves_no_prompt():
+    items = prompts(f"question {i}" for i in range(2000))
+    train, held = tdata.split(items, 0.1, seed=0)
+    assert 0.085 <= len(held) / len(items) <= 0.115  # binomial(2000, 0.1): sd 0.0067
+    held_keys = {tdata.prompt_key(x) for x in held}
+
+    # New labels (new prompts, and more rows for old ones), in any order: no old prompt changes side.
+    grown = prompts(f"new question {i}" for i in range(500)) + items + items[:300]
+    random.Random(1).shuffle(grown)
+    grown_train, grown_held = tdata.split(grown, 0.1, seed=0)
+    grown_held_keys = {tdata.prompt_key(x) for x in grown_held}
+    old_keys = {tdata.prompt_key(x) for x in items}
+    assert grown_held_keys & old_keys == held_keys
+    assert 0.085 <= len(grown_held_keys) / 2500 <= 0.115
+    # Another seed is another split.
+    assert {tdata.prompt_key(x) for x in tdata.split(items, 0.1, seed=1)[1]} != held_keys
+
+
+def test_split_of_a_small_set_keeps_a_prompt_on_each_side():
+    for n in range(2, 12):
+        for seed in range(5):
+            train, held = tdata.split(prompts(map(str, range(n))), 0.5, seed)
+            assert train and held
+    assert tdata.split(prompts(["only"]), 0.5, seed=0) == (prompts(["only"]), [])
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,9 +213,11 @@ def test_dpo_two_steps_over_two_epochs(tiny_model_dir, pairs_file, tmp_path, mon
     def broken_listener(event, state):
         raise RuntimeError("a broken progress bar must not stop training")
 
-    # 3 pairs: 2 train + 1 held out; batch 2 -> 1 step per epoch, 2 epochs -> 2 steps.
+    # 3 pairs: 2 train + 1 held out with seed 1; batch 2 -> 1 step per epoch, 2 epochs -> 2 steps.
     config = DPOConfig(model=str(tiny_model_dir), data=str(pairs_file), out=str(tmp_path / "dpo"), epochs=2,
-                       batch_size=2, eval_fraction=0.34, lr=1e-2, **FAST)
+                       batch_size=2, eval_fraction=0.34, seed=1, lr=1e-2, **FAST)
+    train, held_out = tdata.split(tdata.load_pairs(pairs_file), 0.34, seed=1)
+    assert (len(train), len(held_out)) == (2, 1)
     initial = adapter_tensors(lora.load_policy(config).model)
     result = train_dpo(config, callbacks=[recorder, broken_listener])
 
@@ -197,7 +233,13 @@ def test_dpo_two_steps_over_two_epochs(tiny_model_dir, pairs_file, tmp_path, mon
     # The run folder is a standard PEFT adapter folder, and its weights moved away from the init.
     out = result.out_dir
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "training_config.json",
-            "metrics.json", "reference_logps.pt"} <= {p.name for p in out.iterdir()}
+            "metrics.json", "reference_logps.pt", "split.json"} <= {p.name for p in out.iterdir()}
+    # split.json records which prompts were held out, by content hash, with the counts and settings.
+    recorded = json.loads((out / "split.json").read_text())
+    assert recorded["held_out"] == {"rows": 1, "prompts": 1, "prompt_sha256": [tdata.prompt_sha256(held_out[0])]}
+    assert recorded["train"]["prompt_sha256"] == sorted(tdata.prompt_sha256(p) for p in train)
+    assert (recorded["eval_fraction"], recorded["seed"]) == (0.34, 1)
+    assert heldout.read_split(out).held_out_prompts == {tdata.prompt_sha256(held_out[0])}
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(out))
     trained = adapter_tensors(loaded)
     assert trained.keys() == initial.keys() and trained
@@ -238,18 +280,21 @@ def test_reward_model_two_steps_trains_lora_and_head_and_scores(tiny_model_dir, 
     assert score(model, tokenizer, prompts[:1], ["No, never"], batch_size=1)[0] == pytest.approx(scores[1], abs=1e-4)
 
 
-def test_pl_dpo_two_steps(tiny_model_dir, tmp_path):
+def test_pl_dpo_two_steps_trains_on_rankings_with_ties(tiny_model_dir, tmp_path):
     rows = [{"prompt": f"Name a colour {i}", "completions": ["Blue.", "Red, I think.", "Bread"][: 2 + i % 2],
              "ranks": [0, 1, 2][: 2 + i % 2]} for i in range(6)]
-    rows.append({"prompt": "tie", "completions": ["a", "b"], "ranks": [0, 0]})
+    rows += [{"prompt": "tie", "completions": ["a", "b"], "ranks": [0, 0]},
+             {"prompt": "tie below", "completions": ["a", "b", "c"], "ranks": [0, 1, 1]}]
     recorder, bar_output = EventRecorder(), io.StringIO()
     config = PLDPOConfig(model=str(tiny_model_dir), data=str(write_jsonl(tmp_path / "l.jsonl", rows)),
                          out=str(tmp_path / "pl"), max_steps=2, batch_size=2, grad_accum=2, eval_fraction=0.3,
                          lr=1e-2, **FAST)
     result = train_pl_dpo(config, callbacks=[recorder, TqdmCallback(file=bar_output, mininterval=0)])
     assert result.steps == 2 and math.isfinite(result.metrics["loss"])
-    assert recorder.of("train_begin")[0]["dropped_ties"] == 1
-    assert 0.0 <= result.eval_metrics["rewards/accuracies"] <= 1.0
+    begin = recorder.of("train_begin")[0]
+    assert begin["with_ties"] == 2 and begin["n_train"] + begin["n_eval"] == len(rows)  # every ranking used
+    recorded = json.loads((result.out_dir / "split.json").read_text())
+    assert recorded["train"]["rows"] + recorded["held_out"]["rows"] == len(rows)
     assert (result.out_dir / "adapter_model.safetensors").is_file()
     assert "2/2" in bar_output.getvalue() and "eval @ step 2" in bar_output.getvalue()
 
@@ -383,11 +428,13 @@ def synthetic_yes_no_pairs(n: int, seed: int) -> list[dict]:
 
 def test_dpo_and_reward_model_learn_a_checkable_preference(tokenizer_dir, tmp_path):
     model_dir = build_tiny_model(tokenizer_dir, tmp_path / "tiny", seed=1)
-    data = str(write_jsonl(tmp_path / "yes_no.jsonl", synthetic_yes_no_pairs(80, seed=0)))  # 64 train + 16 held out
+    data = str(write_jsonl(tmp_path / "yes_no.jsonl", synthetic_yes_no_pairs(80, seed=0)))
     common = dict(model=str(model_dir), data=data, eval_fraction=0.2, max_steps=8, batch_size=8, lr=2e-3, **FAST)
+    held_out = tdata.split(tdata.load_pairs(data), 0.2, seed=0)[1]
+    assert len(held_out) == 16  # each of the 80 prompts is held out with probability 0.2
 
     dpo = train_dpo(DPOConfig(out=str(tmp_path / "dpo"), **common))
-    assert dpo.eval_metrics["n"] == 16
+    assert dpo.eval_metrics["n"] == len(held_out)
     # Before training every implicit reward is 0 (accuracy 0, loss ln 2): all of this was learnt.
     assert dpo.eval_metrics["rewards/accuracies"] >= 0.8
     assert dpo.eval_metrics["rewards/margins"] > 0 and dpo.eval_metrics["loss"] < math.log(2)
@@ -400,3 +447,32 @@ def test_dpo_and_reward_model_learn_a_checkable_preference(tokenizer_dir, tmp_pa
     prompt = [[{"role": "user", "content": "Is the lamp near the door?"}]] * 2
     yes, no = score(model, tokenizer, prompt, ["The cat says yes", "The cat says no"])
     assert yes > no
+
+
+def synthetic_yes_maybe_no_rankings(n: int, seed: int) -> list[dict]:
+    """Rankings "... yes" > "... maybe" > "... no" (filler words at random); every third ties maybe and no."""
+    rng = random.Random(seed)
+    words = ("apple river stone cloud green music paper window garden silver orange table forest candle "
+             "mirror bridge").split()
+    rows = []
+    for i in range(n):
+        a, b, c, d, e = rng.sample(words, 5)
+        completions = [f"The {c} says yes", f"The {d} says maybe", f"The {e} says no"]
+        order = rng.sample(range(3), 3)  # shown in random order; ranks say which is best
+        rows.append({"prompt": f"Is the {a} near the {b}? ({i})", "completions": [completions[k] for k in order],
+                     "ranks": [min(k, 1) if i % 3 == 0 else k for k in order]})
+    return rows
+
+
+def test_pl_dpo_learns_a_checkable_ranking(tokenizer_dir, tmp_path):
+    model_dir = build_tiny_model(tokenizer_dir, tmp_path / "tiny", seed=1)
+    data = str(write_jsonl(tmp_path / "ranks.jsonl", synthetic_yes_maybe_no_rankings(80, seed=0)))
+    config = PLDPOConfig(model=str(model_dir), data=data, out=str(tmp_path / "pl"), eval_fraction=0.2, max_steps=8,
+                         batch_size=8, lr=2e-3, **FAST)
+    held_out = tdata.split(tdata.load_rankings(data).rankings, 0.2, seed=0)[1]
+    result = train_pl_dpo(config)
+    assert result.eval_metrics["n"] == len(held_out) >= 10
+    # Before training every implicit reward is 0, so no adjacent ranked pair is in order (accuracy 0);
+    # chance would be 0.5. The held-out pairs (ties skipped) are ordered far better than that.
+    assert result.eval_metrics["rewards/accuracies"] >= 0.85
+    assert result.eval_metrics["rewards/margins"] > 0

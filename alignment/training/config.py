@@ -211,7 +211,8 @@ class DPOConfig(CommonConfig):
 
     lr: float = _f(5e-5, "AdamW learning rate for the LoRA parameters.")
     beta: float = _f(0.1, "DPO temperature: how far the policy may move from the reference (> 0).")
-    loss: str = _f("sigmoid", f"DPO loss: one of {', '.join(DPO_LOSS_TYPES)}.")
+    loss: str = _f("sigmoid", f"DPO loss: one of {', '.join(DPO_LOSS_TYPES)} (ipo on per-token average "
+                              f"log-ratios, as in the IPO paper and TRL).")
     label_smoothing: float = _f(0.0, "Conservative DPO: assumed share of flipped labels, in [0, 0.5).")
 
     def validate(self) -> None:
@@ -233,7 +234,8 @@ class PLDPOConfig(CommonConfig):
 
     lr: float = _f(5e-5, "AdamW learning rate for the LoRA parameters.")
     batch_size: int = _f(2, "Rankings per micro-batch (each holds K completions; CPU default 2).")
-    beta: float = _f(0.1, "DPO temperature for the Plackett-Luce loss (> 0).")
+    beta: float = _f(0.1, "DPO temperature for the Plackett-Luce loss (> 0). Tied ranks are used, with "
+                          "Efron's treatment of ties.")
 
     def validate(self) -> None:
         super().validate()

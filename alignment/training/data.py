@@ -18,16 +18,16 @@ Accepted rows:
 * pairwise, conversational: ``prompt`` as messages, ``chosen``/``rejected`` as
   ``[{"role": "assistant", "content": ...}]``;
 * an optional numeric ``"margin"`` on pairwise rows (used by the reward model with ``use_margin``);
-* listwise: ``{"prompt", "completions" (best first), "ranks"}`` where equal ranks are ties; rows with
-  ties are dropped (counted in :attr:`RankingSet.dropped_ties`) because the Plackett-Luce loss needs
-  a strict order.
+* listwise: ``{"prompt", "completions" (best first), "ranks"}`` where equal ranks are ties; tied
+  rows are kept (the Plackett-Luce loss takes tied groups, :func:`alignment.losses.plackett_luce_loss`)
+  and counted in :attr:`RankingSet.with_ties`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import random
 import re
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,13 +61,13 @@ class PreferencePair:
 class Ranking:
     prompt_messages: Messages
     completions: list[str]  # best first
-    ranks: list[int]  # strictly increasing after loading
+    ranks: list[int]  # non-decreasing after loading; equal ranks are ties
 
 
 @dataclass
 class RankingSet:
     rankings: list[Ranking]
-    dropped_ties: int = 0
+    with_ties: int = 0  # how many of them have at least one tie
 
     def __len__(self) -> int:
         return len(self.rankings)
@@ -183,8 +183,8 @@ def load_pairs(path: str | Path) -> list[PreferencePair]:
 
 
 def load_rankings(path: str | Path) -> RankingSet:
-    """Listwise rows -> Ranking (best first); rows with tied ranks are dropped and counted."""
-    rankings, dropped = [], 0
+    """Listwise rows -> Ranking (best first, ties kept); the rankings with a tie are counted."""
+    rankings, with_ties = [], 0
     for line_no, row in _read_jsonl(path):
         try:
             missing = _missing(row, ("prompt", "completions", "ranks"))
@@ -204,13 +204,11 @@ def load_rankings(path: str | Path) -> RankingSet:
             texts = [completion_text(c, f"completions[{i}]") for i, c in enumerate(completions)]
             order = sorted(range(len(ranks)), key=lambda i: ranks[i])  # best first, stable
             texts, ranks = [texts[i] for i in order], [ranks[i] for i in order]
-            if any(a == b for a, b in zip(ranks, ranks[1:])):
-                dropped += 1
-                continue
+            with_ties += len(set(ranks)) < len(ranks)
             rankings.append(Ranking(prompt_messages=messages, completions=texts, ranks=ranks))
         except ValueError as exc:
             raise DataError(f"{path}:{line_no}: {exc}") from None
-    return RankingSet(rankings, dropped)
+    return RankingSet(rankings, with_ties)
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,41 +216,48 @@ def load_rankings(path: str | Path) -> RankingSet:
 # --------------------------------------------------------------------------------------------
 
 def prompt_key(item: Any) -> str:
-    """Group key of a PreferencePair / Ranking: its prompt."""
+    """Group key of a PreferencePair / Ranking: its prompt, as canonical JSON."""
     return json.dumps(item.prompt_messages, sort_keys=True, ensure_ascii=False)
 
 
+def prompt_sha256(item: Any) -> str:
+    """Content hash of an item's prompt (the same prompt hashes the same in any file, any run)."""
+    return hashlib.sha256(prompt_key(item).encode("utf-8")).hexdigest()
+
+
+def held_out_draw(key: str, seed: int) -> float:
+    """A prompt's draw in [0, 1), from a hash of its key and the seed: a function of that prompt alone."""
+    digest = hashlib.sha256(f"{seed}\0{key}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+
 def split(items: Sequence[T], eval_fraction: float, seed: int,
-          key: Callable[[T], Hashable] | None = prompt_key) -> tuple[list[T], list[T]]:
-    """Deterministic (train, eval) split holding out about ``eval_fraction`` of the items.
+          key: Callable[[T], str] = prompt_key) -> tuple[list[T], list[T]]:
+    """Deterministic (train, eval) split holding out about ``eval_fraction`` of the prompts.
 
     Items sharing a ``key`` (by default: the same prompt) land on the same side, so the held-out
-    score is measured on unseen prompts. Groups are shuffled with ``seed``; the original order is
-    kept inside each side. At least one item stays in train; with ``eval_fraction > 0`` and two or
-    more groups, at least one group is held out.
+    score is measured on unseen prompts. A prompt is held out when its :func:`held_out_draw`
+    (a hash of the prompt and ``seed``) is below ``eval_fraction``, so its side does not depend
+    on the other rows: adding labels for new prompts never moves an existing prompt across
+    (hash-bucket splitting). The held-out share of prompts is ``eval_fraction`` in expectation,
+    with binomial noise on small sets. Two guards for small sets, which may move the prompt
+    nearest the threshold: at least one prompt stays in train, and with ``eval_fraction > 0``
+    and two or more prompts at least one is held out. The original order is kept on each side.
     """
     if not 0 <= eval_fraction < 1:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     items = list(items)
     if not items:
         raise ValueError("no items to split")
-    key = key or (lambda item: id(item))
-    groups: dict[Hashable, list[int]] = {}
-    for index, item in enumerate(items):
-        groups.setdefault(key(item), []).append(index)
-    group_keys = list(groups)
-    random.Random(seed).shuffle(group_keys)
-
-    target = round(len(items) * eval_fraction)
-    if eval_fraction > 0 and len(group_keys) >= 2:
-        target = max(target, 1)
-    held: set[int] = set()
-    for group in group_keys[:-1]:  # the last group always trains
-        if len(held) >= target:
-            break
-        held.update(groups[group])
-    train = [item for i, item in enumerate(items) if i not in held]
-    evaluation = [item for i, item in enumerate(items) if i in held]
+    draws = {k: held_out_draw(k, seed) for k in map(key, items)}
+    held = {k for k, draw in draws.items() if draw < eval_fraction}
+    by_draw = sorted(draws, key=draws.get)
+    if eval_fraction > 0 and len(draws) >= 2 and not held:
+        held = {by_draw[0]}
+    if len(held) == len(draws):
+        held.discard(by_draw[-1])
+    train = [item for item in items if key(item) not in held]
+    evaluation = [item for item in items if key(item) in held]
     return train, evaluation
 
 
@@ -291,19 +296,22 @@ def pair_batch(tokenizer: Any, pairs: Sequence[PreferencePair], max_length: int,
 def ranking_batch(tokenizer: Any, rankings: Sequence[Ranking], max_length: int,
                   render: Callable[[Messages], str] | None = None) -> dict:
     """One shared-prefix row per ranking (score ``b*K + k`` is ranking b's k-th best) plus
-    ``ranking_mask`` [B, K].
+    ``ranking_mask`` and ``ranks`` [B, K] (equal ranks are ties).
 
     Rankings shorter than the longest K are padded with empty completions, masked out.
     """
     render = render or (lambda messages: render_prompt(tokenizer, messages))
     k = max(len(r.completions) for r in rankings)
-    prompts, completions, mask = [], [], []
+    prompts, completions, mask, ranks = [], [], [], []
     for ranking in rankings:
+        padding = k - len(ranking.completions)
         prompts.append(render(ranking.prompt_messages))
-        completions.append(list(ranking.completions) + [""] * (k - len(ranking.completions)))
-        mask.append([i < len(ranking.completions) for i in range(k)])
+        completions.append(list(ranking.completions) + [""] * padding)
+        mask.append([True] * len(ranking.completions) + [False] * padding)
+        ranks.append(list(ranking.ranks) + [ranking.ranks[-1]] * padding)
     batch = build_shared_prefix_batch(tokenizer, prompts, completions, max_length)
     batch["ranking_mask"] = torch.tensor(mask, dtype=torch.bool)
+    batch["ranks"] = torch.tensor(ranks, dtype=torch.long)
     return batch
 
 

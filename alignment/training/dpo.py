@@ -13,12 +13,14 @@ from torch import Tensor
 
 from alignment.logprobs import packed_completion_logps
 from alignment.losses import dpo_loss
+from alignment.packing import completion_lengths
 from alignment.training.callbacks import ProgressFile, as_callbacks, emit
 from alignment.training.config import DPOConfig
-from alignment.training.data import PreferencePair, PromptCache, load_pairs, pair_batch, split
+from alignment.training.data import PreferencePair, PromptCache, load_pairs, pair_batch
+from alignment.training.heldout import split_for_run
 from alignment.training.lora import load_policy
 from alignment.training.loop import (
-    MODEL_INPUTS, PROGRESS_FILE, Task, TrainResult, fit, prepare_run_dir, rows_per_item, save_final,
+    MODEL_INPUTS, PROGRESS_FILE, Task, TrainResult, batched, fit, prepare_run_dir, rows_per_item, save_final,
 )
 from alignment.training.reference import REFERENCE_FILE, cached_reference_logps
 
@@ -33,12 +35,23 @@ def split_pair_rows(logps: Tensor, batch: dict) -> list[Tensor]:
     return list(logps.detach().view(-1, 2))
 
 
-def dpo_metrics(policy: Tensor, reference: Tensor, config: DPOConfig) -> dict[str, float]:
+def pair_lengths(batch: dict) -> Tensor:
+    """Token counts of a pair batch's completions, ``[B, 2]`` (chosen, rejected): IPO averages over them."""
+    return completion_lengths(batch).view(-1, 2)
+
+
+def pair_loss(policy: Tensor, reference: Tensor, lengths: Tensor, config: DPOConfig):
+    """The configured DPO-family loss of ``[N, 2]`` (chosen, rejected) policy vs reference log-probs."""
+    return dpo_loss(policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1],
+                    beta=config.beta, loss_type=config.loss, label_smoothing=config.label_smoothing,
+                    chosen_lengths=lengths[:, 0], rejected_lengths=lengths[:, 1])
+
+
+def dpo_metrics(policy: Tensor, reference: Tensor, lengths: Tensor, config: DPOConfig) -> dict[str, float]:
     """Loss and implicit-reward metrics of ``[N, 2]`` policy vs reference log-probs."""
     if len(policy) == 0:
         return {}
-    out = dpo_loss(policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1],
-                   beta=config.beta, loss_type=config.loss, label_smoothing=config.label_smoothing)
+    out = pair_loss(policy, reference, lengths, config)
     return {"loss": out.loss.item(), **out.metrics(), "n": len(policy)}
 
 
@@ -47,9 +60,9 @@ def train_dpo(config: DPOConfig, callbacks: Iterable[Any] = ()) -> TrainResult:
     run_dir = prepare_run_dir(config)
     callbacks = [ProgressFile(run_dir / PROGRESS_FILE), *as_callbacks(callbacks)]
 
-    # (1) Data: preference pairs, and a held-out split by prompt.
+    # (1) Data: preference pairs, and a held-out split by prompt (recorded in split.json).
     pairs = load_pairs(config.data)
-    train, held_out = split(pairs, config.eval_fraction, config.seed)
+    train, held_out = split_for_run(pairs, config, run_dir)
 
     # (2) Policy: a fresh copy of the base model with LoRA adapters (the only trainable weights).
     policy = load_policy(config)
@@ -71,11 +84,9 @@ def train_dpo(config: DPOConfig, callbacks: Iterable[Any] = ()) -> TrainResult:
         return batch
 
     def loss(forward: Any, batch: dict) -> tuple[Tensor, dict[str, float]]:
-        logps = forward(**{k: batch[k] for k in MODEL_INPUTS})
-        chosen, rejected = logps.view(-1, 2).unbind(-1)
+        logps = forward(**{k: batch[k] for k in MODEL_INPUTS}).view(-1, 2)
         ref = reference["train"][batch["index"].cpu()].to(logps.device)
-        out = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], beta=config.beta,
-                       loss_type=config.loss, label_smoothing=config.label_smoothing)
+        out = pair_loss(logps, ref, pair_lengths(batch), config)
         return out.loss, out.metrics()
 
     task = Task(name="dpo", n_train=len(train), collate=collate, loss=loss,
@@ -89,7 +100,8 @@ def train_dpo(config: DPOConfig, callbacks: Iterable[Any] = ()) -> TrainResult:
     if held_out:
         rows = rows_per_item(model, policy_logps, held_out, make_batch, split_pair_rows,
                              config.batch_size, device)
-        eval_metrics = dpo_metrics(torch.stack(rows), reference["eval"], config)
+        lengths = torch.cat([pair_lengths(make_batch(chunk)) for chunk in batched(held_out, config.batch_size)])
+        eval_metrics = dpo_metrics(torch.stack(rows), reference["eval"], lengths, config)
         emit(callbacks, "eval", result.state("dpo", loss=eval_metrics["loss"], metrics=eval_metrics))
 
     # (6) Save: adapter, tokenizer, resolved config, metrics.

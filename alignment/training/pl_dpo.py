@@ -3,11 +3,11 @@
 :func:`train_pl_dpo` has the shape of :func:`alignment.training.dpo.train_dpo`: (1) data and
 split, (2) policy with LoRA, (3) reference log-probs once, (4) training loop, (5) held-out
 evaluation, (6) saving. All K completions of a ranking go through one forward; rankings of
-different lengths share a batch through a mask.
+different lengths share a batch through a mask. Tied ranks are kept: the loss treats each tied
+group with Efron's method (:func:`alignment.losses.plackett_luce_loss`).
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,15 +17,14 @@ from torch import Tensor
 from alignment.losses import plackett_luce_loss
 from alignment.training.callbacks import ProgressFile, as_callbacks, emit
 from alignment.training.config import PLDPOConfig
-from alignment.training.data import DataError, PromptCache, Ranking, load_rankings, ranking_batch, split
+from alignment.training.data import PromptCache, Ranking, load_rankings, ranking_batch
 from alignment.training.dpo import policy_logps
+from alignment.training.heldout import split_for_run
 from alignment.training.lora import load_policy
 from alignment.training.loop import (
     MODEL_INPUTS, PROGRESS_FILE, Task, TrainResult, fit, prepare_run_dir, rows_per_item, save_final,
 )
 from alignment.training.reference import REFERENCE_FILE, cached_reference_logps, pad_rows
-
-log = logging.getLogger(__name__)
 
 
 def split_ranking_rows(row_logps: Tensor, batch: dict) -> list[Tensor]:
@@ -39,12 +38,14 @@ def lengths_mask(lengths: Sequence[int], width: int) -> Tensor:
     return torch.arange(width).unsqueeze(0) < torch.tensor(list(lengths)).unsqueeze(1)
 
 
-def pl_metrics(policy: list[Tensor], reference: Tensor, config: PLDPOConfig) -> dict[str, float]:
+def pl_metrics(policy: list[Tensor], reference: Tensor, rankings: Sequence[Ranking],
+               config: PLDPOConfig) -> dict[str, float]:
     if not policy:
         return {}
     table = pad_rows(policy)
     mask = lengths_mask([len(row) for row in policy], table.shape[1])
-    out = plackett_luce_loss(table, reference[:, : table.shape[1]], beta=config.beta, mask=mask)
+    ranks = pad_rows([torch.tensor(r.ranks) for r in rankings])
+    out = plackett_luce_loss(table, reference[:, : table.shape[1]], beta=config.beta, mask=mask, ranks=ranks)
     return {"loss": out.loss.item(), **out.metrics(), "n": len(policy)}
 
 
@@ -53,15 +54,9 @@ def train_pl_dpo(config: PLDPOConfig, callbacks: Iterable[Any] = ()) -> TrainRes
     run_dir = prepare_run_dir(config)
     callbacks = [ProgressFile(run_dir / PROGRESS_FILE), *as_callbacks(callbacks)]
 
-    # (1) Data: strict rankings (rows with ties are dropped and counted), held-out split by prompt.
+    # (1) Data: rankings, ties included, held-out split by prompt (recorded in split.json).
     loaded = load_rankings(config.data)
-    if loaded.dropped_ties:
-        log.warning("%s: dropped %d ranking(s) with ties (Plackett-Luce needs a strict order)",
-                    config.data, loaded.dropped_ties)
-    if not loaded.rankings:
-        raise DataError(f"{config.data}: no ranking without ties to train on "
-                        f"({loaded.dropped_ties} dropped for ties)")
-    train, held_out = split(loaded.rankings, config.eval_fraction, config.seed)
+    train, held_out = split_for_run(loaded.rankings, config, run_dir)
 
     # (2) Policy with LoRA.
     policy = load_policy(config)
@@ -86,12 +81,12 @@ def train_pl_dpo(config: PLDPOConfig, callbacks: Iterable[Any] = ()) -> TrainRes
         mask = batch["ranking_mask"]
         logps = forward(**{k: batch[k] for k in MODEL_INPUTS}).view(mask.shape)
         ref = reference["train"][batch["index"].cpu(), : mask.shape[1]].to(logps.device)
-        out = plackett_luce_loss(logps, ref, beta=config.beta, mask=mask)
+        out = plackett_luce_loss(logps, ref, beta=config.beta, mask=mask, ranks=batch["ranks"])
         return out.loss, out.metrics()
 
     task = Task(name="pl_dpo", n_train=len(train), collate=collate, loss=loss,
                 checkpoint_files=[REFERENCE_FILE],
-                begin_info={"n_eval": len(held_out), "dropped_ties": loaded.dropped_ties,
+                begin_info={"n_eval": len(held_out), "with_ties": loaded.with_ties,
                             "reference": reference_source,
                             "reference_examples": len(train) + len(held_out)})
     result = fit(config, model, policy_logps, task, callbacks, run_dir)
@@ -101,13 +96,13 @@ def train_pl_dpo(config: PLDPOConfig, callbacks: Iterable[Any] = ()) -> TrainRes
     if held_out:
         rows = rows_per_item(model, policy_logps, held_out, make_batch, split_ranking_rows,
                              config.batch_size, device)
-        eval_metrics = pl_metrics(rows, reference["eval"], config)
+        eval_metrics = pl_metrics(rows, reference["eval"], held_out, config)
         emit(callbacks, "eval", result.state("pl_dpo", loss=eval_metrics["loss"], metrics=eval_metrics))
 
     # (6) Save.
     if result.accelerator.is_main_process:
         save_final(run_dir, model, tokenizer, config, result.steps, result.metrics, eval_metrics,
-                   {"n_train": len(train), "n_eval": len(held_out), "dropped_ties": loaded.dropped_ties,
+                   {"n_train": len(train), "n_eval": len(held_out), "with_ties": loaded.with_ties,
                     "reference": reference_source})
         emit(callbacks, "save", result.state("pl_dpo", loss=result.metrics.get("loss"),
                                              metrics=result.metrics, path=str(run_dir), kind="final"))

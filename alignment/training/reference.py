@@ -42,6 +42,7 @@ def fingerprint(config: Any, base_location: str, n_train: int, n_eval: int) -> d
         "base_model": base_location,
         "max_length": config.max_length,
         "layout": "shared-prefix",  # how prompts are cut when too long (alignment.packing)
+        "split": "prompt-hash",  # how prompts are assigned to train / held-out (data.split)
         "eval_fraction": config.eval_fraction,
         "seed": config.seed,
         "n_train": n_train,

@@ -24,7 +24,8 @@ from alignment.losses import bradley_terry_loss, implicit_reward_accuracy
 from alignment.run_folder import ADAPTER_CONFIG, TRAINING_CONFIG, recorded_base_model, saved_training_config
 from alignment.training.callbacks import ProgressFile, as_callbacks, emit
 from alignment.training.config import RewardConfig
-from alignment.training.data import PreferencePair, PromptCache, load_pairs, pair_batch, response_batch, split
+from alignment.training.data import PreferencePair, PromptCache, load_pairs, pair_batch, response_batch
+from alignment.training.heldout import split_for_run
 from alignment.training.lora import (
     REWARD_HEAD, base_model_location, load_base_model, load_reward_backbone, load_tokenizer,
 )
@@ -87,9 +88,10 @@ def train_reward_model(config: RewardConfig, callbacks: Iterable[Any] = ()) -> T
     run_dir = prepare_run_dir(config)
     callbacks = [ProgressFile(run_dir / PROGRESS_FILE), *as_callbacks(callbacks)]
 
-    # (1) Data: preference pairs (with an optional "margin" each), held-out split by prompt.
+    # (1) Data: preference pairs (with an optional "margin" each), held-out split by prompt
+    # (recorded in split.json).
     pairs = load_pairs(config.data)
-    train, held_out = split(pairs, config.eval_fraction, config.seed)
+    train, held_out = split_for_run(pairs, config, run_dir)
 
     # (2) Scoring model: the base weights with a 1-output head, LoRA + the head trainable.
     backbone = load_reward_backbone(config)
