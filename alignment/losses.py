@@ -275,7 +275,8 @@ def plackett_luce_loss(
     557-565; Breslow, "Covariance analysis of censored survival data", Biometrics 30 (1974) 89-99.)
     The tied completions were drawn in some unknown order: Breslow keeps all of them in every
     denominator; Efron removes, at the ``l``-th draw, the share ``l/d_g`` of the group's weight
-    that is gone on average over the ``d_g!`` orders, which is closer to the exact likelihood. Without ties every ``d_g = 1`` and both are the strict Plackett-Luce loss
+    that is gone on average over the ``d_g!`` orders, which is closer to the exact likelihood.
+    Without ties every ``d_g = 1`` and both are the strict Plackett-Luce loss
 
         −Σ_{k=0}^{K−1} [ s_k − log Σ_{j=k}^{K−1} exp(s_j) ]
 

@@ -19,6 +19,7 @@ A run folder, as the trainers leave it::
       metrics.json              final train / held-out metrics
       progress.jsonl            one JSON event per line while it trains
       reference_logps.pt        DPO / PL-DPO's cached reference log-probs
+      split.json                content hashes of the prompts trained on and held out
       checkpoint-<step>/        resumable state (trainer_state.json written last)
 
 Pure names and JSON reading: no torch, no PEFT.
@@ -37,6 +38,7 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 METRICS_FILE = "metrics.json"
 PROGRESS_FILE = "progress.jsonl"
 REFERENCE_FILE = "reference_logps.pt"
+SPLIT_FILE = "split.json"
 
 CHECKPOINT_PREFIX = "checkpoint-"
 #: Written last into a checkpoint: a checkpoint folder without it is incomplete.

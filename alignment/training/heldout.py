@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alignment.run_folder import SPLIT_FILE, read_json
 from alignment.training.data import prompt_sha256, split
-
-SPLIT_FILE = "split.json"
 
 
 @dataclass(frozen=True)
@@ -66,13 +65,13 @@ def read_split(run_dir: str | Path) -> SplitRecord:
     path = Path(run_dir) / SPLIT_FILE
     if not path.is_file():
         raise ValueError(f"{run_dir} has no {SPLIT_FILE} (trained before runs recorded their held-out prompts)")
+    values = read_json(path)
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
         return SplitRecord(frozenset(values["train"]["prompt_sha256"]),
                            frozenset(values["held_out"]["prompt_sha256"]),
                            float(values["eval_fraction"]), int(values["seed"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a split record ({exc!r})") from None
 
 
 def held_out_items(items: Sequence[Any], record: SplitRecord) -> list[Any]:
