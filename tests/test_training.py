@@ -413,14 +413,16 @@ def test_qlora_code_path_with_real_bitsandbytes_on_cpu(tiny_model_dir, pairs_fil
 # End to end: the preference is learnt
 # --------------------------------------------------------------------------------------------
 
+FILLER_WORDS = ("apple river stone cloud green music paper window garden silver orange table forest candle "
+                "mirror bridge").split()
+
+
 def synthetic_yes_no_pairs(n: int, seed: int) -> list[dict]:
     """Chosen answers end with " yes", rejected ones with " no"; the filler words differ at random."""
     rng = random.Random(seed)
-    words = ("apple river stone cloud green music paper window garden silver orange table forest candle "
-             "mirror bridge").split()
     rows = []
     for i in range(n):
-        a, b, c, d = rng.sample(words, 4)
+        a, b, c, d = rng.sample(FILLER_WORDS, 4)
         rows.append({"prompt": f"Is the {a} near the {b}? ({i})", "chosen": f"The {c} says yes",
                      "rejected": f"The {d} says no"})
     return rows
@@ -452,11 +454,9 @@ def test_dpo_and_reward_model_learn_a_checkable_preference(tokenizer_dir, tmp_pa
 def synthetic_yes_maybe_no_rankings(n: int, seed: int) -> list[dict]:
     """Rankings "... yes" > "... maybe" > "... no" (filler words at random); every third ties maybe and no."""
     rng = random.Random(seed)
-    words = ("apple river stone cloud green music paper window garden silver orange table forest candle "
-             "mirror bridge").split()
     rows = []
     for i in range(n):
-        a, b, c, d, e = rng.sample(words, 5)
+        a, b, c, d, e = rng.sample(FILLER_WORDS, 5)
         completions = [f"The {c} says yes", f"The {d} says maybe", f"The {e} says no"]
         order = rng.sample(range(3), 3)  # shown in random order; ranks say which is best
         rows.append({"prompt": f"Is the {a} near the {b}? ({i})", "completions": [completions[k] for k in order],
