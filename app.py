@@ -260,21 +260,15 @@ def cmd_bon(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from annotation.jobs.evaluation import evaluate_headless
+    from annotation.jobs.evaluation import evaluate_headless, report_lines
 
     bar = PromptBar("eval")
     result = evaluate_headless(args.adapter, args.reward, args.out, model=args.model, prompts_file=args.prompts,
                                max_prompts=args.max_prompts, temperature=args.temperature, top_p=args.top_p,
                                max_new_tokens=args.max_new_tokens, seed=args.seed, progress=bar)
     bar.close()
-    m = result.metrics
-    print(f"win rate vs base (reward model): {m['win_rate']:.1%} "
-          f"[{m['win_rate_low']:.1%}, {m['win_rate_high']:.1%}] over {m['n']} prompts")
-    print(f"mean reward base {m['reward/base']:.3f} -> tuned {m['reward/tuned']:.3f}; mean length "
-          f"{m['length/base']:.1f} -> {m['length/tuned']:.1f} tokens; KL to base {m['kl/tuned_to_base']:.4f} per token")
-    if "rm_agreement" in m:
-        print(f"reward model agrees with held-out human labels on {m['rm_agreement']:.1%} "
-              f"of {m['rm_agreement_n']} pairs")
+    for line in report_lines(result):
+        print(line)
     print(f"rows in {args.out}")
     return 0
 

@@ -4,19 +4,21 @@ This module owns
 
 * :class:`EvalConfig`: the settings of an evaluation (one dataclass with help text per field and
   validation, like the training configs, so the job form, the saved config and the worker agree);
-* :func:`held_out_pairs`: the preference pairs an adapter's training run held out, recomputed
-  from its saved ``training_config.json`` (the split is deterministic: same data, fraction, seed);
+* :func:`held_out_pairs`: the preference pairs an adapter's training run held out, as its run
+  folder recorded them (``split.json``, :mod:`alignment.training.heldout`): never split again;
+* :func:`rm_overlap`: how many of the adapter's held-out prompts the reward model trained on
+  (from both runs' ``split.json``);
 * :func:`evaluate_against_base`: for each prompt the base model and the tuned model answer with
   the same sampling settings and seed; the reward model scores both answers; the per-token KL of
-  the tuned answer to the base is estimated; the reward model's agreement with held-out human
-  labels is measured;
+  the tuned answer to the base is estimated from that sampled answer; the reward model's
+  agreement with held-out human labels is measured on the pairs whose prompts it did not train on;
 * :func:`summarize_rows`: the metrics, computed from the per-prompt rows (the stored scores) and
   nothing else, so what the UI shows can always be traced back to the rows file.
 
 Win rate by reward model: a prompt is won when the tuned answer scores higher, lost when lower,
 half when equal; the interval is a percentile bootstrap over prompts (Efron & Tibshirani 1993).
-Pure computation: no database; the only files read are the model folders and the adapter's
-training data.
+Pure computation: no database; the only files read are the model folders (with their
+``split.json``) and the adapter's training data.
 """
 from __future__ import annotations
 
@@ -35,8 +37,10 @@ from alignment.best_of_n import adapter_base_model, check_adapter_dir, check_rew
 from alignment.chat import Messages, validate_messages
 from alignment.models import DEFAULT_MODEL
 from alignment.run_folder import TRAINING_CONFIG, read_json
+from alignment.sampling import SamplingParams
 from alignment.settings import RunSettings, check_int, help_field
-from alignment.training.data import PreferencePair, load_pairs, split
+from alignment.training.data import PreferencePair, load_pairs, load_rankings, prompt_sha256, ranking_pairs
+from alignment.training.heldout import held_out_items, read_split
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +101,44 @@ class EvalConfig(RunSettings):
 # --------------------------------------------------------------------------------------------
 
 def held_out_pairs(adapter: str | Path) -> list[PreferencePair]:
-    """The pairs the adapter's training run held out, recomputed from its saved training config.
+    """The pairs the adapter's training run held out: the rows of its training data whose prompts
+    its ``split.json`` lists as held out (a listwise run's rankings as their ordered pairs).
 
-    Raises ValueError when the adapter has no training config, was trained on rankings, or its
-    training data file is gone.
+    Raises ValueError when the adapter has no ``split.json`` (trained before runs recorded it) or
+    no training config, or its training data file is gone.
     """
+    record = read_split(adapter)
     config = read_json(Path(adapter) / TRAINING_CONFIG)
-    data = config.get("data")
+    data, method = config.get("data"), config.get("method")
     if not data or not Path(data).is_file():
         raise ValueError(f"the training data of {adapter} is not available ({data!r}); give a prompt file")
-    if config.get("method") not in ("dpo", "reward"):
-        raise ValueError(f"{adapter} was trained with {config.get('method')!r}, not on pairs; give a prompt file")
-    _, held_out = split(load_pairs(data), float(config.get("eval_fraction", 0.1)), int(config.get("seed", 0)))
-    return held_out
+    if method == "pl_dpo":
+        pairs = ranking_pairs(held_out_items(load_rankings(data).rankings, record))
+    elif method in ("dpo", "reward"):
+        pairs = held_out_items(load_pairs(data), record)
+    else:
+        raise ValueError(f"{adapter} was trained with {method!r}, which records no preference data; "
+                         f"give a prompt file")
+    return pairs
+
+
+def rm_training_prompts(reward: str | Path) -> frozenset[str] | None:
+    """Content hashes of the prompts the reward model trained on; None when it recorded no split."""
+    try:
+        return read_split(reward).train_prompts
+    except ValueError:
+        return None
+
+
+def rm_overlap(adapter: str | Path, reward: str | Path) -> int | None:
+    """How many of the adapter's held-out prompts the reward model trained on (None: unknown,
+    one of the two runs has no ``split.json``)."""
+    rm_trained = rm_training_prompts(reward)
+    try:
+        held_out = read_split(adapter).held_out_prompts
+    except ValueError:
+        return None
+    return None if rm_trained is None else len(held_out & rm_trained)
 
 
 def distinct_prompts(pairs: Sequence[PreferencePair]) -> list[Messages]:
@@ -176,22 +205,65 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 @dataclass
 class EvalResult:
     rows: list[dict[str, Any]]
-    metrics: dict[str, float]
+    metrics: dict[str, Any]
     seconds: float
+    params: SamplingParams  # what both models sampled with (the KL estimate depends on it)
 
 
 def reward_agreement(reward_model: Any, tokenizer: Any, pairs: Sequence[PreferencePair],
-                     batch_size: int = 8) -> dict[str, float]:
-    """How often the reward model scores the human-chosen response above the rejected one."""
+                     rm_trained_on: frozenset[str] | None, batch_size: int = 8) -> dict[str, float]:
+    """How often the reward model scores the human-chosen response above the rejected one.
+
+    Only on pairs whose prompt the reward model did not train on (``rm_trained_on``: content
+    hashes from its ``split.json``); ``rm_agreement_excluded`` counts the pairs left out. With
+    ``rm_trained_on`` None (the reward model recorded no split) every pair counts, and
+    ``rm_agreement_unchecked`` says the number may include pairs it trained on.
+    """
     from alignment.training.reward import score
 
     if not pairs:
         return {}
-    prompts = [p.prompt_messages for p in pairs]
-    chosen = score(reward_model, tokenizer, prompts, [p.chosen for p in pairs], batch_size=batch_size)
-    rejected = score(reward_model, tokenizer, prompts, [p.rejected for p in pairs], batch_size=batch_size)
+    fresh = [p for p in pairs if rm_trained_on is None or prompt_sha256(p) not in rm_trained_on]
+    counts = {"rm_agreement_excluded": len(pairs) - len(fresh)}
+    if rm_trained_on is None:
+        counts["rm_agreement_unchecked"] = True
+    if not fresh:
+        return {**counts, "rm_agreement_n": 0}
+    prompts = [p.prompt_messages for p in fresh]
+    chosen = score(reward_model, tokenizer, prompts, [p.chosen for p in fresh], batch_size=batch_size)
+    rejected = score(reward_model, tokenizer, prompts, [p.rejected for p in fresh], batch_size=batch_size)
     agree = [1.0 if c > r else 0.0 for c, r in zip(chosen, rejected)]
-    return {"rm_agreement": statistics.fmean(agree), "rm_agreement_n": len(agree)}
+    return {"rm_agreement": statistics.fmean(agree), "rm_agreement_n": len(agree), **counts}
+
+
+def kl_estimate_text(kl: float, n_samples: int, params: SamplingParams) -> str:
+    """The KL figure with what it was measured under: it is estimated from sampled answers."""
+    answers = "1 sampled answer" if n_samples == 1 else f"{n_samples} sampled answers (one per prompt)"
+    return f"KL to base ≈ {kl:.4f} nats/token, a k3 estimate from {answers} at {params.describe()}"
+
+
+def overlap_text(metrics: dict[str, Any]) -> str:
+    """Whether the reward model trained on the adapter's held-out prompts, in words."""
+    overlap = metrics.get("rm_train_overlap")
+    if overlap is None:
+        return ("overlap of the reward model's training prompts with the adapter's held-out prompts: unknown "
+                "(one of them has no split.json)")
+    return f"the reward model trained on {overlap} of the adapter's held-out prompts"
+
+
+def agreement_text(metrics: dict[str, Any]) -> str:
+    """The reward model's agreement with held-out human labels, with what was left out and why."""
+    excluded = metrics.get("rm_agreement_excluded", 0)
+    if metrics.get("rm_agreement_unchecked"):
+        caveat = " (unchecked: the reward model has no split.json, some of these may be pairs it trained on)"
+    elif excluded:
+        caveat = f" ({excluded} pair(s) left out: the reward model trained on their prompts)"
+    else:
+        caveat = ""
+    if not metrics.get("rm_agreement_n"):
+        return f"reward model agreement with held-out human labels: no pair to measure it on{caveat}"
+    return (f"reward model agrees with held-out human labels on {metrics['rm_agreement']:.1%} of "
+            f"{metrics['rm_agreement_n']} pairs{caveat}")
 
 
 def evaluate_against_base(config: EvalConfig, prompts: Sequence[Messages],
@@ -238,8 +310,10 @@ def evaluate_against_base(config: EvalConfig, prompts: Sequence[Messages],
             progress(len(rows), len(prompts))
 
     metrics = summarize_rows(rows)
-    metrics.update(reward_agreement(reward.model, reward.tokenizer, human_pairs, config.batch_size))
-    return EvalResult(rows=rows, metrics=metrics, seconds=time.monotonic() - started)
+    metrics["rm_train_overlap"] = rm_overlap(config.adapter, config.reward)
+    metrics.update(reward_agreement(reward.model, reward.tokenizer, human_pairs,
+                                    rm_training_prompts(config.reward), config.batch_size))
+    return EvalResult(rows=rows, metrics=metrics, seconds=time.monotonic() - started, params=params)
 
 
 def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -63,6 +63,11 @@ class SamplingParams:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def describe(self) -> str:
+        """The settings in words, e.g. "temperature 0.7, top-p 0.95, at most 128 new tokens"."""
+        how = "greedy decoding" if self.greedy else f"temperature {self.temperature:g}, top-p {self.top_p:g}"
+        return f"{how}, at most {self.max_new_tokens} new tokens"
+
 
 @dataclass
 class Sample:

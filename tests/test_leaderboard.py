@@ -63,16 +63,18 @@ def test_intervals_cover_the_truth_and_shrink_with_more_votes():
 
 
 def test_coverage_over_many_synthetic_vote_sets_is_near_nominal():
-    """The 90% intervals of 40 independent vote sets cover each true rating about 90% of the time."""
+    """The 90% intervals of 150 independent vote sets cover each true rating about 90% of the time:
+    neither too narrow nor too wide (an interval twice too wide would cover ~100%). The prior's
+    shrinkage makes them cover a little less (0.85 here); a 70% interval covers about 0.64."""
     truth = true_ratings()
     covered = total = 0
-    for seed in range(40):
-        board = leaderboard(draw_votes(300, seed=100 + seed), n_bootstrap=300, seed=seed, confidence=0.9)
+    for seed in range(150):
+        board = leaderboard(draw_votes(300, seed=100 + seed), n_bootstrap=200, seed=seed, confidence=0.9)
         for model, value in truth.items():
             row = board.rating_of(model)
             covered += row.ci_low <= value <= row.ci_high
             total += 1
-    assert 0.78 <= covered / total <= 1.0
+    assert 0.80 <= covered / total <= 0.95
 
 
 def test_fit_solves_the_bradley_terry_likelihood_equations():

@@ -211,6 +211,13 @@ def load_rankings(path: str | Path) -> RankingSet:
     return RankingSet(rankings, with_ties)
 
 
+def ranking_pairs(rankings: Sequence[Ranking]) -> list[PreferencePair]:
+    """Each ranking's ordered pairs (better, worse), tied completions not paired: K(K-1)/2 without ties."""
+    return [PreferencePair(r.prompt_messages, r.completions[i], r.completions[j])
+            for r in rankings for i in range(len(r.ranks)) for j in range(i + 1, len(r.ranks))
+            if r.ranks[i] < r.ranks[j]]
+
+
 # --------------------------------------------------------------------------------------------
 # Held-out split
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The evaluation job: a tuned adapter against its base model on held-out prompts, judged by a reward model.
 
 * At submit (:func:`freeze`, in the runner's transaction) the prompts are written into the run
-  folder: by default the prompts the adapter's training run held out (recomputed from its saved
-  config), or the project's prompts ("all" / "unlabelled"). The held-out human pairs go beside
+  folder: by default the prompts the adapter's training run held out (as its ``split.json``
+  recorded them), or the project's prompts ("all" / "unlabelled"). The held-out human pairs go beside
   them, to measure the reward model's agreement with people.
 * :func:`run` (in the job subprocess) evaluates (:func:`alignment.evaluation.evaluate_against_base`),
   reporting prompts done / total with an ETA, and writes one row per prompt (both answers, their
@@ -23,7 +23,8 @@ from typing import Any
 from alignment.best_of_n import adapter_base_model
 from alignment.settings import check_optional_count, help_field
 from alignment.evaluation import (
-    EvalConfig, distinct_prompts, evaluate_against_base, held_out_pairs, read_rows, summarize_rows, write_rows,
+    EvalConfig, EvalResult, agreement_text, distinct_prompts, evaluate_against_base, held_out_pairs,
+    kl_estimate_text, overlap_text, read_rows, summarize_rows, write_rows,
 )
 from alignment.training.data import load_pairs
 from annotation.jobs.best_of_n import ProgressEvents, _write_json
@@ -61,11 +62,13 @@ class EvalJobConfig(EvalConfig):
 # At submit, in the runner's transaction
 # --------------------------------------------------------------------------------------------
 
-def _held_out(adapter: str) -> list:
+def _held_out(adapter: str) -> tuple[list, str]:
+    """The adapter's held-out pairs, and why there are none when there are none."""
     try:
-        return held_out_pairs(adapter)
-    except ValueError:
-        return []
+        pairs = held_out_pairs(adapter)
+    except ValueError as exc:
+        return [], str(exc)
+    return pairs, "" if pairs else "its training held out no prompts (eval_fraction 0)"
 
 
 def freeze(session, project: Project, out_dir: Path, values: dict[str, Any]) -> tuple[Snapshot, dict[str, Any]]:
@@ -76,7 +79,7 @@ def freeze(session, project: Project, out_dir: Path, values: dict[str, Any]) -> 
     adapter = values.get("adapter") or ""
     if not adapter or not Path(adapter).is_dir():
         raise InputError("adapter: pick the tuned model to evaluate (a DPO job's output)")
-    pairs = _held_out(adapter)
+    pairs, why_none = _held_out(adapter)
     extra: dict[str, Any] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     if pairs:
@@ -87,8 +90,8 @@ def freeze(session, project: Project, out_dir: Path, values: dict[str, Any]) -> 
         snapshot = create_prompt_snapshot(session, project, out_dir, selection, limit)
         return snapshot, extra
     if not pairs:
-        raise InputError(f"{adapter} has no held-out pairs to take prompts from (trained with eval_fraction 0, or "
-                         f"its training data is gone): choose prompts 'all' or 'unlabelled'")
+        raise InputError(f"{adapter} has no held-out pairs to take prompts from ({why_none}): "
+                         f"choose prompts 'all' or 'unlabelled'")
     prompts = distinct_prompts(pairs)[:limit]
     path = out_dir / PROMPTS_FILE
     write_jsonl([{"messages": m} for m in prompts], path)
@@ -131,10 +134,11 @@ def evaluate_headless(adapter: str, reward: str, out: str, *, model: str | None 
     out_dir = Path(out)
     if not adapter or not Path(adapter).is_dir():
         raise InputError(f"adapter folder not found: {adapter!r}")
-    pairs = _held_out(adapter)
+    pairs, why_none = _held_out(adapter)
     if prompts_file is None:
         if not pairs:
-            raise InputError(f"{adapter} has no held-out pairs to take prompts from: pass --prompts FILE")
+            raise InputError(f"{adapter} has no held-out pairs to take prompts from ({why_none}): "
+                             f"pass --prompts FILE")
         prompts = distinct_prompts(pairs)
     else:
         prompts, _, _ = read_prompts(prompts_file)
@@ -149,6 +153,20 @@ def evaluate_headless(adapter: str, reward: str, out: str, *, model: str | None 
     except ValueError as exc:
         raise InputError(f"invalid eval settings: {exc}") from None
     return evaluate_and_write(config, prompts, pairs, progress)
+
+
+def report_lines(result: EvalResult) -> list[str]:
+    """What `app.py eval` prints about a finished evaluation."""
+    m = result.metrics
+    lines = [f"win rate vs base (reward model): {m['win_rate']:.1%} "
+             f"[{m['win_rate_low']:.1%}, {m['win_rate_high']:.1%}] over {m['n']} prompts",
+             f"mean reward base {m['reward/base']:.3f} -> tuned {m['reward/tuned']:.3f}; mean length "
+             f"{m['length/base']:.1f} -> {m['length/tuned']:.1f} tokens",
+             kl_estimate_text(m["kl/tuned_to_base"], m["n"], result.params),
+             overlap_text(m)]
+    if "rm_agreement_n" in m:
+        lines.append(agreement_text(m))
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +188,7 @@ def record(session, job: Job, summary: dict[str, Any]) -> str:
     rows = read_rows(summary["output"])
     metrics = summarize_rows(rows)
     stored = json.loads(Path(summary["metrics_file"]).read_text(encoding="utf-8"))
-    metrics.update({k: v for k, v in stored.items() if k.startswith("rm_agreement")})
+    metrics.update({k: v for k, v in stored.items() if k.startswith("rm_")})  # measured beside the rows
     config = job.config
     evaluation = Evaluation(job_id=job.id, project_id=job.project_id,
                             model_id=_trained_model_id(session, config.get("adapter")),

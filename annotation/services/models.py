@@ -91,8 +91,8 @@ def try_model(db: Database, model_id: int, prompt: str, max_new_tokens: int = 12
 # --------------------------------------------------------------------------------------------
 
 EVALUATION_COLUMNS = ["eval", "model", "project", "prompts", "win rate vs base", "95% interval",
-                      "reward base → tuned", "length base → tuned", "KL to base / token", "RM agrees with people",
-                      "job"]
+                      "reward base → tuned", "length base → tuned", "KL to base / token (estimate)",
+                      "RM trained on held-out prompts", "RM agrees with people", "job"]
 
 
 def list_evaluations(db: Database) -> list[dict]:
@@ -111,6 +111,24 @@ def list_evaluations(db: Database) -> list[dict]:
     return rows
 
 
+def _overlap(metrics: dict) -> str:
+    """How many of the adapter's held-out prompts the reward model trained on ("?" when unrecorded)."""
+    if "rm_train_overlap" not in metrics:
+        return "–"  # stored before evaluations checked it
+    return "?" if metrics["rm_train_overlap"] is None else str(metrics["rm_train_overlap"])
+
+
+def _agreement(metrics: dict) -> str:
+    """The reward model's agreement with held-out labels, on the pairs it did not train on."""
+    if "rm_agreement_n" not in metrics:
+        return "–"
+    text = f"{metrics['rm_agreement']:.0%} of {metrics['rm_agreement_n']}" if metrics["rm_agreement_n"] else "none"
+    if metrics.get("rm_agreement_unchecked"):
+        return f"{text} (unchecked: RM split unknown)"
+    excluded = metrics.get("rm_agreement_excluded", 0)
+    return f"{text} ({excluded} left out: RM trained on them)" if excluded else text
+
+
 def evaluation_table(rows: list[dict]) -> list[list]:
     def pct(x):
         return f"{x:.0%}" if isinstance(x, (int, float)) else "–"
@@ -122,11 +140,10 @@ def evaluation_table(rows: list[dict]) -> list[list]:
     table = []
     for r in rows:
         m = r["metrics"]
-        agreement = (f"{pct(m['rm_agreement'])} of {m.get('rm_agreement_n')}" if "rm_agreement" in m else "–")
         table.append([r["id"], r["model"], r["project"], m.get("n"), pct(m.get("win_rate")),
                       f"{pct(m.get('win_rate_low'))} – {pct(m.get('win_rate_high'))}", pair(m, "reward", 3),
                       pair(m, "length", 1), f"{m['kl/tuned_to_base']:.4f}" if "kl/tuned_to_base" in m else "–",
-                      agreement, r["job"]])
+                      _overlap(m), _agreement(m), r["job"]])
     return table
 
 
