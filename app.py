@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse
+import errno
 import logging
 import sys
 
@@ -286,15 +287,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except InputError as exc:
-        errors = getattr(exc, "errors", None)  # an import refused record by record
-        if errors:
-            print(f"error: nothing was imported: {len(errors)} bad record(s) (fix them, or pass --skip-invalid "
-                  f"to store the valid ones and list the rest):", file=sys.stderr)
-            for error in errors:
-                print(f"  {error}", file=sys.stderr)
-        else:
-            print(f"error: {exc}", file=sys.stderr)
+        print(input_error_report(exc), file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A full disk is not a bug: say where, and what was kept (writers replace files only when complete).
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"error: no space left on the device{where}; free some space and run the command again "
+              f"(nothing half-written was kept)", file=sys.stderr)
+        return 1
+
+
+def input_error_report(exc) -> str:
+    """The lines a user reads for bad input: a refused file names itself, then each bad line."""
+    errors = getattr(exc, "errors", None)  # an import refused record by record
+    file = getattr(exc, "file", None)
+    if not errors:
+        return f"error: {exc}"
+    file_level = getattr(exc, "file_level", None)
+    if file_level is not None:
+        return f"error: {file}: {file_level.reason}; nothing was imported"
+    lines = [f"error: {file}: nothing was imported: {len(errors)} bad record(s) (fix them, or pass "
+             f"--skip-invalid to store the valid ones and list the rest):"]
+    lines += [f"  {error}" for error in errors]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

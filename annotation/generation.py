@@ -319,7 +319,8 @@ class GenerationWorker(threading.Thread):
         """One pass over all projects; returns how much was done (items generated or scored)."""
         done = 0
         with transaction(self.db) as s:
-            projects = [_Plan.of(p) for p in s.scalars(select(Project).order_by(Project.id))]
+            projects = [_Plan.of(p) for p in s.scalars(select(Project).where(Project.staging.is_(False))
+                                                       .order_by(Project.id))]
         self._forget_unused(projects)
         for project in projects:
             if self._stop.is_set():

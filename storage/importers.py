@@ -10,7 +10,12 @@ Two layers:
   - prompt-only: ``prompt`` (string, or messages), ``messages`` (a chat ending with a user turn) or ``text``;
   - TRL preference: ``prompt``/``chosen``/``rejected`` as strings (standard) or messages (conversational),
     or only ``chosen``/``rejected`` conversations sharing an implicit prompt;
-  - HH-RLHF: only ``chosen``/``rejected`` transcripts "\\n\\nHuman: ...\\n\\nAssistant: ...".
+  - HH-RLHF: only ``chosen``/``rejected`` transcripts "\\n\\nHuman: ...\\n\\nAssistant: ...";
+  - listwise: ``prompt`` and ``completions`` (strings, or one assistant message each) with ``ranks``
+    (completion i's place, 0 = best, equal = tie) or without (the completions are already best first).
+
+Only regular files and folders are read (a FIFO would block forever, /dev/zero never ends), and a
+JSONL line is read at most MAX_LINE_BYTES at a time, so no file can hang or exhaust the reader.
 
 Line numbers are 1-based: the physical line for JSONL, the data row (header excluded) for tables.
 """
@@ -23,22 +28,30 @@ import json
 import math
 import os
 import re
+import stat
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from storage.records import (
-    ASSISTANT_TAG, FILE_LEVEL, HUMAN_TAG, ROLES, ImportReport, PairRecord, PromptRecord, RecordError,
+    ASSISTANT_TAG, FILE_LEVEL, HUMAN_TAG, ROLES, ImportReport, PairRecord, PromptRecord, RankingRecord, RecordError,
+    unpaired_surrogate,
 )
 
 CONTAINER_FORMATS = ("jsonl", "csv", "parquet", "datasets")
 SCHEMA_FORMATS = ("hh", "trl")  # force a row schema; the container is still detected from the file
 DEFAULT_MAX_CHARS = 100_000
+# A JSONL line holds a few texts of at most DEFAULT_MAX_CHARS each (up to 6 bytes a character once
+# JSON-escaped); anything longer is not a record, and reading it whole could exhaust memory.
+MAX_LINE_BYTES = 16 << 20
+MAX_JSON_FILE_BYTES = 1 << 30  # a .json array is parsed at once: refuse one that would not fit
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _PARQUET_MAGIC = b"PAR1"
 # Columns that may hold messages; in CSV they arrive JSON-encoded.
 _MESSAGE_COLUMNS = ("prompt", "messages", "chosen", "rejected")
 _PROMPT_COLUMNS = ("prompt", "messages", "text")  # alternatives for a prompt, in order of preference
+_RANKING_COLUMNS = ("completions", "ranks")
 
 
 class RowError(Exception):
@@ -60,6 +73,9 @@ def read_import_file(path: str | os.PathLike, format: str | None = None,
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(path)
+    not_a_file = _not_a_file_or_folder(path)
+    if not_a_file:
+        return ImportReport(records=[], errors=[RecordError(FILE_LEVEL, not_a_file)], format="unknown")
     container, schema = _resolve_format(path, format)
     report = ImportReport(records=[], errors=[], format=container)
     kind_seen: tuple[str, int] | None = None  # (kind, line) of the first row: a file holds one kind
@@ -81,10 +97,22 @@ def read_import_file(path: str | os.PathLike, format: str | None = None,
             continue
         report.records.append(record)
         schemas.add(row_schema)
+        for column in _ignored_columns(row):
+            report.ignored_columns[column] = report.ignored_columns.get(column, 0) + 1
     if kind_seen is None and not report.errors:
         report.errors.append(RecordError(FILE_LEVEL, "the file is empty: it holds no records"))
     report.schemas = sorted(schemas)
     return report
+
+
+def _not_a_file_or_folder(path: Path) -> str | None:
+    """Why ``path`` (followed through symlinks) cannot be read as data, or None for a file or folder."""
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return f"{path} is {kind}, not a regular file or folder: only files and folders can be imported"
 
 
 def _resolve_format(path: Path, format: str | None) -> tuple[str, str | None]:
@@ -121,13 +149,15 @@ def detect_container(path: Path) -> str:
 
 
 def _row_kind(row: dict) -> str:
-    return "pair" if ("chosen" in row or "rejected" in row) else "prompt"
+    if "chosen" in row or "rejected" in row:
+        return "pair"
+    return "ranking" if any(c in row for c in _RANKING_COLUMNS) else "prompt"
 
 
 def _mixed_kinds_reason(kind: str, first: tuple[str, int]) -> str:
-    names = {"pair": "a preference pair", "prompt": "a prompt"}
+    names = {"pair": "a preference pair", "prompt": "a prompt", "ranking": "a ranking"}
     return (f"this row is {names[kind]} but line {first[1]} is {names[first[0]]}; "
-            "a file must hold only prompts or only preference pairs")
+            "a file must hold only prompts, only preference pairs or only rankings")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -141,6 +171,10 @@ def _iter_rows(path: Path, container: str) -> Iterator[Row]:
     readers = {"jsonl": _iter_json, "csv": _iter_csv, "parquet": _iter_parquet, "datasets": _iter_datasets}
     try:
         yield from readers[container](path)
+    except zlib.error as exc:
+        yield FILE_LEVEL, None, f"the gzip-compressed data is damaged ({exc})"
+    except RecursionError:
+        yield FILE_LEVEL, None, "the data is nested too deeply to read"
     except (OSError, EOFError, ValueError, KeyError, csv.Error) as exc:
         # Damaged containers (truncated gzip, corrupt parquet...) fail as a whole, not per record.
         yield FILE_LEVEL, None, f"cannot read the file as {container}: {exc}"
@@ -156,7 +190,10 @@ def _iter_json(path: Path) -> Iterator[Row]:
     """JSON Lines; a ``.json`` file whose content is one array of objects is read as that array."""
     is_json = path.name.lower().removesuffix(".gz").endswith(".json")
     with _open_binary(path) as f:
-        data = f.read() if is_json else None
+        data = f.read(MAX_JSON_FILE_BYTES + 1) if is_json else None
+    if data is not None and len(data) > MAX_JSON_FILE_BYTES:
+        raise ValueError(f"a .json file is read whole, and this one is over {MAX_JSON_FILE_BYTES >> 20} MiB: "
+                         "write it as JSON Lines (.jsonl), one record per line")
     if data is not None and data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":
         yield from _iter_json_array(data)
         return
@@ -166,7 +203,10 @@ def _iter_json(path: Path) -> Iterator[Row]:
 
 def _iter_json_lines(f) -> Iterator[Row]:
     # Decode line by line so one bad line is reported by number and the others still parse.
-    for line, raw in enumerate(f, 1):
+    for line, raw in enumerate(_bounded_lines(f), 1):
+        if raw is None:
+            yield line, None, f"the line is longer than {MAX_LINE_BYTES >> 20} MiB: not a record"
+            continue
         if line == 1:
             raw = raw.removeprefix(b"\xef\xbb\xbf")
         try:
@@ -179,6 +219,20 @@ def _iter_json_lines(f) -> Iterator[Row]:
         yield (line, *_json_object(text))
 
 
+def _bounded_lines(f, limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
+    """The lines of a binary file; None stands for a line over ``limit`` bytes, skipped unread."""
+    while True:
+        raw = f.readline(limit + 1)
+        if not raw:
+            return
+        if len(raw) <= limit or raw.endswith(b"\n"):
+            yield raw
+            continue
+        while raw and not raw.endswith(b"\n"):  # skip the rest of the over-long line, a chunk at a time
+            raw = f.readline(limit)
+        yield None
+
+
 def _iter_json_array(data: bytes) -> Iterator[Row]:
     """A JSON array: the item number (1-based) stands in for the line number."""
     try:
@@ -189,6 +243,12 @@ def _iter_json_array(data: bytes) -> Iterator[Row]:
     except json.JSONDecodeError as exc:
         yield exc.lineno, None, f"malformed JSON: {exc.msg} (column {exc.colno})"
         return
+    except RecursionError:
+        yield FILE_LEVEL, None, _TOO_DEEP
+        return
+    if not isinstance(items, list):
+        yield FILE_LEVEL, None, f"expected a JSON array of objects, got {_type_name(items)}"
+        return
     for item_number, item in enumerate(items, 1):
         if isinstance(item, dict):
             yield item_number, item, None
@@ -196,11 +256,16 @@ def _iter_json_array(data: bytes) -> Iterator[Row]:
             yield item_number, None, f"expected a JSON object, got {_type_name(item)}"
 
 
+_TOO_DEEP = "nested too deeply (lists or objects inside one another more than a few hundred levels)"
+
+
 def _json_object(text: str) -> tuple[dict | None, str | None]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return None, f"malformed JSON: {exc.msg} (column {exc.colno})"
+    except RecursionError:
+        return None, _TOO_DEEP
     if not isinstance(value, dict):
         return None, f"expected a JSON object, got {_type_name(value)}"
     return value, None
@@ -253,7 +318,7 @@ def _maybe_json_messages(cell: str, always: bool):
         return cell
     try:
         value = json.loads(cell)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return cell
     if always or (isinstance(value, list) and value and all(isinstance(m, dict) for m in value)):
         return value
@@ -317,16 +382,22 @@ def _number_rows(batches) -> Iterator[Row]:
 # Row parsers: one row -> (record, schema name), or RowError with the reason
 # --------------------------------------------------------------------------------------------------
 
-_KNOWN_COLUMNS = frozenset(_PROMPT_COLUMNS + ("chosen", "rejected"))
+_KNOWN_COLUMNS = frozenset(_PROMPT_COLUMNS + ("chosen", "rejected") + _RANKING_COLUMNS)
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
 def parse_row(row: dict, line: int, schema: str | None = None,
-              max_chars: int = DEFAULT_MAX_CHARS) -> tuple[PromptRecord | PairRecord, str]:
+              max_chars: int = DEFAULT_MAX_CHARS) -> tuple[PromptRecord | PairRecord | RankingRecord, str]:
     """Recognise the row's schema and validate it; ``schema`` ('hh' or 'trl') insists on one."""
     meta = _meta(row)
-    if _row_kind(row) == "pair":
+    kind = _row_kind(row)
+    if kind == "pair":
         return _parse_pair(row, line, schema, max_chars, meta)
+    if kind == "ranking":
+        if schema is not None:
+            raise RowError(f"format {schema!r} expects preference pairs, but the row is a ranking "
+                           f"(columns: {_columns(row)})")
+        return _parse_ranking(row, line, max_chars, meta), "listwise"
     if schema is not None:
         raise RowError(f"format {schema!r} expects preference pairs, but the row has no 'chosen' "
                        f"and 'rejected' columns (columns: {_columns(row)})")
@@ -338,8 +409,27 @@ def _meta(row: dict) -> dict:
     """Keep the row's other scalar columns (ids, sources, scores); nested values are usually another
     rendering of the same data and would only bloat the database."""
     # "__index_level_0__" and the like are pandas bookkeeping, not data.
-    return {k: v for k, v in row.items()
+    meta = {k: v for k, v in row.items()
             if k not in _KNOWN_COLUMNS and not k.startswith("__") and _is_scalar(v)}
+    for key, value in meta.items():
+        for text in (key, value) if isinstance(value, str) else (key,):
+            if unpaired_surrogate(text):
+                raise RowError(f"column {_printable(key)!r} {_SURROGATE_REASON}")
+    return meta
+
+
+def _ignored_columns(row: dict) -> list[str]:
+    """Columns of a valid row that are not stored: lists and objects beside the known columns."""
+    return [k for k, v in row.items()
+            if k not in _KNOWN_COLUMNS and not k.startswith("__") and v is not None and not _is_scalar(v)]
+
+
+_SURROGATE_REASON = ("holds an unpaired UTF-16 surrogate (such as \\ud800), which is not valid Unicode text; "
+                     "fix the file's encoding")
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _is_scalar(value) -> bool:
@@ -415,6 +505,8 @@ def _text(value, label: str, max_chars: int | None) -> str:
         raise RowError(f"{label} is empty")
     if max_chars is not None and len(value) > max_chars:
         raise RowError(f"{label} is {len(value):,} characters long, over the limit of {max_chars:,}")
+    if unpaired_surrogate(value):
+        raise RowError(f"{label} {_SURROGATE_REASON}")
     return value
 
 
@@ -527,6 +619,60 @@ def _conversation_pair(chosen: list, rejected: list, max_chars: int) -> tuple[li
                        "without a 'prompt' column everything before it is the shared prompt")
     prompt = _prompt_messages(c[:-1], "the prompt shared by 'chosen' and 'rejected'", max_chars)
     return prompt, True, c[-1]["content"], r[-1]["content"]
+
+
+# -- listwise rankings ------------------------------------------------------------------------------
+
+
+def _parse_ranking(row: dict, line: int, max_chars: int, meta: dict) -> RankingRecord:
+    """prompt + completions (+ ranks): a ranking of K >= 2 completions, ties allowed but not all tied."""
+    if "completions" not in row:
+        raise RowError(f"missing column 'completions': a ranking needs 'prompt' and 'completions' "
+                       f"(columns: {_columns(row)})")
+    if "prompt" not in row:
+        raise RowError(f"missing column 'prompt': a ranking needs 'prompt' and 'completions' "
+                       f"(columns: {_columns(row)})")
+    prompt, is_chat, lead_space = _prompt_value(row["prompt"], max_chars)
+    completions = row["completions"]
+    if not isinstance(completions, list):
+        raise RowError(f"'completions' must be a list, got {_type_name(completions)}")
+    if len(completions) < 2:
+        raise RowError(f"'completions' has {len(completions)} item(s): a ranking needs at least 2")
+    texts = [_completion(c, f"completion {i}", max_chars) for i, c in enumerate(completions, 1)]
+    if lead_space:  # as for pairs: the space after an HH prompt's "Assistant:" is not part of the reply
+        texts = [t.removeprefix(" ") for t in texts]
+    seen: dict[str, int] = {}
+    for i, text in enumerate(texts, 1):
+        if text.strip() in seen:
+            raise RowError(f"completions {seen[text.strip()]} and {i} are identical")
+        seen[text.strip()] = i
+    ranks = row.get("ranks")
+    groups = [[i] for i in range(len(texts))] if ranks is None else _rank_groups(ranks, len(texts))
+    return RankingRecord(line, prompt, is_chat, texts, groups, meta)
+
+
+def _completion(value, label: str, max_chars: int) -> str:
+    if isinstance(value, list):
+        return _assistant_reply(value, label, max_chars)
+    return _text(value, label, max_chars)
+
+
+def _rank_groups(ranks, count: int) -> list[list[int]]:
+    """``ranks[i]`` is completion i's place (0 = best, equal = tie) -> index groups, best first."""
+    if not isinstance(ranks, list):
+        raise RowError(f"'ranks' must be a list of whole numbers, got {_type_name(ranks)}")
+    if len(ranks) != count:
+        raise RowError(f"'ranks' has {len(ranks)} numbers for {count} completions: give one rank per completion")
+    for i, rank in enumerate(ranks, 1):
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise RowError(f"rank {i} is {rank!r}: ranks must be whole numbers from 0 (best) up; "
+                           "equal ranks are ties")
+    by_rank: dict[int, list[int]] = {}
+    for index, rank in enumerate(ranks):
+        by_rank.setdefault(rank, []).append(index)
+    if len(by_rank) < 2:
+        raise RowError("every completion has the same rank: a ranking needs at least two different ranks")
+    return [by_rank[r] for r in sorted(by_rank)]
 
 
 # -- HH-RLHF transcripts ---------------------------------------------------------------------------

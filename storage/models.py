@@ -134,6 +134,9 @@ class Project(TimestampMixin, Base):
     judge_model: Mapped[str | None] = mapped_column(String(512))
     judge_suggestions: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(),
                                                     nullable=False)
+    # A hidden project that holds an import while it is written in short batches (storage.importing):
+    # nobody sees its rows until the import commits them into the target project in one step.
+    staging: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), nullable=False)
 
     prompts: Mapped[list[Prompt]] = relationship(back_populates="project", cascade="all, delete-orphan",
                                                  passive_deletes=True)

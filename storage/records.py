@@ -8,6 +8,7 @@ Nothing here touches a database or a model: these are the values a reader return
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from storage.errors import InputError
@@ -45,6 +46,31 @@ class PairRecord:
     meta: dict = field(default_factory=dict)
 
 
+@dataclass
+class RankingRecord:
+    """A labelled ranking: ``groups`` lists indices into ``completions``, best group first; a group of
+    more than one index is a tie."""
+
+    line: int
+    prompt: list[dict]
+    is_chat: bool
+    completions: list[str]
+    groups: list[list[int]]
+    meta: dict = field(default_factory=dict)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unpaired_surrogate(text: str) -> str | None:
+    """The first lone UTF-16 surrogate in ``text`` (JSON can spell one as "\\ud800"), else None.
+
+    Such a string is not Unicode text: it cannot be encoded as UTF-8, so storing or exporting it fails.
+    """
+    found = _SURROGATE.search(text)
+    return found.group() if found else None
+
+
 @dataclass(frozen=True)
 class RecordError:
     """One rejected record: ``line`` is 1-based (JSONL: physical line; tables: row), 0 = the whole file."""
@@ -60,9 +86,15 @@ class RecordError:
 class ImportFailed(InputError):
     """A file was refused; the message lists every bad record, not only the first."""
 
-    def __init__(self, errors: list[RecordError]):
+    def __init__(self, errors: list[RecordError], file: str | None = None):
         self.errors = list(errors)
+        self.file = file
         super().__init__("\n".join(str(e) for e in self.errors))
+
+    @property
+    def file_level(self) -> RecordError | None:
+        """The error that refused the file as a whole (unreadable, empty...), if that is what happened."""
+        return next((e for e in self.errors if e.line == FILE_LEVEL), None)
 
 
 @dataclass
@@ -77,13 +109,15 @@ class ImportReport:
     errors: list[RecordError]
     format: str
     schemas: list[str] = field(default_factory=list)
+    # Columns that were read but not kept (lists or objects beside the known columns): column -> rows.
+    ignored_columns: dict[str, int] = field(default_factory=dict)
 
     @property
     def kind(self) -> str | None:
-        """'prompts', 'pairs', or None when there is no valid record."""
+        """'prompts', 'pairs', 'rankings', or None when there is no valid record."""
         if not self.records:
             return None
-        return "pairs" if isinstance(self.records[0], PairRecord) else "prompts"
+        return {PairRecord: "pairs", RankingRecord: "rankings"}.get(type(self.records[0]), "prompts")
 
     def raise_if_errors(self) -> None:
         """All-or-nothing imports call this: any error refuses the whole file."""

@@ -310,7 +310,7 @@ def test_empty_file(tmp_path):
 def test_mixed_prompts_and_pairs(tmp_path):
     path = write_jsonl(tmp_path / "mixed.jsonl", [{"prompt": "p"}, {"prompt": "p", "chosen": "a", "rejected": "b"}])
     error = only_error(read_import_file(path))
-    assert error.line == 2 and "only prompts or only preference pairs" in error.reason
+    assert error.line == 2 and "only prompts, only preference pairs or only rankings" in error.reason
 
 
 def test_import_failed_lists_every_error(tmp_path):

@@ -26,7 +26,7 @@ def test_migrating_twice_is_a_no_op(tmp_path):
     open_database(path)
     db = open_database(path)
     with db.engine.connect() as conn:
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0003"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0004"
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(db):

@@ -33,7 +33,7 @@ from storage.errors import InputError
 from storage.importers import read_import_file
 from storage.models import Choice, Item, ItemStatus, LabelSource, Mode, PairwiseLabel, Project, Prompt, Response
 from storage.prompts import content_hash, validate_messages
-from storage.records import PairRecord
+from storage.records import PromptRecord
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def read_prompts(path: str | Path, fmt: str | None = None) -> tuple[list[list[di
         lines = "\n".join(f"  {error}" for error in report.errors)
         raise InputError(f"prompts file {path} has {len(report.errors)} bad record(s); nothing was generated. "
                          f"Fix them and run again:\n{lines}")
-    messages = [r.prompt if isinstance(r, PairRecord) else r.messages for r in report.records]
+    messages = [r.messages if isinstance(r, PromptRecord) else r.prompt for r in report.records]
     return messages, [r.is_chat for r in report.records], [dict(r.meta or {}) for r in report.records]
 
 

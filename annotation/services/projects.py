@@ -142,11 +142,15 @@ def _column_values(settings: ProjectSettings) -> dict:
     return values
 
 
-def find_project(session, name: str) -> Project:
-    project = session.scalar(select(Project).where(Project.name == name))
+def find_project(session, name: str, create_hint: bool = False) -> Project:
+    """The project named ``name``; else InputError listing the projects there are (and, with
+    ``create_hint``, that the import's --create option makes it)."""
+    project = session.scalar(select(Project).where(Project.name == name, Project.staging.is_(False)))
     if project is None:
-        known = session.scalars(select(Project.name).order_by(Project.name)).all()
+        known = session.scalars(select(Project.name).where(Project.staging.is_(False)).order_by(Project.name)).all()
         hint = f" Known projects: {', '.join(known)}." if known else " There are no projects yet."
+        if create_hint:
+            hint += f" To create it with this import, add --create (or create {name!r} in the Projects tab first)."
         raise InputError(f"unknown project {name!r}.{hint}")
     return project
 
@@ -185,7 +189,8 @@ def get_settings(db: Database, name: str) -> ProjectSettings:
 
 def project_names(db: Database) -> list[str]:
     with transaction(db) as s:
-        return list(s.scalars(select(Project.name).order_by(Project.created_at, Project.id)))
+        return list(s.scalars(select(Project.name).where(Project.staging.is_(False))
+                              .order_by(Project.created_at, Project.id)))
 
 
 def ensure_user(session, name: str, role: Role = Role.annotator) -> User:
@@ -223,7 +228,7 @@ def project_counts(db: Database) -> list[ProjectCounts]:
     """Per-project totals for the data tab (one small query per table; projects are few)."""
     out = []
     with transaction(db) as s:
-        for p in s.scalars(select(Project).order_by(Project.created_at, Project.id)):
+        for p in s.scalars(select(Project).where(Project.staging.is_(False)).order_by(Project.created_at, Project.id)):
             items = dict(s.execute(select(Item.status, func.count()).where(Item.project_id == p.id)
                                    .group_by(Item.status)).all())
             prompt_ids = select(Prompt.id).where(Prompt.project_id == p.id)

@@ -79,7 +79,7 @@ def starter_prompts() -> list[str]:
 def seed_starter_project(db: Database, model: str = "default") -> bool:
     """On a fresh database, create the 'starter' pairwise project with the starter prompts."""
     with transaction(db) as s:
-        if s.scalar(select(Project.id).limit(1)) is not None:
+        if s.scalar(select(Project.id).where(Project.staging.is_(False)).limit(1)) is not None:
             return False
     create_project(db, ProjectSettings(
         name=STARTER_PROJECT, mode="pairwise", k=2, model=model,

@@ -194,7 +194,7 @@ def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> No
                 raise InputError("pick or create a project first")
             if not file:
                 raise InputError("choose a file to import first")
-            result = data.import_file(ctx.db, _unpacked(file), name, fmt=None if fmt == "auto" else fmt)
+            result = data.import_file(ctx.db, file, name, fmt=None if fmt == "auto" else fmt)
         except InputError as exc:
             return {tab.report: _failure_report(exc)}
         ctx.wake_worker()
@@ -204,26 +204,10 @@ def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> No
                             api_name="import_file")
 
 
-def _unpacked(path: str) -> str:
-    """A zipped `datasets` folder is unpacked next to the upload; other files are used as they are."""
-    import zipfile
-    from pathlib import Path
-
-    p = Path(path)
-    if p.suffix.lower() != ".zip":
-        return path
-    out = p.with_suffix("")
-    with zipfile.ZipFile(p) as z:
-        for member in z.namelist():  # refuse paths that would escape the folder
-            if member.startswith("/") or ".." in Path(member).parts:
-                raise InputError(f"unsafe path in zip: {member}")
-        z.extractall(out)
-    entries = [e for e in out.iterdir()]
-    return str(entries[0]) if len(entries) == 1 and entries[0].is_dir() else str(out)
-
-
 def _failure_report(exc: InputError) -> str:
     lines = str(exc).splitlines()
+    if getattr(exc, "file_level", None) is not None:  # the file as a whole: unreadable, empty, a FIFO...
+        return f"⚠️ **Nothing was imported**: {exc.file_level.reason}"
     if len(lines) <= 1:
         return f"⚠️ {exc}"
     shown = "\n".join(f"- {line}" for line in lines[:50])
