@@ -8,7 +8,8 @@ import pytest
 from annotation.render import markdown_to_safe_html, render_messages, render_response
 from annotation.services.projects import ProjectSettings
 from annotation.ui.forms import fill_form, read_form
-from annotation.ui.projects import _failure_report, _unpacked
+from annotation.services.data import _unzipped
+from annotation.ui.projects import _failure_report
 from storage.errors import InputError
 
 
@@ -50,8 +51,9 @@ def test_zipped_datasets_folder_is_unpacked(tmp_path):
     archive = tmp_path / "ds.zip"
     with zipfile.ZipFile(archive, "w") as z:
         z.write(folder / "data-00000-of-00001.arrow", "ds/data-00000-of-00001.arrow")
-    unpacked = _unpacked(str(archive))
-    assert unpacked.endswith("ds") and (tmp_path / "ds" / "ds" / "data-00000-of-00001.arrow").exists()
+    with _unzipped(archive) as unpacked:
+        assert unpacked.name == "ds" and (unpacked / "data-00000-of-00001.arrow").read_bytes() == b"x"
+    assert not unpacked.exists()  # a temporary copy, removed after the import
 
 
 def test_zip_with_an_escaping_path_is_refused(tmp_path):
@@ -59,7 +61,8 @@ def test_zip_with_an_escaping_path_is_refused(tmp_path):
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("../../outside.txt", "x")
     with pytest.raises(InputError, match="unsafe path"):
-        _unpacked(str(archive))
+        with _unzipped(archive):
+            pass
     assert not (tmp_path.parent / "outside.txt").exists()
 
 
