@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from storage.prompts import content_hash
 from storage.records import (
     FILE_LEVEL, ImportFailed, ImportReport, PairRecord, PromptRecord, RankingRecord, RecordError,
 )
+
+log = logging.getLogger(__name__)
 
 BATCH_RECORDS = 2000  # records per staging transaction: well under a second of write lock each
 STALE_STAGING = timedelta(hours=6)  # a staging project this old belongs to an import that died
@@ -121,7 +124,10 @@ def import_report(db: Database, report: ImportReport, file_name: str, project_na
             result.project = project.name
             _commit_staging(s, staging_id, project.id, result)
     except BaseException:
-        discard_staging(db, staging_id)
+        try:
+            discard_staging(db, staging_id)
+        except Exception:  # e.g. the disk is full: the rows stay hidden and the next import removes them
+            log.warning("could not remove the staging rows of a failed import now", exc_info=True)
         raise
     # Per stored record, as before: its prompt was new, or already there (in the project or the file).
     result.prompts_existing = len(records) - result.prompts_added
@@ -198,8 +204,7 @@ def _stage_batch(session: Session, staging_id: int, records: list, file_name: st
             owners.append(n)
     if not responses:
         return
-    response_ids = session.scalars(insert(Response).returning(Response.id, sort_by_parameter_order=True),
-                                   responses).all()
+    response_ids = session.scalars(_insert_returning_ids(Response), responses).all()
     ids_of: dict[int, list[int]] = {}
     for n, response_id in zip(owners, response_ids):
         ids_of.setdefault(n, []).append(response_id)
@@ -215,9 +220,16 @@ def _stage_batch(session: Session, staging_id: int, records: list, file_name: st
             rankings.append({**label, "groups": [[ids[i] for i in group] for group in record.groups],
                              "shown_order": list(range(len(ids)))})
     if pairs:
-        session.execute(insert(PairwiseLabel), pairs)
+        session.execute(insert(PairwiseLabel.__table__), pairs)
     if rankings:
-        session.execute(insert(Ranking), rankings)
+        session.execute(insert(Ranking.__table__), rankings)
+
+
+def _insert_returning_ids(model):
+    """A Core INSERT giving back the new ids in the order of the rows (batched into multi-row statements;
+    the ORM's bulk path would run one statement per row here)."""
+    table = model.__table__
+    return insert(table).returning(table.c.id, sort_by_parameter_order=True)
 
 
 def _stage_prompts(session: Session, staging_id: int, records: list) -> list[int]:
@@ -234,7 +246,7 @@ def _stage_prompts(session: Session, staging_id: int, records: list) -> list[int
                            "created_at": utcnow()}
     if new:
         rows = list(new.values())
-        ids = session.scalars(insert(Prompt).returning(Prompt.id, sort_by_parameter_order=True), rows).all()
+        ids = session.scalars(_insert_returning_ids(Prompt), rows).all()
         staged.update(zip(new, ids))
     return [staged[digest] for digest in hashes]
 

@@ -208,3 +208,48 @@ def test_an_unknown_project_says_that_create_makes_it(tmp_path):
     assert result.returncode == 2
     assert "unknown project 'nope'. There are no projects yet. To create it with this import, add --create" \
         in result.stderr
+
+
+# -- item 13: a full disk during an import or an export ----------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 2 MiB file system (tmpfs; needs root), unmounted afterwards."""
+    import subprocess
+
+    mount_point = tmp_path / "tiny_disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def many_pairs(path: Path, n: int, text_chars: int = 300) -> Path:
+    return write_jsonl(path, [{"prompt": f"question {i}", "chosen": f"good {i} " + "x" * text_chars,
+                               "rejected": f"bad {i} " + "y" * text_chars} for i in range(n)])
+
+
+def test_a_full_disk_during_an_import_is_reported_and_nothing_is_visible(tmp_path, tiny_disk):
+    db_path = tiny_disk / "full.db"
+    path = many_pairs(tmp_path / "pairs.jsonl", 20_000)
+    result = app("import", path, "--db", db_path, "--project", "new", "--create", timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"error: no space left on the device writing {db_path}; free some space "
+                                      "and run the command again (nothing half-written was kept)")
+    assert project_names(db_path) == []
+
+
+def test_a_full_disk_during_an_export_is_reported_and_leaves_no_file(tmp_path, tiny_disk):
+    db_path = tmp_path / "ok.db"
+    assert app("import", many_pairs(tmp_path / "pairs.jsonl", 6000), "--db", db_path, "--project", "p",
+               "--create").returncode == 0
+    out = tiny_disk / "export.jsonl"
+    result = app("export", out, "--db", db_path, "--project", "p")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "error: no space left on the device" in result.stderr
+    assert list(tiny_disk.iterdir()) == []

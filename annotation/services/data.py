@@ -6,6 +6,7 @@ in short batches, so annotators keep working during a long import (storage.impor
 """
 from __future__ import annotations
 
+import errno
 import tempfile
 import zipfile
 import zlib
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from annotation.services.projects import ProjectSettings, find_project
 from storage.db import Database, transaction
@@ -56,7 +58,12 @@ def import_file(db: Database, path: str | Path, project_name: str, fmt: str | No
             s.flush()
         return project
 
-    return import_report(db, report, path.name, project_name, target)
+    try:
+        return import_report(db, report, path.name, project_name, target)
+    except OperationalError as exc:
+        if "disk is full" in str(exc.orig):  # SQLite's word for ENOSPC
+            raise OSError(errno.ENOSPC, "No space left on device", db.engine.url.database) from None
+        raise
 
 
 MAX_UNZIPPED_BYTES = 4 << 30
