@@ -25,7 +25,8 @@ import logging
 import sys
 
 DB_HELP = "database: a file path or an SQLAlchemy URL (default: data/prefstudio.db)"
-MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct), an HF model id, a local folder or a .gguf file"
+MODEL_HELP = ("'default' (embedded SmolLM2-135M-Instruct), an HF model id, a local folder or a .gguf file; "
+              "for generation also openai:http://HOST:PORT/v1#MODEL (an OpenAI-compatible server)")
 EXPORT_FORMATS = ["trl", "trl-chat", "listwise", "ratings", "sft", "pairs-from-rankings"]
 IMPORT_FORMATS = ["jsonl", "csv", "parquet", "datasets", "hh", "trl"]
 

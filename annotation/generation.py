@@ -40,6 +40,11 @@ RewardLoader = Callable[[str], Any]  # reward-model folder -> (model, tokenizer)
 
 
 def default_backend_factory(model_spec: str) -> GenerationBackend:
+    """The engine for a model spec: a remote OpenAI-compatible server (``openai:URL#MODEL``) or local transformers."""
+    from alignment.remote import OpenAICompatibleBackend, is_remote_spec
+
+    if is_remote_spec(model_spec):
+        return OpenAICompatibleBackend.from_spec(model_spec)
     from alignment.sampling import backend_for
 
     return backend_for(model_spec)

@@ -80,6 +80,7 @@ class ProjectSettings:
             raise InputError("queue target must be between 0 and 1000")
         if not (self.model or "").strip():
             raise InputError("model is empty: use 'default' for the embedded model")
+        self._validate_remote_model()
         self._validate_queue_order()
         self._validate_judge()
         return self
@@ -104,6 +105,15 @@ class ProjectSettings:
                 self.queue_reward_model = os.path.abspath(check_reward_dir(self.queue_reward_model))
             except ValueError as exc:
                 raise InputError(f"queue reward model: {exc}") from None
+
+    def _validate_remote_model(self) -> None:
+        from alignment.remote import RemoteModel, is_remote_spec  # no torch: plain HTTP
+
+        if is_remote_spec(self.model):
+            try:
+                RemoteModel.parse(self.model)  # a malformed URL fails here, not in the generator
+            except ValueError as exc:
+                raise InputError(f"model: {exc}") from None
 
     def _validate_judge(self) -> None:
         self.judge_model = (self.judge_model or "").strip() or None
