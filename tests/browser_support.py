@@ -34,30 +34,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    """`python app.py serve ...` on a free port, with its log in a file."""
+class HttpProcess:
+    """A server subprocess with its log in a file, ready once `ready_url` answers 200
+    (and, when given, `ready_marker` is in its log)."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict | None = None, timeout: float = 180):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
+    def __init__(self, command: list[str], log_path: Path, ready_url: str, env: dict | None = None,
+                 timeout: float = 180, ready_marker: str | None = None):
         self.log_path = log_path
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "serve", "--port", str(self.port), *args],
-                                     cwd=ROOT, env={**os.environ, **OFFLINE_ENV, **(env or {})},
+        self.proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **OFFLINE_ENV, **(env or {})},
                                      stdout=self._log, stderr=subprocess.STDOUT)
-        self._wait_ready(timeout)
+        self._wait_ready(ready_url, ready_marker, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, url: str, marker: str | None, timeout: float) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            if "Running on local URL" in self.log():
+            if marker is None or marker in self.log():
                 try:
-                    if httpx.get(self.url, timeout=2).status_code == 200:
+                    if httpx.get(url, timeout=2).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass
@@ -74,6 +73,16 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+class ServerProcess(HttpProcess):
+    """`python app.py serve ...` on a free port, with its log in a file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict | None = None, timeout: float = 180):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        super().__init__([sys.executable, str(ROOT / "app.py"), "serve", "--port", str(self.port), *args], log_path,
+                         self.url, env=env, timeout=timeout, ready_marker="Running on local URL")
 
 
 def launch_browser(playwright):
