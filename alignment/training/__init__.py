@@ -7,9 +7,11 @@ Modules and what they own:
 * :mod:`~alignment.training.lora` -- base weights, LoRA wrapping, the QLoRA (4-bit) path;
 * :mod:`~alignment.training.reference` -- reference log-probs computed once and cached;
 * :mod:`~alignment.training.loop` -- the optimisation loop, checkpoints, the run folder;
+* :mod:`~alignment.training.skeleton` -- the steps every method takes (data, model, reference,
+  loop, evaluation, saving) and the :class:`~alignment.training.skeleton.Method` a method fills in;
 * :mod:`~alignment.training.callbacks` -- progress events and their listeners;
 * :mod:`~alignment.training.dpo`, :mod:`~alignment.training.pl_dpo`, :mod:`~alignment.training.reward`
-  -- one entry point per method.
+  -- one :class:`~alignment.training.skeleton.Method` and entry point per method.
 
 Importing this package is light: the entry points are loaded on first use.
 """

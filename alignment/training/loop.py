@@ -56,9 +56,11 @@ class Task:
     """A method's part of the loop.
 
     ``collate(indices)`` builds a batch of the training examples at ``indices`` (tensors; keep an
-    ``"index"`` tensor to look up per-example caches). ``loss(forward, batch)`` returns the mean
-    loss and float metrics for logging. ``checkpoint_files`` names run-folder files copied into
-    each checkpoint (e.g. the reference cache).
+    ``"index"`` tensor to look up per-example caches). ``rollout(model, indices)``, when given,
+    builds it instead, from the model being trained (methods that sample their own data: the
+    model is in eval mode and gradients are off while it runs). ``loss(forward, batch)`` returns
+    the mean loss and float metrics for logging. ``checkpoint_files`` names run-folder files
+    copied into each checkpoint (e.g. the reference cache).
     """
 
     name: str
@@ -67,6 +69,24 @@ class Task:
     loss: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
     checkpoint_files: Sequence[str] = ()
     begin_info: dict[str, Any] = field(default_factory=dict)
+    rollout: Callable[[nn.Module, list[int]], dict[str, Tensor]] | None = None
+
+    def batch(self, model: nn.Module, indices: list[int]) -> dict[str, Tensor]:
+        """The batch for ``indices``: collated from fixed examples, or rolled out by ``model``."""
+        if self.rollout is None:
+            return self.collate(indices)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return self.rollout(model, indices)
+        finally:
+            model.train(was_training)
+
+
+def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The part of a batch a model forward takes (:data:`MODEL_INPUTS`)."""
+    return {k: batch[k] for k in MODEL_INPUTS}
 
 
 class ForwardModule(nn.Module):
@@ -192,7 +212,7 @@ def accumulate_batch(task: Task, forward: nn.Module, accelerator: Any, indices: 
     totals: dict[str, float] = {}
     for start in range(0, len(indices), forward_size):
         chunk = indices[start:start + forward_size]
-        batch = send_to_device(task.collate(chunk), accelerator.device)
+        batch = send_to_device(task.batch(accelerator.unwrap_model(forward).model, chunk), accelerator.device)
         loss, metrics = task.loss(forward, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{task.name}: loss is {loss.item()} at step {step + 1}")
@@ -327,7 +347,7 @@ def rows_per_item(model: nn.Module, forward_fn: Callable[..., Tensor], items: Se
     try:
         for start in range(0, len(items), batch_size):
             batch = make_batch(items[start:start + batch_size])
-            rows = forward_fn(model, **{k: batch[k].to(device) for k in MODEL_INPUTS})
+            rows = forward_fn(model, **send_to_device(model_inputs(batch), device))
             out.extend(t.float().cpu() for t in per_item(rows, batch))
     finally:
         model.train(was_training)

@@ -1,10 +1,9 @@
 """Plackett-Luce DPO with LoRA: DPO over whole rankings of K completions per prompt.
 
-:func:`train_pl_dpo` has the shape of :func:`alignment.training.dpo.train_dpo`: (1) data and
-split, (2) policy with LoRA, (3) reference log-probs once, (4) training loop, (5) held-out
-evaluation, (6) saving. All K completions of a ranking go through one forward; rankings of
-different lengths share a batch through a mask. Tied ranks are kept: the loss treats each tied
-group with Efron's method (:func:`alignment.losses.plackett_luce_loss`).
+:class:`PLDPO` is the method's part of :func:`alignment.training.skeleton.train`, shaped like
+:class:`alignment.training.dpo.DPO`: all K completions of a ranking go through one forward;
+rankings of different lengths share a batch through a mask. Tied ranks are kept: the loss treats
+each tied group with Efron's method (:func:`alignment.losses.plackett_luce_loss`).
 """
 from __future__ import annotations
 
@@ -15,16 +14,11 @@ import torch
 from torch import Tensor
 
 from alignment.losses import plackett_luce_loss
-from alignment.training.callbacks import ProgressFile, as_callbacks, emit
 from alignment.training.config import PLDPOConfig
-from alignment.training.data import PromptCache, Ranking, load_rankings, ranking_batch
-from alignment.training.dpo import policy_logps
-from alignment.training.heldout import split_for_run
-from alignment.training.lora import load_policy
-from alignment.training.loop import (
-    MODEL_INPUTS, PROGRESS_FILE, Task, TrainResult, fit, prepare_run_dir, rows_per_item, save_final,
-)
-from alignment.training.reference import REFERENCE_FILE, cached_reference_logps, pad_rows
+from alignment.training.data import Ranking, load_rankings, ranking_batch
+from alignment.training.loop import TrainResult, model_inputs
+from alignment.training.reference import pad_rows
+from alignment.training.skeleton import Data, Method, train
 
 
 def split_ranking_rows(row_logps: Tensor, batch: dict) -> list[Tensor]:
@@ -49,63 +43,36 @@ def pl_metrics(policy: list[Tensor], reference: Tensor, rankings: Sequence[Ranki
     return {"loss": out.loss.item(), **out.metrics(), "n": len(policy)}
 
 
-def train_pl_dpo(config: PLDPOConfig, callbacks: Iterable[Any] = ()) -> TrainResult:
-    """Train a LoRA adapter with the Plackett-Luce DPO loss on listwise rows."""
-    run_dir = prepare_run_dir(config)
-    callbacks = [ProgressFile(run_dir / PROGRESS_FILE), *as_callbacks(callbacks)]
+class PLDPO(Method):
+    """Listwise DPO: the Plackett-Luce likelihood of each human ranking (:func:`plackett_luce_loss`)."""
 
-    # (1) Data: rankings, ties included, held-out split by prompt (recorded in split.json).
-    loaded = load_rankings(config.data)
-    train, held_out = split_for_run(loaded.rankings, config, run_dir)
+    name = "pl_dpo"
+    uses_reference = True
 
-    # (2) Policy with LoRA.
-    policy = load_policy(config)
-    model, tokenizer, device = policy.model, policy.tokenizer, policy.device
-    render = PromptCache(tokenizer)
+    def load_data(self) -> Data:
+        """Rankings, ties included (and counted), held-out split by prompt."""
+        loaded = load_rankings(self.config.data)
+        return self.split(loaded.rankings, with_ties=loaded.with_ties)
 
-    def make_batch(chunk: Sequence[Ranking]) -> dict:
-        return ranking_batch(tokenizer, chunk, config.max_length, render)
+    def make_batch(self, items: Sequence[Ranking]) -> dict:
+        return ranking_batch(self.tokenizer, items, self.config.max_length, self.render)
 
-    # (3) Reference log-probs of every completion, once ([N, K_max], zero-padded).
-    reference, reference_source = cached_reference_logps(
-        model, train, held_out, make_batch, split_ranking_rows, config=config,
-        base_location=policy.base_location, run_dir=run_dir, device=device)
+    def split_rows(self, rows: Tensor, batch: dict) -> list[Tensor]:
+        return split_ranking_rows(rows, batch)
 
-    # (4) Train: the B*K completions of a batch in one forward, then the listwise loss.
-    def collate(indices: list[int]) -> dict:
-        batch = make_batch([train[i] for i in indices])
-        batch["index"] = torch.tensor(indices)
-        return batch
-
-    def loss(forward: Any, batch: dict) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, forward: Any, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        """The B*K completions of a batch in one forward, then the listwise loss."""
         mask = batch["ranking_mask"]
-        logps = forward(**{k: batch[k] for k in MODEL_INPUTS}).view(mask.shape)
-        ref = reference["train"][batch["index"].cpu(), : mask.shape[1]].to(logps.device)
-        out = plackett_luce_loss(logps, ref, beta=config.beta, mask=mask, ranks=batch["ranks"])
+        logps = forward(**model_inputs(batch)).view(mask.shape)
+        ref = self.reference["train"][batch["index"].cpu(), : mask.shape[1]].to(logps.device)
+        out = plackett_luce_loss(logps, ref, beta=self.config.beta, mask=mask, ranks=batch["ranks"])
         return out.loss, out.metrics()
 
-    task = Task(name="pl_dpo", n_train=len(train), collate=collate, loss=loss,
-                checkpoint_files=[REFERENCE_FILE],
-                begin_info={"n_eval": len(held_out), "with_ties": loaded.with_ties,
-                            "reference": reference_source,
-                            "reference_examples": len(train) + len(held_out)})
-    result = fit(config, model, policy_logps, task, callbacks, run_dir)
+    def eval_metrics(self, rows: list[Tensor]) -> dict[str, float]:
+        """Share of adjacent ranked pairs in order, and their mean reward gap."""
+        return pl_metrics(rows, self.reference["eval"], self.data.held_out, self.config)
 
-    # (5) Evaluate: share of adjacent ranked pairs in order, and their mean reward gap.
-    eval_metrics: dict[str, float] = {}
-    if held_out:
-        rows = rows_per_item(model, policy_logps, held_out, make_batch, split_ranking_rows,
-                             config.batch_size, device)
-        eval_metrics = pl_metrics(rows, reference["eval"], held_out, config)
-        emit(callbacks, "eval", result.state("pl_dpo", loss=eval_metrics["loss"], metrics=eval_metrics))
 
-    # (6) Save.
-    if result.accelerator.is_main_process:
-        save_final(run_dir, model, tokenizer, config, result.steps, result.metrics, eval_metrics,
-                   {"n_train": len(train), "n_eval": len(held_out), "with_ties": loaded.with_ties,
-                    "reference": reference_source})
-        emit(callbacks, "save", result.state("pl_dpo", loss=result.metrics.get("loss"),
-                                             metrics=result.metrics, path=str(run_dir), kind="final"))
-    emit(callbacks, "train_end", result.state("pl_dpo", loss=result.metrics.get("loss"),
-                                              metrics=result.metrics, eval_metrics=eval_metrics))
-    return TrainResult(out_dir=run_dir, steps=result.steps, metrics=result.metrics, eval_metrics=eval_metrics)
+def train_pl_dpo(config: PLDPOConfig, callbacks: Iterable[Any] = ()) -> TrainResult:
+    """Train a LoRA adapter with the Plackett-Luce DPO loss on listwise rows."""
+    return train(PLDPO(config), callbacks)

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from alignment.logprobs import packed_completion_logps
-from alignment.packing import PACKED_INPUTS
 from alignment.run_folder import REFERENCE_FILE
+from alignment.training.loop import rows_per_item
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +64,8 @@ def compute_reference_logps(
     batch's per-row log-probs back into one tensor per item. Runs under ``torch.no_grad()`` with
     the adapter disabled and dropout off; the model's training mode is restored afterwards.
     """
-    was_training = model.training
-    model.eval()
-    out: list[Tensor] = []
-    try:
-        with torch.no_grad(), model.disable_adapter():
-            for start in range(0, len(items), batch_size):
-                batch = make_batch(items[start:start + batch_size])
-                logps = packed_completion_logps(model, **{k: batch[k].to(device) for k in PACKED_INPUTS})
-                out.extend(t.float().cpu() for t in per_item(logps, batch))
-    finally:
-        model.train(was_training)
-    return out
+    with model.disable_adapter():
+        return rows_per_item(model, packed_completion_logps, items, make_batch, per_item, batch_size, device)
 
 
 def pad_rows(rows: list[Tensor]) -> Tensor:

@@ -1,9 +1,9 @@
 """A Bradley-Terry reward model: the base LM with a scalar head, LoRA-tuned on preference pairs.
 
-:func:`train_reward_model` reads top to bottom: (1) data and split, (2) the scoring model with
-LoRA (its ``score`` head fully trained and saved with the adapter), (3) the training loop, (4)
-held-out evaluation, (5) saving. :func:`load_reward_model` and :func:`score` serve the trained
-model (best-of-N, comparison views).
+:class:`Reward` is the method's part of :func:`alignment.training.skeleton.train`: preference
+pairs, the scoring model with LoRA (its ``score`` head fully trained and saved with the adapter),
+the Bradley-Terry loss, held-out accuracy. :func:`load_reward_model` and :func:`score` serve the
+trained model (best-of-N, comparison views).
 
 The head reads each sequence at its last non-padding token (transformers' sequence
 classification pooling; the pad id is set on the model's config), i.e. at the last token of the
@@ -22,16 +22,13 @@ from alignment.chat import Messages
 from alignment.logprobs import packed_hidden_states
 from alignment.losses import bradley_terry_loss, implicit_reward_accuracy
 from alignment.run_folder import ADAPTER_CONFIG, TRAINING_CONFIG, recorded_base_model, saved_training_config
-from alignment.training.callbacks import ProgressFile, as_callbacks, emit
 from alignment.training.config import RewardConfig
-from alignment.training.data import PreferencePair, PromptCache, load_pairs, pair_batch, response_batch
-from alignment.training.heldout import split_for_run
+from alignment.training.data import PreferencePair, PromptCache, response_batch
 from alignment.training.lora import (
-    REWARD_HEAD, base_model_location, load_base_model, load_reward_backbone, load_tokenizer,
+    REWARD_HEAD, TrainableModel, base_model_location, load_base_model, load_reward_backbone, load_tokenizer,
 )
-from alignment.training.loop import (
-    MODEL_INPUTS, PROGRESS_FILE, Task, TrainResult, fit, prepare_run_dir, rows_per_item, save_final,
-)
+from alignment.training.loop import TrainResult, model_inputs
+from alignment.training.skeleton import PairMethod, train
 
 
 class RewardModel(NamedTuple):
@@ -65,10 +62,6 @@ def score_head(model: Any) -> Any:
     return getattr(base, REWARD_HEAD)
 
 
-def split_pair_rewards(row_rewards: Tensor, batch: dict) -> list[Tensor]:
-    return list(row_rewards.detach().view(-1, 2))
-
-
 def reward_metrics(chosen: Tensor, rejected: Tensor) -> dict[str, float]:
     """Accuracy (chosen scored strictly higher), mean margin and mean rewards."""
     return {
@@ -83,62 +76,41 @@ def _margins(pairs: Sequence[PreferencePair]) -> Tensor:
     return torch.tensor([p.margin if p.margin is not None else 0.0 for p in pairs], dtype=torch.float32)
 
 
-def train_reward_model(config: RewardConfig, callbacks: Iterable[Any] = ()) -> TrainResult:
-    """Train a LoRA reward model with the Bradley-Terry loss (optionally with per-pair margins)."""
-    run_dir = prepare_run_dir(config)
-    callbacks = [ProgressFile(run_dir / PROGRESS_FILE), *as_callbacks(callbacks)]
+class Reward(PairMethod):
+    """A Bradley-Terry reward model (:func:`bradley_terry_loss`), optionally with per-pair margins
+    (each pair's optional "margin")."""
 
-    # (1) Data: preference pairs (with an optional "margin" each), held-out split by prompt
-    # (recorded in split.json).
-    pairs = load_pairs(config.data)
-    train, held_out = split_for_run(pairs, config, run_dir)
+    name = "reward"
+    forward = staticmethod(packed_rewards)
 
-    # (2) Scoring model: the base weights with a 1-output head, LoRA + the head trainable.
-    backbone = load_reward_backbone(config)
-    model, tokenizer, device = backbone.model, backbone.tokenizer, backbone.device
-    render = PromptCache(tokenizer)
+    def load_model(self) -> TrainableModel:
+        """The base weights with a 1-output head, LoRA + the head trainable."""
+        return load_reward_backbone(self.config)
 
-    def make_batch(chunk: Sequence[PreferencePair]) -> dict:
-        return pair_batch(tokenizer, chunk, config.max_length, render)
-
-    # (3) Train: chosen and rejected of a batch scored in one forward.
-    def collate(indices: list[int]) -> dict:
-        chunk = [train[i] for i in indices]
-        batch = make_batch(chunk)
-        batch["index"] = torch.tensor(indices)
-        batch["margin"] = _margins(chunk)
+    def collate(self, indices: list[int]) -> dict:
+        batch = super().collate(indices)
+        batch["margin"] = _margins([self.data.train[i] for i in indices])
         return batch
 
-    def loss(forward: Any, batch: dict) -> tuple[Tensor, dict[str, float]]:
-        scores = forward(**{k: batch[k] for k in MODEL_INPUTS})
+    def loss(self, forward: Any, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        """Chosen and rejected of a batch scored in one forward."""
+        scores = forward(**model_inputs(batch))
         chosen, rejected = scores.view(-1, 2).unbind(-1)
-        margin = batch["margin"].to(scores.device) if config.use_margin else None
+        margin = batch["margin"].to(scores.device) if self.config.use_margin else None
         losses = bradley_terry_loss(chosen, rejected, margin=margin)
         return losses.mean(), reward_metrics(chosen.detach(), rejected.detach())
 
-    task = Task(name="reward", n_train=len(train), collate=collate, loss=loss,
-                begin_info={"n_eval": len(held_out)})
-    result = fit(config, model, packed_rewards, task, callbacks, run_dir)
-
-    # (4) Evaluate on the held-out pairs: accuracy and mean margin.
-    eval_metrics: dict[str, float] = {}
-    if held_out:
-        table = torch.stack(rows_per_item(model, packed_rewards, held_out, make_batch, split_pair_rewards,
-                                          config.batch_size, device))
-        margin = _margins(held_out) if config.use_margin else None
+    def eval_metrics(self, rows: list[Tensor]) -> dict[str, float]:
+        """Held-out accuracy and mean margin (and the loss)."""
+        table = torch.stack(rows)
+        margin = _margins(self.data.held_out) if self.config.use_margin else None
         eval_loss = bradley_terry_loss(table[:, 0], table[:, 1], margin=margin).mean().item()
-        eval_metrics = {"loss": eval_loss, **reward_metrics(table[:, 0], table[:, 1]), "n": len(held_out)}
-        emit(callbacks, "eval", result.state("reward", loss=eval_loss, metrics=eval_metrics))
+        return {"loss": eval_loss, **reward_metrics(table[:, 0], table[:, 1]), "n": len(rows)}
 
-    # (5) Save: adapter (with the score head), tokenizer, config, metrics.
-    if result.accelerator.is_main_process:
-        save_final(run_dir, model, tokenizer, config, result.steps, result.metrics, eval_metrics,
-                   {"n_train": len(train), "n_eval": len(held_out)})
-        emit(callbacks, "save", result.state("reward", loss=result.metrics.get("loss"), metrics=result.metrics,
-                                             path=str(run_dir), kind="final"))
-    emit(callbacks, "train_end", result.state("reward", loss=result.metrics.get("loss"), metrics=result.metrics,
-                                              eval_metrics=eval_metrics))
-    return TrainResult(out_dir=run_dir, steps=result.steps, metrics=result.metrics, eval_metrics=eval_metrics)
+
+def train_reward_model(config: RewardConfig, callbacks: Iterable[Any] = ()) -> TrainResult:
+    """Train a LoRA reward model with the Bradley-Terry loss (optionally with per-pair margins)."""
+    return train(Reward(config), callbacks)
 
 
 # --------------------------------------------------------------------------------------------
