@@ -3,6 +3,8 @@ side on one prompt, a blind arena match whose names appear only after the vote, 
 database with the order it was shown in, and the leaderboard showing it."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
@@ -45,7 +47,7 @@ def arena_text(page) -> str:
     return "\n".join(page.locator(selector).inner_text() for selector in ARENA_PARTS)
 
 
-def test_side_by_side_then_a_blind_vote_lands_and_ranks(page, server, tiny_model_dir):
+def test_side_by_side_then_a_blind_vote_lands_and_ranks(page, server, tiny_model_dir, tmp_path):
     db = server.db
     base = tiny_model_dir.name
     goto_tab(page, "compare")
@@ -58,7 +60,15 @@ def test_side_by_side_then_a_blind_vote_lands_and_ranks(page, server, tiny_model
     page.click("#cmp-run")
     wait_status(page, "2 answers, seed 0", elem_id="cmp-status", timeout=120_000)
     columns = page.locator("#cmp-col-0").inner_text() + "\n" + page.locator("#cmp-col-1").inner_text()
-    assert base in columns and TUNED in columns and "tokens" in columns and "KL to base" in columns
+    assert base in columns and TUNED in columns and "tokens" in columns
+    # The tuned column's KL says it is an estimate from this sampled answer, and under which settings.
+    tuned_column = page.locator("#cmp-col-0, #cmp-col-1").filter(has_text=TUNED)
+    expect(tuned_column).to_contain_text(re.compile(
+        r"KL to base ≈ \d+\.\d{4} nats/token, a k3 estimate from 1 sampled answer at temperature 1, top-p 0\.95, "
+        r"at most 8 new tokens"))
+    expect(page.locator("#cmp-col-0, #cmp-col-1").filter(has_text=base).filter(has_not_text=TUNED)) \
+        .not_to_contain_text("KL to base")
+    tuned_column.screenshot(path=str(tmp_path / "compare-kl-label.png"))
 
     # 2. Blind arena on a random pair and a held-out prompt of the project (the prompt box left empty).
     for selector in ("#arena-vote-a", "#arena-vote-b", "#arena-vote-tie", "#arena-vote-both-bad"):

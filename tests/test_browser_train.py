@@ -231,4 +231,9 @@ def test_eval_job_from_the_train_tab_shows_in_the_models_tab(page, server, tiny_
     table = page.locator("#evaluations-table")
     expect(table).to_contain_text("tiny-dpo")
     expect(table).to_contain_text(f"{win_rate:.0%}")
+    # The adapter held out Questions 1 and 2, which the reward model trained on: the table says so,
+    # and the RM's agreement with people is left unmeasured rather than measured on its training data.
+    expect(table).to_contain_text("RM trained on held-out prompts")
+    expect(table.locator("td").filter(has_text=re.compile(r"^\s*none \(2 left out: RM trained on them\)\s*$"))) \
+        .to_have_count(1)
     expect(page.locator("#evaluations-plot")).to_be_visible()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 import pandas as pd
 
+from alignment.evaluation import kl_estimate_text
 from annotation.render import render_messages, render_response
 from annotation.services import arena, compare, projects
 from annotation.ui.context import UIContext
@@ -149,13 +150,14 @@ def leaderboard_tables(ctx: UIContext, project: str | None = None) -> tuple[list
     return rows, matrix, note
 
 
-def _title(answer) -> str:
+def _title(answer, params) -> str:
     parts = [answer.label, f"{answer.num_tokens} tokens"]
     if answer.finish_reason == "length":
         parts[-1] += " (cut at the limit)"
     if answer.rm_score is not None:
         parts.append(f"RM {answer.rm_score:.3f}")
-    parts.append("base" if not answer.adapter else f"KL to base {answer.kl_to_base:.4f}/token")
+    # The KL figure is estimated from this one sampled answer: say so, and under which settings.
+    parts.append("base" if not answer.adapter else kl_estimate_text(answer.kl_to_base, 1, params))
     parts.append(f"{answer.seconds:.1f}s")
     return " · ".join(parts)
 
@@ -295,7 +297,7 @@ def _wire_side_by_side(ctx: UIContext, tab: CompareTab) -> None:
             return {tab.status: f"⚠️ {exc}", **hidden}
         updates = dict(hidden)
         for column, a in zip(tab.columns, answers):
-            updates[column] = gr.update(value=render_response(a.text, _title(a)), visible=True)
+            updates[column] = gr.update(value=render_response(a.text, _title(a, params)), visible=True)
         seed_used = answers[0].seed if answers else None
         updates[tab.status] = (f"✅ {len(answers)} answers, seed {seed_used}, temperature {params.temperature}, "
                                f"top-p {params.top_p}, up to {params.max_new_tokens} new tokens.")
