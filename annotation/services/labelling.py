@@ -50,6 +50,7 @@ class ShownResponse:
     id: int
     position: int  # position within the item as generated
     text: str
+    truncated: bool = False  # generation stopped at the token limit, not at its end
 
 
 @dataclass
@@ -113,14 +114,9 @@ def next_item(db: Database, project_name: str, user_name: str, rng: random.Rando
     with transaction(db) as s:
         project = find_project(s, project_name)
         user = ensure_user(s, user_name)
-        lease_free = or_(Item.leased_by.is_(None), Item.leased_by == user.id, Item.lease_expires < now)
         stmt = (
             select(Item)
-            .where(Item.project_id == project.id, Item.status == ItemStatus.ready)
-            .where(~_labelled_by(project.mode, user.id))
-            .where(~exists().where(Skip.item_id == Item.id, Skip.user_id == user.id))
-            # With overlap 1 a lease keeps two annotators off the same item; with more, all may see it.
-            .where(lease_free if project.overlap == 1 else True)
+            .where(*_eligible(project, user, now))
             # Resume an item this annotator was already shown before taking a new one; then the
             # project's queue order; oldest first among equals.
             .order_by((Item.leased_by == user.id).desc(), *_queue_order(s, project), Item.id)
@@ -130,10 +126,32 @@ def next_item(db: Database, project_name: str, user_name: str, rng: random.Rando
         if item is None:
             return None
         item.leased_by, item.lease_expires = user.id, now + LEASE
-        responses = [ShownResponse(r.id, r.position, r.text) for r in item.responses]
+        responses = [ShownResponse(r.id, r.position, r.text, truncated=r.finish_reason == "length")
+                     for r in item.responses]
         rng.shuffle(responses)  # randomised sides / card order; the order is recorded with the label
         return ItemView(item_id=item.id, project=project.name, mode=project.mode.value, user=user.name,
                         prompt_messages=item.prompt.messages, is_chat=item.prompt.is_chat, responses=responses)
+
+
+def _eligible(project: Project, user: User, now: datetime) -> list:
+    """The items `next_item` may serve this annotator: ready, not labelled or skipped by them, and
+    with overlap 1 not leased to someone else."""
+    lease_free = or_(Item.leased_by.is_(None), Item.leased_by == user.id, Item.lease_expires < now)
+    return [Item.project_id == project.id, Item.status == ItemStatus.ready,
+            ~_labelled_by(project.mode, user.id),
+            ~exists().where(Skip.item_id == Item.id, Skip.user_id == user.id),
+            # With overlap 1 a lease keeps two annotators off the same item; with more, all may see it.
+            lease_free if project.overlap == 1 else True]
+
+
+def release(db: Database, view: ItemView) -> None:
+    """Give back the lease on an item shown but not labelled (the annotator changed name or project),
+    so others may take it now rather than when the lease runs out."""
+    with transaction(db) as s:
+        item = s.get(Item, view.item_id)
+        user = s.scalar(select(User).where(User.name == view.user))
+        if item is not None and user is not None and item.leased_by == user.id:
+            item.leased_by, item.lease_expires = None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,10 +330,11 @@ def groups_from_ranks(view: ItemView, ranks: list[int]) -> list[list[int]]:
     """UI helper: rank numbers per shown card (1 = best, equal numbers = tie) -> groups best first."""
     if len(ranks) != len(view.responses):
         raise InputError(f"give a rank to each of the {len(view.responses)} responses")
+    n = len(view.responses)
     by_rank: dict[int, list[int]] = {}
     for r, rank in zip(view.responses, ranks):
-        if rank is None or int(rank) < 1:
-            raise InputError("every response needs a rank of 1 or more")
+        if rank is None or not 1 <= int(rank) <= n:
+            raise InputError(f"every response needs a rank from 1 to {n} (1 = best; equal numbers = tie)")
         by_rank.setdefault(int(rank), []).append(r.id)
     return [by_rank[k] for k in sorted(by_rank)]
 
@@ -384,12 +403,51 @@ def skip(db: Database, view: ItemView) -> Receipt:
 
 @dataclass
 class Undone:
+    """The label undo removed, kept by response id so it can be put back on screen whatever
+    order the responses come back in."""
     item_id: int
     kind: str
+    preferred: int | str | None = None  # pairwise: the response id preferred, or "tie" / "both_bad"
+    strength: int | None = None
+    rationale: str | None = None
+    rewrite: str | None = None
+    rank_of: dict[int, int] = field(default_factory=dict)  # listwise: response id -> rank (1 = best)
+    score_of: dict[int, int] = field(default_factory=dict)  # pointwise: response id -> rating
+
+    def choice_as_shown(self, view: ItemView) -> str | None:
+        """The pairwise choice in the sides `view` shows (a / b / tie / both_bad)."""
+        if isinstance(self.preferred, str):
+            return self.preferred
+        sides = {r.id: side for r, side in zip(view.responses, "ab")}
+        return sides.get(self.preferred)
+
+    def ranks_as_shown(self, view: ItemView) -> list[int | None]:
+        return [self.rank_of.get(r.id) for r in view.responses]
+
+    def scores_as_shown(self, view: ItemView) -> list[int | None]:
+        return [self.score_of.get(r.id) for r in view.responses]
+
+
+def _undone(project: Project, item: Item, last, ratings: list[Rating]) -> Undone:
+    undone = Undone(item_id=item.id, kind=project.mode.value, rationale=last.rationale)
+    if project.mode == Mode.pairwise:
+        undone.preferred = _pairwise_outcome(last) or last.choice.value
+        undone.strength = last.strength
+        undone.rewrite = last.rewrite.text if last.rewrite is not None else None
+    elif project.mode == Mode.listwise:
+        # Competition ranks, as typed in the UI: a group of two at the top is rank 1, the next rank 3.
+        rank = 1
+        for group in last.groups:
+            undone.rank_of.update({rid: rank for rid in group})
+            rank += len(group)
+    else:
+        undone.score_of = {r.response_id: r.score for r in ratings}
+    return undone
 
 
 def undo_last(db: Database, project_name: str, user_name: str) -> Undone | None:
-    """Delete this annotator's most recent label in the project; its item comes back to them first."""
+    """Delete this annotator's most recent label in the project; its item comes back to them first.
+    Returns what the label said, so the UI can show it again for editing."""
     with transaction(db) as s:
         project = find_project(s, project_name)
         user = ensure_user(s, user_name)
@@ -404,6 +462,10 @@ def undo_last(db: Database, project_name: str, user_name: str) -> Undone | None:
         if last is None:
             return None
         item = s.get(Item, last.item_id)
+        ratings = []
+        if project.mode == Mode.pointwise:
+            ratings = s.scalars(select(Rating).where(Rating.item_id == item.id, Rating.user_id == user.id)).all()
+        undone = _undone(project, item, last, ratings)
         if project.mode == Mode.pointwise:
             # One pointwise submission wrote a rating per response: remove them together.
             s.execute(delete(Rating).where(Rating.item_id == item.id, Rating.user_id == user.id))
@@ -412,15 +474,33 @@ def undo_last(db: Database, project_name: str, user_name: str) -> Undone | None:
         s.flush()
         item.status = ItemStatus.ready
         item.leased_by, item.lease_expires = user.id, _now() + LEASE
-        return Undone(item_id=item.id, kind=project.mode.value)
+        return undone
 
 
 @dataclass
 class Progress:
     mine: int  # items this annotator has labelled in the project
     done: int  # items with all the labels the project asks for
-    ready: int  # items generated and waiting for labels
+    ready: int  # items generated and waiting for labels (from anyone)
     prompts_without_items: int
+    for_you: int = 0  # ready items this annotator may take now (what next_item can serve)
+    skipped: int = 0  # ready items this annotator skipped
+    generating: bool = False  # the generator will make more items (prompts left and the queue below target)
+
+    def nothing_for_you(self) -> str:
+        """Why the annotator has no item, in words that match the counts beside them."""
+        if self.generating:
+            return "No items ready for you right now: the generator is working on more; this page checks again."
+        reasons = []
+        if self.skipped:
+            reasons.append(f"{self.skipped} item(s) left are ones you skipped")
+        others = self.ready - self.skipped - self.for_you
+        if others > 0:
+            reasons.append(f"{others} item(s) are with other annotators or labelled by you already")
+        if reasons:
+            return (f"Nothing left for you in this project: {'; '.join(reasons)}. "
+                    "Add prompts in the Projects tab for more.")
+        return "Every item of this project is labelled. Add prompts in the Projects tab for more."
 
 
 def progress(db: Database, project_name: str, user_name: str | None) -> Progress:
@@ -429,16 +509,22 @@ def progress(db: Database, project_name: str, user_name: str | None) -> Progress
     with transaction(db) as s:
         project = find_project(s, project_name)
         model = _label_model(project.mode)
-        mine = 0
-        if user_name:
-            user = s.scalar(select(User).where(User.name == user_name.strip()))
-            if user is not None:
-                mine = int(s.scalar(select(func.count(func.distinct(model.item_id))).join(Item, model.item_id == Item.id)
-                                    .where(Item.project_id == project.id, model.user_id == user.id)) or 0)
         counts = dict(s.execute(select(Item.status, func.count()).where(Item.project_id == project.id)
                                 .group_by(Item.status)).all())
         pending = int(s.scalar(select(func.count()).select_from(Prompt)
                                .where(Prompt.project_id == project.id)
                                .where(~exists().where(Item.prompt_id == Prompt.id))) or 0)
-        return Progress(mine=mine, done=counts.get(ItemStatus.done, 0), ready=counts.get(ItemStatus.ready, 0),
-                        prompts_without_items=pending)
+        ready = counts.get(ItemStatus.ready, 0)
+        result = Progress(mine=0, done=counts.get(ItemStatus.done, 0), ready=ready, prompts_without_items=pending,
+                          for_you=ready, generating=pending > 0 and ready < project.queue_target)
+        user = s.scalar(select(User).where(User.name == user_name.strip())) if user_name else None
+        if user is None:
+            return result
+        result.mine = int(s.scalar(select(func.count(func.distinct(model.item_id))).join(Item, model.item_id == Item.id)
+                                   .where(Item.project_id == project.id, model.user_id == user.id)) or 0)
+        result.skipped = int(s.scalar(select(func.count()).select_from(Item).where(
+            Item.project_id == project.id, Item.status == ItemStatus.ready,
+            exists().where(Skip.item_id == Item.id, Skip.user_id == user.id))) or 0)
+        result.for_you = int(s.scalar(select(func.count()).select_from(Item)
+                                      .where(*_eligible(project, user, _now()))) or 0)
+        return result
