@@ -3,7 +3,8 @@
 The item on screen lives in per-session `gr.State` as an `ItemView` (what was shown, in which order,
 with which client token), so the label stored is exactly what the annotator saw. Every handler
 returns a dict of component updates built by `_show`, so all modes render through one function.
-Keyboard: 1-4 pick A / B / tie / both bad, Enter submits, S skips, U undoes (see ui/app.py).
+Keyboard (see ui/app.py, `?` shows the list): 1-4 pick A / B / tie / both bad, 1-5 rate the next
+unrated card, Enter submits (also from a rank box), S skips, U undoes.
 
 Latency matters here (an annotator submits hundreds of labels): each event declares only the
 components it needs, because Gradio pays per declared input and output on every call. Pairwise
@@ -13,6 +14,7 @@ the queue is empty.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
@@ -51,16 +53,19 @@ class AnnotateTab:
     ranks: list[gr.Number]
     ratings: list[gr.Radio]
     rationale: gr.Textbox
+    notice: gr.HTML
     actions: gr.Row
     pair_submit: gr.Button
     list_submit: gr.Button
     skip: gr.Button
     undo: gr.Button
     waiting: gr.Timer
+    start: Callable | None = None  # (project, name, view) -> updates: what opening the tab shows
 
     def common_outputs(self) -> list:
         return [self.view, self.guidelines, self.status, self.progress, self.prompt, self.pair_panel,
-                self.list_panel, self.actions, self.rationale, self.waiting]
+                self.list_panel, self.actions, self.rationale, self.notice, self.pair_submit, self.list_submit,
+                self.waiting]
 
     def pair_outputs(self) -> list:
         return [self.resp_a, self.resp_b, self.suggestion, self.choice, self.strength, self.rewrite]
@@ -81,8 +86,7 @@ def build_annotate_tab(ctx: UIContext) -> AnnotateTab:
     guidelines = gr.HTML("", elem_id="guidelines", js_on_load=None)
     # Status and progress are gr.HTML fed with server-rendered safe markdown: cheaper for the browser
     # to update on every label than gr.Markdown, and messages may quote user input.
-    status = gr.HTML(markdown_to_safe_html("Enter your name and pick a project to start."), elem_id="status",
-                     js_on_load=None)
+    status = gr.HTML("", elem_id="status", js_on_load=None)  # filled when the page has loaded (ui/app.py)
     prompt = gr.HTML("", elem_id="prompt", js_on_load=None)
 
     with gr.Column(visible=False) as pair_panel:
@@ -91,25 +95,32 @@ def build_annotate_tab(ctx: UIContext) -> AnnotateTab:
             resp_b = gr.HTML("", elem_id="resp-b", js_on_load=None)
         # The LLM judge's suggestion, only when the project turns suggestions on (off: blind work).
         suggestion = gr.HTML("", elem_id="judge-suggestion", js_on_load=None)
-        choice = gr.Radio(choices=CHOICES, label="Which is better? (keys 1-4, Enter to submit)", elem_id="choice")
-        strength = gr.Radio(choices=STRENGTHS, label="How much better? (optional)", elem_id="strength")
+        choice = gr.Radio(choices=CHOICES, label="Which is better? (keys 1-4, Enter to submit, ? for all keys)", elem_id="choice")
+        # Only for A or B: a tie or "both bad" has no winner to be better by.
+        strength = gr.Radio(choices=STRENGTHS, label="How much better? (optional)", visible=False,
+                            elem_id="strength")
         rewrite = gr.Textbox(label="Both bad: write a better answer (optional, saved as SFT data)", lines=4,
                              visible=False, elem_id="rewrite")
-        pair_submit = gr.Button("Submit (Enter)", variant="primary", elem_id="submit-pair")
 
     cards, card_boxes, ranks, ratings = [], [], [], []
     with gr.Column(visible=False) as list_panel:
         for i in range(MAX_CARDS):
             with gr.Group(visible=False, elem_id=f"card-{i}") as box:
                 cards.append(gr.HTML("", elem_id=f"card-text-{i}", js_on_load=None))
-                ranks.append(gr.Number(label="Rank (1 = best; equal numbers = tie)", precision=0, minimum=1,
-                                       maximum=MAX_CARDS, value=None, elem_id=f"rank-{i}"))
+                # No minimum / maximum here: Gradio would answer a rank out of range with a bare
+                # "Error"; labelling.groups_from_ranks refuses it with the range this item takes.
+                ranks.append(gr.Number(label="Rank (1 = best; equal numbers = tie)", precision=0, value=None,
+                                       elem_id=f"rank-{i}"))
                 ratings.append(gr.Radio(choices=[1, 2, 3, 4, 5], label="Rating (1 = poor, 5 = excellent)",
                                         elem_id=f"rating-{i}"))
             card_boxes.append(box)
-        list_submit = gr.Button("Submit (Enter)", variant="primary", elem_id="submit-list")
 
-    rationale = gr.Textbox(label="Rationale (optional)", lines=2, elem_id="rationale")
+    # The rationale goes with the label, so it sits above Submit and only while an item is shown;
+    # messages about the submission appear under the button that caused them.
+    rationale = gr.Textbox(label="Rationale (optional)", lines=2, visible=False, elem_id="rationale")
+    pair_submit = gr.Button("Submit (Enter)", variant="primary", visible=False, elem_id="submit-pair")
+    list_submit = gr.Button("Submit (Enter)", variant="primary", visible=False, elem_id="submit-list")
+    notice = gr.HTML("", elem_id="submit-notice", js_on_load=None)
     with gr.Row(visible=False) as actions:
         skip = gr.Button("Skip (S)", elem_id="skip")
         undo = gr.Button("Undo last (U)", elem_id="undo")
@@ -117,7 +128,7 @@ def build_annotate_tab(ctx: UIContext) -> AnnotateTab:
     waiting = gr.Timer(2.0, active=False)
     tab = AnnotateTab(annotator, project, view, guidelines, progress, status, prompt, pair_panel, resp_a, resp_b,
                       suggestion, choice, strength, rewrite, list_panel, cards, card_boxes, ranks, ratings, rationale,
-                      actions, pair_submit, list_submit, skip, undo, waiting)
+                      notice, actions, pair_submit, list_submit, skip, undo, waiting)
     _wire(ctx, tab)
     return tab
 
@@ -134,7 +145,8 @@ def _progress_text(ctx: UIContext, project: str | None, user: str | None) -> str
     except InputError:
         return ""
     worker = ctx.worker_summary(project)
-    return _md(f"**{p.mine}** labelled by you · **{p.ready}** ready · **{p.done}** done"
+    skipped = f" · {p.skipped} skipped by you" if p.skipped else ""
+    return _md(f"**{p.mine}** labelled by you · **{p.for_you}** ready for you{skipped} · **{p.done}** done"
                f" · {p.prompts_without_items} prompts waiting for generation{worker}")
 
 
@@ -147,12 +159,15 @@ def _show(ctx: UIContext, tab: AnnotateTab, view: ItemView | None, project: str 
     """
     mode = view.mode if view else None
     updates: dict = {tab.view: view, tab.status: _md(message), tab.progress: _progress_text(ctx, project, user),
-                     tab.rationale: gr.update(value=""), tab.waiting: gr.Timer(active=view is None),
+                     tab.rationale: gr.update(value="", visible=view is not None), tab.notice: "",
+                     tab.waiting: gr.Timer(active=view is None),
                      tab.prompt: render_messages(view.prompt_messages, view.is_chat) if view else ""}
     if parts == "all" or view is None:
         updates[tab.actions] = gr.update(visible=view is not None)
         updates[tab.pair_panel] = gr.update(visible=mode == "pairwise")
         updates[tab.list_panel] = gr.update(visible=mode in ("listwise", "pointwise"))
+        updates[tab.pair_submit] = gr.update(visible=mode == "pairwise")
+        updates[tab.list_submit] = gr.update(visible=mode in ("listwise", "pointwise"))
     if parts == "all":
         guidelines = ""
         if project:
@@ -171,11 +186,11 @@ def _show(ctx: UIContext, tab: AnnotateTab, view: ItemView | None, project: str 
 def _pair_updates(ctx: UIContext, tab: AnnotateTab, view: ItemView | None) -> dict:
     mode = view.mode if view else None
     updates: dict = {tab.choice: gr.update(value=None)}
-    updates[tab.strength] = gr.update(value=None)
+    updates[tab.strength] = gr.update(value=None, visible=False)
     updates[tab.rewrite] = gr.update(value="", visible=False)
     if mode == "pairwise":
-        updates[tab.resp_a] = render_response(view.responses[0].text, "A")
-        updates[tab.resp_b] = render_response(view.responses[1].text, "B")
+        updates[tab.resp_a] = _render(view.responses[0], "A")
+        updates[tab.resp_b] = _render(view.responses[1], "B")
         updates[tab.suggestion] = _suggestion_text(ctx, view)
     else:
         updates[tab.resp_a] = updates[tab.resp_b] = updates[tab.suggestion] = ""
@@ -202,9 +217,33 @@ def _card_updates(tab: AnnotateTab, view: ItemView | None) -> dict:
     for i in range(MAX_CARDS):
         present = i < len(view.responses)
         updates[tab.card_boxes[i]] = gr.update(visible=present)
-        updates[tab.cards[i]] = render_response(view.responses[i].text, f"Response {i + 1}") if present else ""
+        updates[tab.cards[i]] = _render(view.responses[i], f"Response {i + 1}") if present else ""
         updates[tab.ranks[i]] = gr.update(value=None, visible=present and mode == "listwise")
         updates[tab.ratings[i]] = gr.update(value=None, visible=present and mode == "pointwise")
+    return updates
+
+
+def _render(response: labelling.ShownResponse, title: str) -> str:
+    # Marked as Compare marks its answers: a reader should not judge an answer cut mid-sentence
+    # as if it had ended there.
+    return render_response(response.text, f"{title} · cut at the token limit" if response.truncated else title)
+
+
+def _restored(tab: AnnotateTab, view: ItemView | None, undone: labelling.Undone) -> dict:
+    """The undone label back in the fields, so the annotator edits it rather than starts again."""
+    if view is None or view.item_id != undone.item_id:
+        return {}
+    updates = {tab.rationale: gr.update(value=undone.rationale or "", visible=True)}
+    if view.mode == "pairwise":
+        choice = undone.choice_as_shown(view)
+        updates[tab.choice] = gr.update(value=choice)
+        updates[tab.strength] = gr.update(value=undone.strength, visible=choice in ("a", "b"))
+        updates[tab.rewrite] = gr.update(value=undone.rewrite or "", visible=choice == "both_bad")
+    elif view.mode == "listwise":
+        updates.update({box: gr.update(value=rank) for box, rank in zip(tab.ranks, undone.ranks_as_shown(view))})
+    else:
+        updates.update({radio: gr.update(value=score)
+                        for radio, score in zip(tab.ratings, undone.scores_as_shown(view))})
     return updates
 
 
@@ -219,7 +258,7 @@ def _load_next(ctx: UIContext, tab: AnnotateTab, project: str | None, user: str 
         return _show(ctx, tab, None, project, user, f"⚠️ {exc}", parts)
     if view is None:
         ctx.wake_worker()
-        message = "No items ready for you right now: the generator is working on more; this page checks again."
+        message = labelling.progress(ctx.db, project, user).nothing_for_you()
         return _show(ctx, tab, None, project, user, " ".join(filter(None, [done_message, message])), parts)
     message = " ".join(filter(None, [done_message, f"Item {view.item_id}."]))
     return _show(ctx, tab, view, project, user, message, parts)
@@ -233,8 +272,13 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
         # Keep the item on screen if it still belongs to this project and annotator.
         if view is not None and view.project == project and view.user == (user or "").strip():
             return {tab.progress: _progress_text(ctx, project, user)}
+        if view is not None:
+            # A new name or project: the item shown under the old one goes back to the queue now,
+            # not when its lease runs out.
+            labelling.release(ctx.db, view)
         return _load_next(ctx, tab, project, user)
 
+    tab.start = start
     tab.project.change(start, item_inputs, outputs)
     tab.annotator.submit(start, item_inputs, outputs)
     tab.annotator.blur(start, item_inputs, outputs)
@@ -249,10 +293,11 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
         try:
             if not choice:
                 raise InputError("pick A, B, tie or both bad first (keys 1-4)")
-            receipt = labelling.submit_pairwise(ctx.db, view, choice, strength=strength or None,
-                                                rationale=rationale, rewrite=rewrite)
+            # The rewrite box keeps its text while hidden: it goes with "both bad" only.
+            receipt = labelling.submit_pairwise(ctx.db, view, choice, strength=strength or None, rationale=rationale,
+                                                rewrite=rewrite if choice == "both_bad" else None)
         except InputError as exc:
-            return {tab.status: _md(f"⚠️ {exc}")}
+            return {tab.notice: _md(f"⚠️ {exc}")}
         said = dict((value, text) for text, value in CHOICES)[choice]
         return _load_next(ctx, tab, project, user, recorded(receipt, said), parts="pair")
 
@@ -277,7 +322,7 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
                 receipt = labelling.submit_ratings(ctx.db, view, [int(r) for r in ratings], rationale=rationale)
                 said = "ratings"
         except InputError as exc:
-            return {tab.status: _md(f"⚠️ {exc}")}
+            return {tab.notice: _md(f"⚠️ {exc}")}
         return _load_next(ctx, tab, project, user, recorded(receipt, said), parts="cards")
 
     tab.list_submit.click(submit_list, [*item_inputs, tab.rationale, *tab.ranks, *tab.ratings],
@@ -298,13 +343,17 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
             return {tab.status: _md(f"⚠️ {exc}")}
         if undone is None:
             return {tab.status: _md("Nothing to undo.")}
-        return _load_next(ctx, tab, project, user, f"↩️ Label on item {undone.item_id} removed: label it again.")
+        if view is not None and view.item_id != undone.item_id:
+            labelling.release(ctx.db, view)  # so the undone item, the only one still held, comes back first
+        updates = _load_next(ctx, tab, project, user, f"↩️ Label on item {undone.item_id} removed: change it and "
+                                                       "submit again.")
+        return {**updates, **_restored(tab, updates[tab.view], undone)}
 
     tab.undo.click(undo, item_inputs, outputs, api_name="undo_last")
 
     # .input, not .change: only a click by the annotator, not the reset when the next item loads.
-    tab.choice.input(lambda c: gr.update(visible=c == "both_bad"), tab.choice, tab.rewrite, queue=False,
-                     show_progress="hidden")
+    tab.choice.input(lambda c: (gr.update(visible=c in ("a", "b")), gr.update(visible=c == "both_bad")), tab.choice,
+                     [tab.strength, tab.rewrite], queue=False, show_progress="hidden")
 
     def wait_for_items(project, user, view):
         # Active only while nothing is on screen: shows a new item as soon as one is generated.

@@ -16,7 +16,14 @@ from annotation.ui.projects import build_projects_tab
 from annotation.ui.train import build_train_tab
 from annotation.ui.train import on_select as train_choices
 
-# Keys act only when focus is not in a text field, so typing a rationale never fires a shortcut.
+# Keys act only when focus is not in a text field, so typing a rationale never fires a shortcut; and
+# after Enter in the name field focus moves to the item, so the next key labels instead of typing
+# into the name. `?` shows the list of keys (kept in KEYS so the overlay and the handler agree).
+KEYS = [("1 – 4", "pairwise: A is better / B is better / tie / both bad"),
+        ("1 – 5", "ratings: rate the next unrated response"),
+        ("Enter", "submit (also from a rank box)"), ("S", "skip"), ("U", "undo the last label"),
+        ("?", "show or hide this list"), ("Esc", "close this list")]
+
 SHORTCUTS_JS = """
 <script>
 (() => {
@@ -26,12 +33,53 @@ SHORTCUTS_JS = """
       && !(el.tagName === "INPUT" && ["radio", "checkbox", "button"].includes(el.type)));
   const visible = (el) => el && el.offsetParent !== null;
   const click = (sel) => { const el = document.querySelector(sel); if (visible(el)) { el.click(); return true; } return false; };
+  const focusItem = () => {
+    const item = document.querySelector("#prompt");
+    if (document.activeElement) document.activeElement.blur();
+    if (item) { item.tabIndex = -1; item.focus({preventScroll: true}); }
+  };
+  const help = () => {
+    let box = document.getElementById("ps-help");
+    if (!box) {
+      box = document.createElement("div");
+      box.id = "ps-help";
+      box.setAttribute("role", "dialog");
+      box.setAttribute("aria-label", "Keyboard shortcuts");
+      box.innerHTML = "<h3>Keyboard shortcuts</h3><table>" + KEY_ROWS + "</table>";
+      box.addEventListener("click", () => { box.hidden = true; });
+      document.body.appendChild(box);
+      box.hidden = true;
+    }
+    return box;
+  };
+  const rate = (score) => {
+    // The first shown response without a rating gets it, so 5, 3, 4 rates three cards in turn.
+    for (const card of document.querySelectorAll("[id^=rating-]")) {
+      if (!visible(card) || card.querySelector("input:checked")) continue;
+      const input = card.querySelector(`input[type=radio][value="${score}"]`);
+      if (input) { input.click(); return true; }
+    }
+    return false;
+  };
   document.addEventListener("keydown", (e) => {
-    if (e.ctrlKey || e.metaKey || e.altKey || typing(document.activeElement)) return;
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const el = document.activeElement;
+    if (e.key === "Enter" && el && el.closest("#annotator")) { setTimeout(focusItem, 0); return; }
+    if (e.key === "Enter" && el && el.closest("[id^=rank-]")) {
+      el.dispatchEvent(new Event("change", {bubbles: true}));
+      setTimeout(() => click("#submit-list"), 50);
+      e.preventDefault();
+      return;
+    }
+    if (e.key === "Escape") { help().hidden = true; return; }
+    if (typing(el)) return;
+    if (e.key === "?") { const box = help(); box.hidden = !box.hidden; e.preventDefault(); return; }
     const choice = {"1": 0, "2": 1, "3": 2, "4": 3}[e.key];
-    if (choice !== undefined) {
+    if (choice !== undefined && visible(document.querySelector("#choice"))) {
       const inputs = document.querySelectorAll("#choice input[type=radio]");
       if (inputs[choice] && visible(inputs[choice])) { inputs[choice].click(); e.preventDefault(); }
+    } else if (["1", "2", "3", "4", "5"].includes(e.key)) {
+      if (rate(e.key)) e.preventDefault();
     } else if (e.key === "Enter") {
       if (click("#submit-pair") || click("#submit-list")) e.preventDefault();
     } else if (e.key === "s" || e.key === "S") {
@@ -42,7 +90,7 @@ SHORTCUTS_JS = """
   });
 })();
 </script>
-"""
+""".replace("KEY_ROWS", repr("".join(f"<tr><th>{key}</th><td>{what}</td></tr>" for key, what in KEYS)))
 
 CSS = """
 .ps-response { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 0.6em 0.9em; }
@@ -51,6 +99,16 @@ CSS = """
 .ps-turn { margin: 0.3em 0; } .ps-role { font-size: 0.8em; text-transform: uppercase; opacity: 0.6; }
 .ps-bar { height: 10px; background: var(--border-color-primary); border-radius: 5px; overflow: hidden; }
 .ps-bar-fill { height: 100%; background: var(--color-accent); transition: width 0.5s; }
+/* Model output stays inside its card: a long code line scrolls within the card instead of running
+   across the next one (a flex child's min-width defaults to its content's width). */
+.ps-response { min-width: 0; max-width: 100%; overflow-wrap: anywhere; }
+.ps-response pre { max-width: 100%; overflow-x: auto; white-space: pre; }
+.ps-response table { display: block; max-width: 100%; overflow-x: auto; }
+#resp-a, #resp-b, [id^=arena-card-], [id^=cmp-col-], [id^=bon-card-] { min-width: 0; }
+#ps-help { position: fixed; top: 15%; left: 50%; transform: translateX(-50%); z-index: 1000;
+  background: var(--background-fill-primary); color: var(--body-text-color); padding: 1em 1.5em;
+  border: 1px solid var(--border-color-primary); border-radius: 8px; box-shadow: 0 8px 30px rgba(0, 0, 0, 0.3); }
+#ps-help th { text-align: left; padding-right: 1.2em; font-family: var(--font-mono); }
 """
 
 
@@ -82,16 +140,21 @@ def build_app(ctx: UIContext) -> gr.Blocks:
             names = projects.project_names(ctx.db)
             return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
 
-        def on_load(saved, typed, project):
+        def on_load(saved, typed, project, view):
             # The inputs are a snapshot from when the page asked: never blank a name or a project the
             # annotator picked meanwhile, only fill in what was remembered.
             name = gr.update(value=saved) if saved and not typed else gr.update()
-            return {annotate.annotator: name, annotate.project: names_update(project),
+            picked = names_update(project)
+            # The item comes with the name and project it is for, so the status line never asks
+            # for a name it already has.
+            item = annotate.start(picked["value"], typed or saved, view)
+            return {**item, annotate.annotator: name, annotate.project: picked,
                     data.project: names_update(), setup.project: setup.refresh_choices(ctx),
                     data.counts: counts_table(ctx)}
 
-        demo.load(on_load, [saved_name, annotate.annotator, annotate.project], [annotate.annotator, annotate.project, data.project, setup.project,
-                                        data.counts])
+        demo.load(on_load, [saved_name, annotate.annotator, annotate.project, annotate.view],
+                  [annotate.annotator, annotate.project, data.project, setup.project, data.counts,
+                   *annotate.all_outputs()])
         annotate_tab.select(names_update, annotate.project, annotate.project)
         data_tab.select(lambda current: (names_update(current), counts_table(ctx)), data.project,
                         [data.project, data.counts])
