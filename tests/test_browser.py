@@ -156,10 +156,10 @@ def test_listwise_project_made_in_the_ui_then_ranked(page, server, tiny_model_di
     page.locator("#setting-model textarea").fill(str(tiny_model_dir))
     page.locator("#setting-max_new_tokens input").fill("8")
     page.click("#create-project")
-    wait_status(page, "Project ranked created", elem_id="setup-report")
+    wait_status(page, "Project ranked created", elem_id="settings-report")
     page.locator("#prompt-text textarea").fill("Name a colour.\nName a fruit.")
     page.click("#add-prompts")
-    wait_status(page, "Added 2 prompts", elem_id="setup-report")
+    wait_status(page, "Added 2 prompts", elem_id="prompts-report")
 
     goto_tab(page, "annotate")
     start_annotating(page, "bob", "ranked")

@@ -61,7 +61,7 @@ def test_judge_existing_items_then_suggestions_only_when_turned_on(page, server)
     goto_tab(page, "projects")
     page.locator("#setting-judge_suggestions input[type=checkbox]").check()
     page.click("#save-project")
-    wait_status(page, "Settings of judged saved", elem_id="setup-report")
+    wait_status(page, "Settings of judged saved", elem_id="settings-report")
 
     goto_tab(page, "annotate")
     page.locator("#choice input[value=tie]").check()

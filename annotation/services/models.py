@@ -1,8 +1,10 @@
 """Trained models (adapters, reward models) with their lineage, and the models tab's "try it"."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -25,6 +27,15 @@ class ModelRow:
     filters: str
     heldout_accuracy: float | None
     path: str
+    heldout_n: int | None = None  # examples the accuracy was measured on
+
+    @property
+    def heldout_text(self) -> str:
+        """The accuracy with its n: "0%" from one held-out pair says little, and must say so."""
+        if self.heldout_accuracy is None:
+            return "–"
+        n = f"n={self.heldout_n}" if self.heldout_n is not None else "n unknown"
+        return f"{self.heldout_accuracy:.0%} ({n})"
 
 
 def list_models(db: Database) -> list[ModelRow]:
@@ -39,8 +50,18 @@ def list_models(db: Database) -> list[ModelRow]:
                 project=project.name if project else None,
                 labels=(snapshot.counts or {}).get("rows") if snapshot else None, filters=filters or "all labels",
                 heldout_accuracy=(m.metrics or {}).get("eval/rewards/accuracies", (m.metrics or {}).get("eval/accuracy")),
-                path=m.path))
+                path=m.path, heldout_n=_heldout_n(m.path)))
     return rows
+
+
+def _heldout_n(path: str) -> int | None:
+    """How many held-out examples the run evaluated on, from the metrics.json every training run
+    writes beside its adapter (alignment.training.loop.save_final); None when it is gone."""
+    try:
+        n = json.loads((Path(path) / "metrics.json").read_text(encoding="utf-8")).get("n_eval")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return n if isinstance(n, int) else None
 
 
 def model_config(db: Database, model_id: int) -> dict:

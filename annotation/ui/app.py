@@ -10,7 +10,7 @@ from annotation.ui.best_of_n import refresh as best_of_n_choices
 from annotation.ui.compare import build_compare_tab
 from annotation.ui.compare import on_select as compare_choices
 from annotation.ui.context import UIContext
-from annotation.ui.data import build_data_tab, counts_table
+from annotation.ui.data import build_data_tab, data_views
 from annotation.ui.models import build_models_tab, show_models
 from annotation.ui.projects import build_projects_tab
 from annotation.ui.train import build_train_tab
@@ -99,6 +99,7 @@ CSS = """
 .ps-turn { margin: 0.3em 0; } .ps-role { font-size: 0.8em; text-transform: uppercase; opacity: 0.6; }
 .ps-bar { height: 10px; background: var(--border-color-primary); border-radius: 5px; overflow: hidden; }
 .ps-bar-fill { height: 100%; background: var(--color-accent); transition: width 0.5s; }
+.ps-project-progress { margin-bottom: 0.6em; }
 /* Model output stays inside its card: a long code line scrolls within the card instead of running
    across the next one (a flex child's min-width defaults to its content's width). */
 .ps-response { min-width: 0; max-width: 100%; overflow-wrap: anywhere; }
@@ -150,14 +151,14 @@ def build_app(ctx: UIContext) -> gr.Blocks:
             item = annotate.start(picked["value"], typed or saved, view)
             return {**item, annotate.annotator: name, annotate.project: picked,
                     data.project: names_update(), setup.project: setup.refresh_choices(ctx),
-                    data.counts: counts_table(ctx)}
+                    **data_views(ctx, data)}
 
         demo.load(on_load, [saved_name, annotate.annotator, annotate.project, annotate.view],
-                  [annotate.annotator, annotate.project, data.project, setup.project, data.counts,
+                  [annotate.annotator, annotate.project, data.project, setup.project, *data.views(),
                    *annotate.all_outputs()])
         annotate_tab.select(names_update, annotate.project, annotate.project)
-        data_tab.select(lambda current: (names_update(current), counts_table(ctx)), data.project,
-                        [data.project, data.counts])
+        data_tab.select(lambda current: {data.project: names_update(current), **data_views(ctx, data)}, data.project,
+                        [data.project, *data.views()])
         projects_tab.select(lambda current: setup.refresh_choices(ctx, current), setup.project, setup.project)
         train_tab.select(lambda current: train_choices(ctx, train, current), train.project,
                          [train.project, *train.pickers])

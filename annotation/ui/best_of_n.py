@@ -70,7 +70,8 @@ def build_best_of_n_tab(ctx: UIContext) -> BestOfNTab:
     with gr.Row():
         annotator = gr.Textbox(label="Your name", elem_id="bon-annotator")
         pick = gr.Radio(choices=[], label="Which answer is best?", elem_id="bon-pick")
-    verdict = gr.Button("Record my verdict on the RM's pick", elem_id="bon-verdict")
+    # Enabled only while there is a sample to judge: a live button with nothing to act on misleads.
+    verdict = gr.Button("Record my verdict on the RM's pick", interactive=False, elem_id="bon-verdict")
     tab = BestOfNTab(project, reward, policy, prompt, n, max_new_tokens, run, status, state, cards, pick, verdict,
                      annotator)
     _wire(ctx, tab)
@@ -91,7 +92,7 @@ def _wire(ctx: UIContext, tab: BestOfNTab) -> None:
                                         max_new_tokens=int(max_new_tokens), seed=0)
             stored = bon.store_as_items(ctx.db, project, run)
         except InputError as exc:
-            return {tab.status: f"⚠️ {exc}"}
+            return {tab.status: f"⚠️ {exc}", tab.verdict: gr.update(interactive=False)}
         result = run.results[0]
         ranked = sorted(range(len(result.candidates)), key=lambda i: -result.candidates[i].score)
         with_ids = _response_ids(ctx, stored.item_ids[0])
@@ -109,10 +110,11 @@ def _wire(ctx: UIContext, tab: BestOfNTab) -> None:
                 updates[card] = gr.update(value="", visible=False)
         updates[tab.pick] = gr.update(choices=[(f"Answer {i + 1}", i) for i in range(len(result.candidates))],
                                       value=None)
+        updates[tab.verdict] = gr.update(interactive=len(result.candidates) > 1)
         return updates
 
     tab.run.click(sample, [tab.project, tab.reward, tab.policy, tab.prompt, tab.n, tab.max_new_tokens],
-                  [tab.state, tab.status, *tab.cards, tab.pick], api_name="best_of_n")
+                  [tab.state, tab.status, *tab.cards, tab.pick, tab.verdict], api_name="best_of_n")
 
     def record(project, user, state, picked):
         try:
@@ -128,11 +130,14 @@ def _wire(ctx: UIContext, tab: BestOfNTab) -> None:
             receipt = bon.record_rm_pick_verdict(ctx.db, project, user, state["item_id"], state["best_id"],
                                                  state["ids"][other], agree)
         except InputError as exc:
-            return f"⚠️ {exc}"
+            return {tab.status: f"⚠️ {exc}"}
         said = "agrees with" if agree else "disagrees with"
-        return f"✅ Verdict saved (label {receipt.label_ids[0]}): {user} {said} the reward model."
+        # One verdict per sample: the button waits for the next one.
+        return {tab.status: f"✅ Verdict saved (label {receipt.label_ids[0]}): {user} {said} the reward model.",
+                tab.state: None, tab.verdict: gr.update(interactive=False)}
 
-    tab.verdict.click(record, [tab.project, tab.annotator, tab.state, tab.pick], tab.status, api_name="rm_verdict")
+    tab.verdict.click(record, [tab.project, tab.annotator, tab.state, tab.pick], [tab.status, tab.state, tab.verdict],
+                      api_name="rm_verdict")
 
 
 def _response_ids(ctx: UIContext, item_id: int) -> list[int]:

@@ -128,7 +128,8 @@ def leaderboard_tables(ctx: UIContext, project: str | None = None) -> tuple[list
     except InputError as exc:
         return [], pd.DataFrame(), f"⚠️ {exc}"
     rows = [[rank + 1 if r.rating is not None else "–", r.model, _fmt(r.rating),
-             f"{_fmt(r.ci_low)} – {_fmt(r.ci_high)}" if r.ci_low is not None else "–",
+             # With its n: "1000 – 1000" after one vote is no certainty, only too few votes.
+             f"{_fmt(r.ci_low)} – {_fmt(r.ci_high)} (n={r.decided})" if r.ci_low is not None else "–",
              r.votes, r.wins, r.losses, r.ties, r.both_bad] for rank, r in enumerate(board.ratings)]
     matrix = pd.DataFrame({"row beats column": board.models,
                            **{col: [_fmt(None if board.win_rates[i][j] is None else 100 * board.win_rates[i][j])

@@ -1,6 +1,8 @@
-"""The Data tab: label counts per project and export downloads."""
+"""The Data tab: how far each project is (a bar), label counts per project, who labelled what
+(per-annotator counts, time per label, skip rate) and export downloads."""
 from __future__ import annotations
 
+import html
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -8,17 +10,20 @@ from pathlib import Path
 
 import gradio as gr
 
-from annotation.services import data, projects
+from annotation.services import annotators, data, projects
 from annotation.ui.context import UIContext
 from storage.errors import InputError
 
 COUNT_COLUMNS = ["project", "mode", "prompts", "items ready", "items done", "pairwise labels", "rankings",
                  "ratings", "rewrites"]
+ANNOTATOR_COLUMNS = ["project", "annotator", "labels", "median seconds per label", "skips", "skip rate"]
 
 
 @dataclass
 class DataTab:
+    bars: gr.HTML
     counts: gr.Dataframe
+    annotators: gr.Dataframe
     refresh: gr.Button
     project: gr.Dropdown
     format: gr.Dropdown
@@ -27,13 +32,43 @@ class DataTab:
     file: gr.File
     status: gr.Markdown
 
+    def views(self) -> list:
+        return [self.bars, self.counts, self.annotators]
 
-def counts_table(ctx: UIContext) -> list[list]:
-    return [list(asdict(c).values()) for c in projects.project_counts(ctx.db)]
+
+def _progress_bars(counts: list[projects.ProjectCounts]) -> str:
+    """One bar per project: items done (all the labels the project asks for) of all its prompts."""
+    rows = []
+    for c in counts:
+        total = max(c.prompts, c.items_ready + c.items_done)
+        pct = 100.0 * c.items_done / total if total else 0.0
+        rows.append(f'<div class="ps-project-progress" data-project="{html.escape(c.name)}">'
+                    f'<div>{html.escape(c.name)}: {c.items_done} of {total} done ({pct:.0f}%)</div>'
+                    f'<div class="ps-bar"><div class="ps-bar-fill" style="width: {pct:.1f}%"></div></div></div>')
+    return "".join(rows)
+
+
+def _annotator_rows(ctx: UIContext, names: list[str]) -> list[list]:
+    rows = []
+    for name in names:
+        for a in annotators.annotator_stats(ctx.db, name):
+            seconds = "–" if a.median_seconds is None else f"{a.median_seconds:.1f}"
+            rows.append([name, a.annotator, a.labels, seconds, a.skips, f"{a.skip_rate:.0%}"])
+    return rows
+
+
+def data_views(ctx: UIContext, tab: DataTab) -> dict:
+    """Everything the tab shows about the projects, fresh from the database."""
+    counts = projects.project_counts(ctx.db)
+    return {tab.bars: _progress_bars(counts), tab.counts: [list(asdict(c).values()) for c in counts],
+            tab.annotators: _annotator_rows(ctx, [c.name for c in counts])}
 
 
 def build_data_tab(ctx: UIContext) -> DataTab:
+    bars = gr.HTML("", elem_id="project-progress", js_on_load=None)
     counts = gr.Dataframe(headers=COUNT_COLUMNS, value=[], interactive=False, elem_id="counts")
+    annotator_table = gr.Dataframe(headers=ANNOTATOR_COLUMNS, value=[], interactive=False, elem_id="annotator-stats",
+                                   label="Annotators (time per label: median time an item was on screen)")
     refresh = gr.Button("Refresh counts", elem_id="refresh-counts")
     with gr.Row():
         project = gr.Dropdown(label="Project", choices=[], elem_id="export-project")
@@ -44,9 +79,9 @@ def build_data_tab(ctx: UIContext) -> DataTab:
     export = gr.Button("Export", variant="primary", elem_id="export-button")
     file = gr.File(label="Download", interactive=False, elem_id="export-file")
     status = gr.Markdown("", elem_id="export-status")
-    tab = DataTab(counts, refresh, project, fmt, as_datasets, export, file, status)
+    tab = DataTab(bars, counts, annotator_table, refresh, project, fmt, as_datasets, export, file, status)
 
-    refresh.click(lambda: counts_table(ctx), None, counts)
+    refresh.click(lambda: data_views(ctx, tab), None, tab.views())
 
     def do_export(name, fmt, as_datasets):
         try:

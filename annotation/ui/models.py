@@ -3,7 +3,7 @@ config, held-out metrics), and a quick "try it" box for policy adapters."""
 from __future__ import annotations
 
 import json
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -29,7 +29,8 @@ class ModelsTab:
 
 
 def model_table(ctx: UIContext) -> list[list]:
-    return [list(astuple(row)) for row in models.list_models(ctx.db)]
+    return [[r.id, r.name, r.kind, r.base_model, r.job, r.project, r.labels, r.filters, r.heldout_text, r.path]
+            for r in models.list_models(ctx.db)]
 
 
 def model_choices(ctx: UIContext, current=None):

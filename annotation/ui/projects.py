@@ -40,6 +40,8 @@ class ProjectsTab:
     upload: gr.File
     import_format: gr.Dropdown
     import_button: gr.Button
+    settings_report: gr.Markdown
+    prompts_report: gr.Markdown
     report: gr.Markdown
     judge_report: gr.Markdown
     judge_existing: gr.Button
@@ -64,22 +66,25 @@ def build_projects_tab(ctx: UIContext) -> ProjectsTab:
         with gr.Row():
             create = gr.Button("Create project", variant="primary", elem_id="create-project")
             save = gr.Button("Save settings", elem_id="save-project")
+        # Each message appears under the button that caused it, where the user is looking.
+        settings_report = gr.Markdown("", elem_id="settings-report")
     with gr.Accordion("Add prompts", open=True):
         prompt_text = gr.Textbox(label="Prompts: one per line, or blocks separated by a line with ---", lines=5,
                                  elem_id="prompt-text")
         add_prompts = gr.Button("Add prompts", elem_id="add-prompts")
+        prompts_report = gr.Markdown("", elem_id="prompts-report")
         with gr.Row():
             upload = gr.File(label="Import a file (JSONL, CSV, Parquet, HH-RLHF, TRL; zip a datasets folder)",
                              file_types=[".jsonl", ".json", ".gz", ".csv", ".parquet", ".zip"], elem_id="import-file")
             import_format = gr.Dropdown(IMPORT_FORMATS, value="auto", label="Format", elem_id="import-format")
         import_button = gr.Button("Import file", elem_id="import-button")
-    report = gr.Markdown("", elem_id="setup-report")
+        report = gr.Markdown("", elem_id="setup-report")
     with gr.Accordion("Judge", open=True):
         judge_report = gr.Markdown("", elem_id="judge-report")
         judge_existing = gr.Button("Judge existing items", elem_id="judge-existing")
         judge_poll = gr.Timer(1.0, active=False)
     tab = ProjectsTab(project, form, create, save, prompt_text, add_prompts, upload, import_format, import_button,
-                      report, judge_report, judge_existing, judge_poll)
+                      settings_report, prompts_report, report, judge_report, judge_existing, judge_poll)
     threads = judge.JudgingThreads(ctx.db)
     _wire(ctx, tab, threads)
     _wire_judge(ctx, tab, threads)
@@ -156,24 +161,24 @@ def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> No
         try:
             settings = projects.create_project(ctx.db, settings_from(values))
         except InputError as exc:
-            return {tab.report: f"⚠️ {exc}"}
+            return {tab.settings_report: f"⚠️ {exc}"}
         ctx.wake_worker()
-        return {tab.report: f"✅ Project **{settings.name}** created. Add prompts below; the generator "
+        return {tab.settings_report: f"✅ Project **{settings.name}** created. Add prompts below; the generator "
                             f"prepares items for annotation in the background.",
                 tab.project: tab.refresh_choices(ctx, settings.name)}
 
-    tab.create.click(create, fields, [tab.report, tab.project], api_name="create_project")
+    tab.create.click(create, fields, [tab.settings_report, tab.project], api_name="create_project")
 
     def save(*values):
         try:
             settings = projects.update_project(ctx.db, settings_from(values))
         except InputError as exc:
-            return {tab.report: f"⚠️ {exc}"}
+            return {tab.settings_report: f"⚠️ {exc}"}
         ctx.wake_worker()
-        return {tab.report: f"✅ Settings of **{settings.name}** saved.",
+        return {tab.settings_report: f"✅ Settings of **{settings.name}** saved.",
                 tab.judge_report: judge_summary(ctx, threads, settings.name)}
 
-    tab.save.click(save, fields, [tab.report, tab.judge_report], api_name="save_project")
+    tab.save.click(save, fields, [tab.settings_report, tab.judge_report], api_name="save_project")
 
     def add(name, text):
         try:
@@ -181,12 +186,13 @@ def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> No
                 raise InputError("pick or create a project first")
             added = prompts.add_text_prompts(ctx.db, name, text)
         except InputError as exc:
-            return {tab.report: f"⚠️ {exc}"}
+            return {tab.prompts_report: f"⚠️ {exc}"}
         ctx.wake_worker()
         dup = f" ({added.duplicates} already in the project)" if added.duplicates else ""
-        return {tab.report: f"✅ Added {added.added} prompts to **{name}**{dup}.", tab.prompt_text: ""}
+        return {tab.prompts_report: f"✅ Added {added.added} prompts to **{name}**{dup}.", tab.prompt_text: ""}
 
-    tab.add_prompts.click(add, [tab.project, tab.prompt_text], [tab.report, tab.prompt_text], api_name="add_prompts")
+    tab.add_prompts.click(add, [tab.project, tab.prompt_text], [tab.prompts_report, tab.prompt_text],
+                          api_name="add_prompts")
 
     def do_import(name, file, fmt):
         try:
