@@ -181,7 +181,7 @@ def test_pointwise_ratings(page, server):
     start_annotating(page, "carol", "rate")
     item_id = wait_item(page, timeout=20_000)
     page.click("#submit-list")
-    wait_status(page, "rate every response")
+    wait_status(page, "rate every response", elem_id="submit-notice")
     for i, score in enumerate([5, 2, 4]):
         page.locator(f"#rating-{i} label", has_text=str(score)).click()
     page.click("#submit-list")

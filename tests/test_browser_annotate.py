@@ -120,7 +120,12 @@ def test_long_code_scrolls_inside_its_card_in_light_and_dark_mode(server, tmp_pa
             card_box, code_box = card.bounding_box(), code.bounding_box()
             assert code_box["width"] <= card_box["width"]
             assert code_box["x"] + code_box["width"] <= card_box["x"] + card_box["width"] + 0.5
-            assert code.evaluate("el => el.scrollWidth > el.clientWidth")  # the line scrolls, it is not cut
+            # Nothing is drawn past the card's edge; the line scrolls inside the code block instead.
+            assert card.evaluate("el => el.scrollWidth <= el.clientWidth"), card.evaluate("el => el.scrollWidth")
+            assert code.evaluate("el => getComputedStyle(el).overflowX") in ("auto", "scroll")
+            assert code.evaluate("el => el.scrollWidth > el.clientWidth")
+            code.evaluate("el => { el.scrollLeft = el.scrollWidth; }")  # and all of it can be scrolled to
+            assert code.evaluate("el => el.scrollLeft > 0")
             assert card_box["x"] + card_box["width"] <= page.viewport_size["width"]
             other = page.locator("#resp-a .ps-response, #resp-b .ps-response")
             a_box, b_box = other.nth(0).bounding_box(), other.nth(1).bounding_box()
