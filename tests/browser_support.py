@@ -153,10 +153,22 @@ def wait_status(page, pattern: str, elem_id: str = "status", timeout: float = 60
     expect(page.locator(f"#{elem_id}")).to_contain_text(re.compile(pattern), timeout=timeout)
 
 
-def start_annotating(page, name: str, project: str) -> None:
-    """Pick the project, then type the name: with no name yet nothing is served, so the first item
-    shown is from `project`."""
+def start_annotating(page, name: str, project: str, key: str = "Tab") -> None:
+    """Pick the project, then type the name and leave the field with `key`: with no name yet
+    nothing is served, so the first item shown is from `project`."""
     pick_dropdown(page, "annotate-project", project)
     wait_status(page, "Enter your name")
     page.locator("#annotator textarea").fill(name)
-    page.locator("#annotator textarea").press("Tab")
+    page.locator("#annotator textarea").press(key)
+
+
+@contextmanager
+def serving(db, folder: Path, *args: str):
+    """`app.py serve` on `folder`/ui.db without the background generator or the starter project,
+    with `db` kept on the process for the test's own queries; stopped afterwards."""
+    proc = ServerProcess(["--db", str(folder / "ui.db"), "--no-worker", "--no-seed", *args], folder / "server.log")
+    proc.db = db
+    try:
+        yield proc
+    finally:
+        proc.stop()

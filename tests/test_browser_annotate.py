@@ -14,7 +14,7 @@ from sqlalchemy import select
 from annotation.services import labelling
 from storage.db import open_database, transaction
 from storage.models import Choice, Item, PairwiseLabel, Ranking, Rating, Response, User
-from tests.browser_support import ServerProcess, browser_page, pick_dropdown, start_annotating, wait_status
+from tests.browser_support import browser_page, pick_dropdown, serving, start_annotating, wait_status
 from tests.factories import make_items, make_project
 
 pytestmark = pytest.mark.browser
@@ -40,10 +40,8 @@ def server(tmp_path_factory):
     labelling.submit_pairwise(db, labelling.next_item(db, "finished", "seeder"), "a")
     make_project(db, "lonely")
     make_items(db, "lonely", 1)
-    proc = ServerProcess(["--db", str(folder / "ui.db"), "--no-worker", "--no-seed"], folder / "server.log")
-    proc.db = db
-    yield proc
-    proc.stop()
+    with serving(db, folder) as proc:
+        yield proc
 
 
 @pytest.fixture
@@ -74,10 +72,8 @@ def leased_to(db, item_id: int) -> str | None:
 
 
 def test_after_enter_in_the_name_field_keys_label_the_item(page, server):
-    pick_dropdown(page, "annotate-project", "pairs")
+    start_annotating(page, "dave", "pairs", key="Enter")
     name = page.locator("#annotator textarea")
-    name.fill("dave")
-    name.press("Enter")
     item_id = wait_item(page)
     assert page.evaluate("() => !document.activeElement.closest('#annotator')")
     page.keyboard.press("1")
@@ -91,10 +87,8 @@ def test_after_enter_in_the_name_field_keys_label_the_item(page, server):
 
 
 def test_a_new_name_gives_back_the_item_the_old_name_held(page, server):
-    pick_dropdown(page, "annotate-project", "pairs")
+    start_annotating(page, "erin", "pairs")
     name = page.locator("#annotator textarea")
-    name.fill("erin")
-    name.press("Tab")
     held = wait_item(page)
     assert leased_to(server.db, held) == "erin"
     name.fill("erin2")

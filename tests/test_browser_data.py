@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 from annotation.services import arena, labelling
 from storage.db import open_database, transaction
 from storage.models import TrainedModel
-from tests.browser_support import ServerProcess, browser_page, goto_tab, pick_dropdown, wait_status
+from tests.browser_support import browser_page, goto_tab, pick_dropdown, serving, wait_status
 from tests.factories import make_items, make_project
 
 pytestmark = pytest.mark.browser
@@ -36,10 +36,8 @@ def server(tmp_path_factory):
     with transaction(db) as s:
         s.add(TrainedModel(name="rm-small", kind="reward-model", path=str(run), base_model="tiny",
                            metrics={"eval/accuracy": 0.0}))
-    proc = ServerProcess(["--db", str(folder / "ui.db"), "--no-worker", "--no-seed"], folder / "server.log")
-    proc.db = db
-    yield proc
-    proc.stop()
+    with serving(db, folder) as proc:
+        yield proc
 
 
 @pytest.fixture
