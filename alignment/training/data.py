@@ -159,56 +159,63 @@ def _missing(row: dict, keys: Sequence[str]) -> list[str]:
     return [k for k in keys if k not in row]
 
 
-def load_pairs(path: str | Path) -> list[PreferencePair]:
-    """Pairwise rows (standard or conversational) -> PreferencePair; DataError with the line number."""
-    pairs = []
+def _parse_rows(path: str | Path, required: Sequence[str], other_kind: tuple[str, str],
+                parse: Callable[[dict], Any]) -> list[Any]:
+    """``parse(row)`` for every row of a JSONL file, after checking it has the ``required`` keys;
+    a row of the other kind (it has ``other_kind[0]``) is told so (``other_kind[1]``). Any
+    ValueError becomes a DataError naming the line."""
+    parsed = []
     for line_no, row in _read_jsonl(path):
         try:
-            missing = _missing(row, ("prompt", "chosen", "rejected"))
+            missing = _missing(row, required)
             if missing:
-                hint = " (a listwise row? train it with PL-DPO)" if "completions" in row else ""
-                raise ValueError(f"missing {', '.join(missing)}{hint}")
-            margin = row.get("margin")
-            if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
-                raise ValueError(f"margin must be a number, got {margin!r}")
-            pairs.append(PreferencePair(
-                prompt_messages=prompt_to_messages(row["prompt"]),
-                chosen=completion_text(row["chosen"], "chosen"),
-                rejected=completion_text(row["rejected"], "rejected"),
-                margin=None if margin is None else float(margin),
-            ))
+                key, hint = other_kind
+                raise ValueError(f"missing {', '.join(missing)}{f' ({hint})' if key in row else ''}")
+            parsed.append(parse(row))
         except ValueError as exc:
             raise DataError(f"{path}:{line_no}: {exc}") from None
-    return pairs
+    return parsed
+
+
+def _pair(row: dict) -> PreferencePair:
+    margin = row.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+        raise ValueError(f"margin must be a number, got {margin!r}")
+    return PreferencePair(
+        prompt_messages=prompt_to_messages(row["prompt"]),
+        chosen=completion_text(row["chosen"], "chosen"),
+        rejected=completion_text(row["rejected"], "rejected"),
+        margin=None if margin is None else float(margin),
+    )
+
+
+def _ranking(row: dict) -> Ranking:
+    completions, ranks = row["completions"], row["ranks"]
+    if not isinstance(completions, list) or not isinstance(ranks, list):
+        raise ValueError("completions and ranks must be lists")
+    if len(completions) != len(ranks):
+        raise ValueError(f"{len(completions)} completions but {len(ranks)} ranks")
+    if len(completions) < 2:
+        raise ValueError("a ranking needs at least 2 completions")
+    if any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in ranks):
+        raise ValueError(f"ranks must be non-negative integers, got {ranks}")
+    messages = prompt_to_messages(row["prompt"])
+    texts = [completion_text(c, f"completions[{i}]") for i, c in enumerate(completions)]
+    order = sorted(range(len(ranks)), key=lambda i: ranks[i])  # best first, stable
+    return Ranking(prompt_messages=messages, completions=[texts[i] for i in order], ranks=[ranks[i] for i in order])
+
+
+def load_pairs(path: str | Path) -> list[PreferencePair]:
+    """Pairwise rows (standard or conversational) -> PreferencePair; DataError with the line number."""
+    return _parse_rows(path, ("prompt", "chosen", "rejected"),
+                       ("completions", "a listwise row? train it with PL-DPO"), _pair)
 
 
 def load_rankings(path: str | Path) -> RankingSet:
     """Listwise rows -> Ranking (best first, ties kept); the rankings with a tie are counted."""
-    rankings, with_ties = [], 0
-    for line_no, row in _read_jsonl(path):
-        try:
-            missing = _missing(row, ("prompt", "completions", "ranks"))
-            if missing:
-                hint = " (a pairwise row? train it with DPO)" if "chosen" in row else ""
-                raise ValueError(f"missing {', '.join(missing)}{hint}")
-            completions, ranks = row["completions"], row["ranks"]
-            if not isinstance(completions, list) or not isinstance(ranks, list):
-                raise ValueError("completions and ranks must be lists")
-            if len(completions) != len(ranks):
-                raise ValueError(f"{len(completions)} completions but {len(ranks)} ranks")
-            if len(completions) < 2:
-                raise ValueError("a ranking needs at least 2 completions")
-            if any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in ranks):
-                raise ValueError(f"ranks must be non-negative integers, got {ranks}")
-            messages = prompt_to_messages(row["prompt"])
-            texts = [completion_text(c, f"completions[{i}]") for i, c in enumerate(completions)]
-            order = sorted(range(len(ranks)), key=lambda i: ranks[i])  # best first, stable
-            texts, ranks = [texts[i] for i in order], [ranks[i] for i in order]
-            with_ties += len(set(ranks)) < len(ranks)
-            rankings.append(Ranking(prompt_messages=messages, completions=texts, ranks=ranks))
-        except ValueError as exc:
-            raise DataError(f"{path}:{line_no}: {exc}") from None
-    return RankingSet(rankings, with_ties)
+    rankings = _parse_rows(path, ("prompt", "completions", "ranks"),
+                           ("chosen", "a pairwise row? train it with DPO"), _ranking)
+    return RankingSet(rankings, sum(len(set(r.ranks)) < len(r.ranks) for r in rankings))
 
 
 def ranking_pairs(rankings: Sequence[Ranking]) -> list[PreferencePair]:
