@@ -79,7 +79,8 @@ def test_truncated_responses_are_marked(db):
     make_project(db, "p")
     (item_id,) = make_items(db, "p", 1)
     with transaction(db) as s:
-        s.scalars(select(Response).where(Response.item_id == item_id, Response.position == 0)).one().finish_reason = "length"
+        first = s.scalars(select(Response).where(Response.item_id == item_id, Response.position == 0)).one()
+        first.finish_reason = "length"
     view = L.next_item(db, "p", "alice")
     assert {r.position: r.truncated for r in view.responses} == {0: True, 1: False}
 

@@ -95,7 +95,8 @@ def build_annotate_tab(ctx: UIContext) -> AnnotateTab:
             resp_b = gr.HTML("", elem_id="resp-b", js_on_load=None)
         # The LLM judge's suggestion, only when the project turns suggestions on (off: blind work).
         suggestion = gr.HTML("", elem_id="judge-suggestion", js_on_load=None)
-        choice = gr.Radio(choices=CHOICES, label="Which is better? (keys 1-4, Enter to submit, ? for all keys)", elem_id="choice")
+        choice = gr.Radio(choices=CHOICES, label="Which is better? (keys 1-4, Enter to submit, ? for all keys)",
+                          elem_id="choice")
         # Only for A or B: a tie or "both bad" has no winner to be better by.
         strength = gr.Radio(choices=STRENGTHS, label="How much better? (optional)", visible=False,
                             elem_id="strength")
