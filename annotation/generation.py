@@ -30,7 +30,7 @@ from sqlalchemy import exists, func, select
 from alignment.sampling import GenerationBackend, SamplingParams
 from annotation.services.judge import JudgeLoader, default_judge_loader, judge_items
 from annotation.services.projects import find_project
-from storage.db import Database, transaction
+from storage.db import Database, reading, transaction
 from storage.models import Item, ItemStatus, Mode, Project, Prompt, QueueOrder, Response
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def generate_items(db: Database, project_name: str, backend: GenerationBackend, 
     on every response) so a run can be reproduced batch by batch. `model_label` is the model
     recorded on the responses when the backend is not the project's own model.
     """
-    with transaction(db) as s:
+    with reading(db) as s:
         project = find_project(s, project_name)
         prompts = [(p.id, p.messages) for p in _prompts_without_items(s, project, limit)]
         k = k or project.k
@@ -136,7 +136,7 @@ def score_items(db: Database, project_name: str, reward_model: Any, reward_path:
     """
     from alignment.training.reward import score
 
-    with transaction(db) as s:
+    with reading(db) as s:
         project = find_project(s, project_name)
         rows = [(r.id, item.prompt.messages, r.text) for item in _unscored_ready_items(s, project, limit)
                 for r in item.responses]
@@ -158,7 +158,7 @@ def score_items(db: Database, project_name: str, reward_model: Any, reward_path:
 
 def ready_deficit(db: Database, project_name: str) -> int:
     """How many more items the project wants generated to reach its queue target."""
-    with transaction(db) as s:
+    with reading(db) as s:
         project = find_project(s, project_name)
         ready = s.scalar(select(func.count()).select_from(Item)
                          .where(Item.project_id == project.id, Item.status == ItemStatus.ready)) or 0
@@ -323,7 +323,7 @@ class GenerationWorker(threading.Thread):
     def run_once(self) -> int:
         """One pass over all projects; returns how much was done (items generated or scored)."""
         done = 0
-        with transaction(self.db) as s:
+        with reading(self.db) as s:
             projects = [_Plan.of(p) for p in s.scalars(select(Project).where(Project.staging.is_(False))
                                                        .order_by(Project.id))]
         self._forget_unused(projects)

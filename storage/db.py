@@ -2,10 +2,15 @@
 
 `--db` everywhere takes either a file path (a SQLite file, created with its folder) or any SQLAlchemy
 URL (``postgresql+psycopg://...`` for a team). SQLite runs in WAL mode with foreign keys on, and
-every transaction starts with ``BEGIN IMMEDIATE``: a writer takes the write lock up front and waits
-(busy_timeout) instead of failing half-way with "database is locked" when annotators submit at once.
+every transaction that may write starts with ``BEGIN IMMEDIATE``: a writer takes the write lock up
+front and waits (busy_timeout) instead of failing half-way with "database is locked" when
+annotators submit at once. A transaction that only reads (``reading``) starts with a plain
+``BEGIN`` and takes no lock at all: in WAL mode readers never wait for writers, nor writers for them.
+On PostgreSQL, reads are ``READ ONLY`` transactions and leases lock rows with
+``SELECT ... FOR UPDATE SKIP LOCKED`` (see annotation.services.labelling.next_item).
 
-The service that handles one user action owns one transaction: use ``with transaction(db) as s:``.
+The service that handles one user action owns one transaction: use ``with transaction(db) as s:``,
+or ``with reading(db) as s:`` when it only reads.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DB_PATH = Path("data") / "prefstudio.db"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+_READ_ONLY = "prefstudio_read_only"  # execution option: this transaction only reads
 
 
 def database_url(db: str | Path | None) -> str:
@@ -52,7 +58,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def make_engine(db: str | Path | None) -> Engine:
@@ -103,3 +109,17 @@ def transaction(db: Database) -> Iterator[Session]:
     """One unit of work: commits on success, rolls back everything on any exception."""
     with db.sessions() as session, session.begin():
         yield session
+
+
+@contextmanager
+def reading(db: Database) -> Iterator[Session]:
+    """A transaction that only reads: no write lock on SQLite, READ ONLY on PostgreSQL.
+
+    Nothing is committed; a write inside it fails on PostgreSQL and is rolled back on SQLite.
+    """
+    with db.sessions() as session:
+        session.connection(execution_options={_READ_ONLY: True, "postgresql_readonly": True})
+        try:
+            yield session
+        finally:
+            session.rollback()

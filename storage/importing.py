@@ -110,7 +110,8 @@ def import_report(db: Database, report: ImportReport, file_name: str, project_na
     with transaction(db) as s:
         project = s.scalar(select(Project).where(Project.name == project_name))
         known = _imported_label_keys(s, project.id) if project is not None else set()
-        staging = Project(name=f"\x00import {uuid.uuid4().hex}", mode=Mode.pairwise, k=2, staging=True)
+        # Hidden by `staging`, not by its name (PostgreSQL text cannot hold the NUL a name could hide behind).
+        staging = Project(name=f"(staging import {uuid.uuid4().hex})", mode=Mode.pairwise, k=2, staging=True)
         s.add(staging)
         s.flush()
         staging_id = staging.id

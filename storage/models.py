@@ -88,9 +88,10 @@ class ItemStatus(str, enum.Enum):
 
 
 def _enum(e: type[enum.Enum], name: str) -> Enum:
-    # Store the values ("import", not "imported"); a CHECK keeps SQLite honest.
+    # Store the values ("import", not "imported") as plain strings with a CHECK on every engine:
+    # no PostgreSQL ENUM types, so SQLite and PostgreSQL hold the same schema and rows copy as they are.
     return Enum(e, name=name, values_callable=lambda x: [m.value for m in x], validate_strings=True,
-                create_constraint=True)
+                create_constraint=True, native_enum=False)
 
 
 class TimestampMixin:

@@ -25,6 +25,7 @@ HH_FILE = SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
 def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: end-to-end test on the real embedded SmolLM2 model (slow)")
     config.addinivalue_line("markers", "browser: drives the real UI in headless Chromium through Playwright")
+    config.addinivalue_line("markers", "databases: runs once on SQLite and once on a throwaway PostgreSQL server")
 
 
 @pytest.fixture(scope="session")
@@ -71,12 +72,60 @@ def tiny_model_dir(tokenizer_dir, tmp_path_factory) -> Path:
     return build_tiny_model(tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"))
 
 
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    # Tests marked `databases` run once per engine: the same test, not a copy, on both.
+    if "db_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("databases"):
+        metafunc.parametrize("db_backend", DATABASES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL server for the whole session (see tests/postgres_support.py)."""
+    from tests.postgres_support import PostgresServer, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"PostgreSQL side skipped: {reason}")
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def db(tmp_path):
-    """A fresh, migrated SQLite database file for one test."""
+def db_backend(request) -> str:
+    """The database engine of this test: sqlite unless the test is marked `databases`."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def new_db_url(db_backend, tmp_path, request):
+    """Makes fresh, migrated databases on this test's engine: ``new_db_url(name)`` -> path or URL."""
+    made: list[str] = []
+    server = request.getfixturevalue("postgres_server") if db_backend == "postgresql" else None
+
+    def make(name: str = "test", migrated: bool = True) -> str:
+        if server is None:
+            return str(tmp_path / f"{name}.db")
+        made.append(server.new_database(migrated=migrated))
+        return made[-1]
+
+    yield make
+    for url in made:
+        server.drop_database(url)
+
+
+@pytest.fixture
+def db(new_db_url):
+    """A fresh, migrated database for one test: a SQLite file, or a PostgreSQL database for tests
+    marked `databases` (run on both)."""
     from storage.db import open_database
 
-    return open_database(tmp_path / "test.db")
+    database = open_database(new_db_url())
+    yield database
+    database.engine.dispose()  # a PostgreSQL database with open connections cannot be dropped
 
 
 @pytest.fixture(scope="session")

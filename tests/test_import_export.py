@@ -29,6 +29,8 @@ from storage.models import (
 )
 from tests.factories import make_items, make_project
 
+pytestmark = pytest.mark.databases
+
 HH_VALID_PAIRS = 2308
 HH_BAD_LINES = [87, 517, 926, 1104]  # the four HH pairs whose chosen reply is empty
 

@@ -17,6 +17,11 @@ from storage.models import Job, JobStatus, Snapshot, TrainedModel
 
 from tests.factories import make_items, make_project
 
+# On PostgreSQL too: the jobs whose subprocess writes what the database keeps (lineage, stored
+# items) and the checks at submit. The runner's process handling (crash, cancel, restart) does not
+# depend on the engine and runs on SQLite only, to keep the suite fast.
+both_databases = pytest.mark.databases
+
 
 def labelled_project(db, name="p", n=12):
     make_project(db, name)
@@ -57,6 +62,7 @@ def runner(db, tmp_path):
     r.stop(cancel_running=True)
 
 
+@both_databases
 def test_a_dpo_job_runs_in_a_subprocess_and_records_its_lineage(db, runner, tiny_model_dir):
     labelled_project(db)
     job_id = runner.submit(JobRequest("dpo", "p", tiny_config(tiny_model_dir)))
@@ -76,6 +82,7 @@ def test_a_dpo_job_runs_in_a_subprocess_and_records_its_lineage(db, runner, tiny
     assert job_rows(db)[0]["status"] == "succeeded" and job_rows(db)[0]["labels"] == 12
 
 
+@both_databases
 def test_too_few_labels_or_bad_settings_launch_nothing(db, runner, tiny_model_dir, tmp_path):
     labelled_project(db, n=2)
     with pytest.raises(InputError, match="usable pairs"):
@@ -174,6 +181,7 @@ def count(db, model) -> int:
         return s.scalar(select(func.count()).select_from(model))
 
 
+@both_databases
 def test_a_bon_job_writes_the_scored_dataset_and_stores_the_candidates_as_items(db, runner, tiny_model_dir,
                                                                                  tiny_reward_dir):
     from storage.models import Item, Response
@@ -210,6 +218,7 @@ def test_a_bon_job_writes_the_scored_dataset_and_stores_the_candidates_as_items(
     assert "stored 3 items (6 responses) in project 'p'" in (run_dir / "log.txt").read_text()
 
 
+@both_databases
 def test_a_bon_job_freezes_the_selected_prompts_at_submit(db, tmp_path, tiny_model_dir, tiny_reward_dir):
     from annotation.services.prompts import add_text_prompts
 
@@ -227,6 +236,7 @@ def test_a_bon_job_freezes_the_selected_prompts_at_submit(db, tmp_path, tiny_mod
     assert [r["prompt"] for r in frozen] == ["fresh one", "fresh two"]
 
 
+@both_databases
 def test_bad_bon_settings_are_refused_at_submit_and_launch_nothing(db, tmp_path, tiny_model_dir, tiny_reward_dir):
     labelled_project(db, name="labelled", n=4)
     make_project(db, "pairs", prompts=2)

@@ -1,7 +1,10 @@
 """The annotate loop against a real SQLite file: serve, label, skip, undo, duplicates, bad input."""
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 
@@ -13,7 +16,10 @@ from annotation.services.projects import ProjectSettings, create_project, update
 from storage.db import transaction
 from storage.errors import InputError
 from storage.models import Choice, Item, ItemStatus, PairwiseLabel, Ranking, Rating, Rewrite, Skip
+from tests.conftest import PROJECT_ROOT
 from tests.factories import make_items, make_project
+
+pytestmark = pytest.mark.databases
 
 
 def table_counts(db) -> dict[str, int]:
@@ -262,3 +268,26 @@ def test_sixteen_threads_submitting_lose_and_duplicate_nothing(db):
         assert len(labels) == 16 * per_thread
         assert len({lab.item_id for lab in labels}) == 16 * per_thread  # leases: no item labelled twice
         assert {lab.id for lab in labels} == {r.label_ids[0] for r in first}
+
+
+def test_sixteen_processes_submitting_lose_and_duplicate_nothing(db, tmp_path):
+    """16 annotator processes (not threads) on one database, each double-submitting every label."""
+    make_project(db, "p")
+    per_process = 5
+    make_items(db, "p", 16 * per_process)
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.annotator_process", db.engine.url.render_as_string(False),
+                               "p", f"annotator-{n}", str(per_process), str(go)],
+                              cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for n in range(16)]
+    go.touch()
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert [p.returncode for p in procs] == [0] * 16, [err for _, err in outputs if err]
+    receipts = [json.loads(line) for out, _ in outputs for line in out.splitlines()]
+    first = [r for r in receipts if not r["duplicate"]]
+    assert len(receipts) == 2 * 16 * per_process and len(first) == 16 * per_process
+    with transaction(db) as s:
+        labels = s.scalars(select(PairwiseLabel)).all()
+        assert len(labels) == 16 * per_process
+        assert len({lab.item_id for lab in labels}) == 16 * per_process  # leases: no item labelled twice
+        assert {lab.id for lab in labels} == {r["labels"][0] for r in first}

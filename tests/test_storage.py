@@ -1,17 +1,19 @@
-"""Schema, migrations and the SQLite settings the rest of the app relies on."""
+"""Schema, migrations and the database settings the rest of the app relies on, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from storage.db import database_url, open_database, transaction
+from storage.db import database_url, open_database, reading, transaction
 from storage.errors import InputError
 from storage.models import Base, Choice, PairwiseLabel, Project
 from storage.prompts import content_hash, validate_messages
 from tests.factories import make_items, make_project
+
+pytestmark = pytest.mark.databases
 
 
 def test_migrations_build_exactly_the_models_schema(db):
@@ -21,15 +23,17 @@ def test_migrations_build_exactly_the_models_schema(db):
     assert "alembic_version" in inspect(db.engine).get_table_names()
 
 
-def test_migrating_twice_is_a_no_op(tmp_path):
-    path = tmp_path / "twice.db"
-    open_database(path)
-    db = open_database(path)
+def test_migrating_an_empty_database_twice_is_a_no_op(new_db_url):
+    url = new_db_url("twice", migrated=False)
+    open_database(url).engine.dispose()
+    db = open_database(url)
     with db.engine.connect() as conn:
         assert conn.execute(text("select version_num from alembic_version")).scalar() == "0004"
+    db.engine.dispose()
 
 
-def test_sqlite_runs_in_wal_mode_with_foreign_keys(db):
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
+    db = open_database(tmp_path / "wal.db")
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -90,3 +94,25 @@ def test_prompt_validation_and_hash():
                         ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "end with a user")]:
         with pytest.raises(InputError, match=reason):
             validate_messages(bad, max_chars=10)
+
+
+def test_reads_neither_wait_for_a_writer_nor_keep_anything(db, db_backend):
+    make_project(db, "p")
+    with transaction(db) as writer:  # holds SQLite's write lock (BEGIN IMMEDIATE) until it commits
+        writer.add(Project(name="uncommitted"))
+        writer.flush()
+        with reading(db) as reader:  # another connection: a plain BEGIN, so it does not queue behind
+            assert reader.scalars(select(Project.name)).all() == ["p"]
+    refused = False
+    try:
+        with reading(db) as reader:
+            reader.add(Project(name="written while reading"))
+            reader.flush()
+    except DBAPIError:
+        refused = True  # PostgreSQL: a READ ONLY transaction refuses the write
+    assert refused == (db_backend == "postgresql")
+    with transaction(db) as s:  # the pooled connection is writable again
+        s.add(Project(name="after"))
+    with reading(db) as s:
+        assert sorted(s.scalars(select(Project.name))) == ["after", "p", "uncommitted"]
+        assert s.scalar(select(func.count()).select_from(Project)) == 3

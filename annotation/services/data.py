@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from annotation.services.projects import ProjectSettings, find_project
-from storage.db import Database, transaction
+from storage.db import Database, reading, transaction
 from storage.errors import InputError
 from storage.exporting import EXPORT_FORMATS, ExportResult, export_project
 from storage.importing import ImportResult, import_report, read_checked
@@ -112,6 +112,6 @@ def _created_mode(report) -> dict:
 
 def export_labels(db: Database, project_name: str, fmt: str, out: str | Path,
                   as_datasets: bool = False) -> ExportResult:
-    with transaction(db) as s:
+    with reading(db) as s:
         project = find_project(s, project_name)
         return export_project(s, project, fmt, out, as_datasets=as_datasets)

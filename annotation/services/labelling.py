@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from annotation.services.projects import ensure_user, find_project
-from storage.db import Database, transaction
+from storage.db import Database, reading, transaction
 from storage.errors import InputError
 from storage.models import (
     Choice,
@@ -117,11 +117,17 @@ def next_item(db: Database, project_name: str, user_name: str, rng: random.Rando
         stmt = (
             select(Item)
             .where(*_eligible(project, user, now))
-            # Resume an item this annotator was already shown before taking a new one; then the
-            # project's queue order; oldest first among equals.
-            .order_by((Item.leased_by == user.id).desc(), *_queue_order(s, project), Item.id)
+            # Resume an item this annotator was already shown before taking a new one (a CASE, not
+            # `leased_by == user` DESC: engines sort its NULLs differently); then the project's queue
+            # order; oldest first among equals.
+            .order_by(case((Item.leased_by == user.id, 0), else_=1), *_queue_order(s, project), Item.id)
             .limit(1)
         )
+        if project.overlap == 1:
+            # PostgreSQL: lock the row being leased and skip rows another annotator is leasing right
+            # now, so two annotators never take the same item and neither waits for the other.
+            # SQLite ignores this: its write transactions (BEGIN IMMEDIATE) already run one at a time.
+            stmt = stmt.with_for_update(skip_locked=True, of=Item)
         item = s.scalar(stmt)
         if item is None:
             return None
@@ -506,7 +512,7 @@ class Progress:
 def progress(db: Database, project_name: str, user_name: str | None) -> Progress:
     from storage.models import Prompt  # local: only this query needs it
 
-    with transaction(db) as s:
+    with reading(db) as s:
         project = find_project(s, project_name)
         model = _label_model(project.mode)
         counts = dict(s.execute(select(Item.status, func.count()).where(Item.project_id == project.id)

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from alignment.run_folder import ModelKind
 
-from storage.db import Database, transaction
+from storage.db import Database, reading, transaction
 from storage.errors import InputError
 from storage.models import Job, Project, Snapshot, TrainedModel
 
@@ -40,7 +40,7 @@ class ModelRow:
 
 def list_models(db: Database) -> list[ModelRow]:
     rows = []
-    with transaction(db) as s:
+    with reading(db) as s:
         for m in s.scalars(select(TrainedModel).order_by(TrainedModel.id.desc())):
             snapshot = s.get(Snapshot, m.snapshot_id) if m.snapshot_id else None
             project = s.get(Project, snapshot.project_id) if snapshot else None
@@ -66,7 +66,7 @@ def _heldout_n(path: str) -> int | None:
 
 def model_config(db: Database, model_id: int) -> dict:
     """The resolved training config of the job that produced the model (its lineage, in full)."""
-    with transaction(db) as s:
+    with reading(db) as s:
         model = s.get(TrainedModel, model_id)
         if model is None:
             raise InputError(f"unknown model {model_id}")

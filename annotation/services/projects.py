@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from sqlalchemy import func, select, update
 
-from storage.db import Database, transaction
+from storage.db import Database, reading, transaction
 from storage.errors import InputError
 from storage.models import (
     Item,
@@ -193,12 +193,12 @@ def update_project(db: Database, settings: ProjectSettings) -> ProjectSettings:
 
 
 def get_settings(db: Database, name: str) -> ProjectSettings:
-    with transaction(db) as s:
+    with reading(db) as s:
         return settings_of(find_project(s, name))
 
 
 def project_names(db: Database) -> list[str]:
-    with transaction(db) as s:
+    with reading(db) as s:
         return list(s.scalars(select(Project.name).where(Project.staging.is_(False))
                               .order_by(Project.created_at, Project.id)))
 
@@ -237,7 +237,7 @@ def _count(session, stmt) -> int:
 def project_counts(db: Database) -> list[ProjectCounts]:
     """Per-project totals for the data tab (one small query per table; projects are few)."""
     out = []
-    with transaction(db) as s:
+    with reading(db) as s:
         for p in s.scalars(select(Project).where(Project.staging.is_(False)).order_by(Project.created_at, Project.id)):
             items = dict(s.execute(select(Item.status, func.count()).where(Item.project_id == p.id)
                                    .group_by(Item.status)).all())

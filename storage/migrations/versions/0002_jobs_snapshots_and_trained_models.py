@@ -31,7 +31,7 @@ def upgrade() -> None:
     op.create_table('jobs',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('kind', sa.String(length=32), nullable=False),
-    sa.Column('status', sa.Enum('queued', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted', name='job_status', create_constraint=True), nullable=False),
+    sa.Column('status', sa.Enum('queued', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted', name='job_status', create_constraint=True, native_enum=False), nullable=False),
     sa.Column('device', sa.String(length=32), nullable=False),
     sa.Column('config', sa.JSON(), nullable=False),
     sa.Column('run_dir', sa.String(length=1024), nullable=False),

@@ -20,7 +20,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('item_id', sa.Integer(), nullable=False),
     sa.Column('judge_model', sa.String(length=512), nullable=False),
-    sa.Column('choice', sa.Enum('a', 'b', 'tie', 'both_bad', name='choice', create_constraint=True), nullable=False),
+    sa.Column('choice', sa.Enum('a', 'b', 'tie', 'both_bad', name='choice', create_constraint=True, native_enum=False), nullable=False),
     sa.Column('prob_a', sa.Float(), nullable=True),
     sa.Column('raw', sa.Text(), nullable=False),
     sa.Column('judge_prompt', sa.Text(), nullable=False),
@@ -55,7 +55,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_evaluations_project_id'), ['project_id'], unique=False)
 
     with op.batch_alter_table('projects', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('queue_order', sa.Enum('random', 'uncertainty', 'disagreement', name='queue_order', create_constraint=True), server_default='random', nullable=False))
+        batch_op.add_column(sa.Column('queue_order', sa.Enum('random', 'uncertainty', 'disagreement', name='queue_order', create_constraint=True, native_enum=False), server_default='random', nullable=False))
         batch_op.add_column(sa.Column('queue_reward_model', sa.String(length=1024), nullable=True))
         batch_op.add_column(sa.Column('judge_model', sa.String(length=512), nullable=True))
         batch_op.add_column(sa.Column('judge_suggestions', sa.Boolean(), server_default=sa.false(), nullable=False))

@@ -1,0 +1,40 @@
+"""One annotator as its own OS process, for the concurrency tests and bench/storage.py.
+
+    python -m tests.annotator_process DB PROJECT NAME LABELS GO_FILE
+
+Waits until GO_FILE exists (so all annotators start together, after their imports), then asks for
+LABELS items one after another and submits each twice (a double click), and prints one JSON line
+per submission: item, label ids, whether it was a duplicate, and how long the submission took.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from annotation.services import labelling
+from storage.db import open_database
+
+
+def main(argv: list[str]) -> int:
+    db_url, project, name, labels, go_file = argv[0], argv[1], argv[2], int(argv[3]), Path(argv[4])
+    db = open_database(db_url, migrate=False)
+    while not go_file.exists():
+        time.sleep(0.01)
+    for _ in range(labels):
+        view = labelling.next_item(db, project, name)
+        if view is None:
+            break
+        for _ in range(2):
+            started = time.perf_counter()
+            receipt = labelling.submit_pairwise(db, view, random.choice("ab"))
+            print(json.dumps({"item": receipt.item_id, "labels": receipt.label_ids, "duplicate": receipt.duplicate,
+                              "seconds": time.perf_counter() - started}), flush=True)
+    db.engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
