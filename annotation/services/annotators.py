@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from annotation.services.projects import find_project
-from storage.db import Database, transaction
+from storage.db import Database, reading
 from storage.models import Item, LabelSource, Mode, PairwiseLabel, Ranking, Rating, Skip, User
 
 _LABELS = {Mode.pairwise: PairwiseLabel, Mode.listwise: Ranking, Mode.pointwise: Rating}
@@ -34,7 +34,7 @@ class AnnotatorStats:
 
 def annotator_stats(db: Database, project_name: str) -> list[AnnotatorStats]:
     """One row per annotator who labelled or skipped an item of the project, most labels first."""
-    with transaction(db) as s:
+    with reading(db) as s:
         project = find_project(s, project_name)
         model = _LABELS[project.mode]
         # (user, item) -> time on screen: one row per submission, whatever the mode wrote.
