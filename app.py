@@ -145,7 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
     ev.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default 128)")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    db_cmd = sub.add_parser("db", help="database maintenance: copy a whole database to another engine",
+                            description="Database maintenance.")
+    db_sub = db_cmd.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    copy = db_sub.add_parser("copy", help="copy every row into an empty database (SQLite <-> PostgreSQL)",
+                             description="Copy everything (projects, prompts, items, responses, labels, jobs, "
+                                         "snapshots, trained-model rows) from one database into another, in one "
+                                         "transaction on the target, and print both sides' row counts. The target "
+                                         "(a path or an SQLAlchemy URL) is created and migrated if new, and refused "
+                                         "if it holds any row. Stop `serve` on the source first.")
+    copy.add_argument("--from", dest="source", required=True, help="source database: a file path or an SQLAlchemy URL")
+    copy.add_argument("--to", dest="target", required=True, help="target database: a file path or an SQLAlchemy URL")
     return parser
+
+
+def cmd_db(args) -> int:
+    from annotation.services.data import copy_database
+
+    print(copy_database(args.source, args.target).summary())
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -276,7 +294,7 @@ def cmd_eval(args) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "import": cmd_import, "export": cmd_export, "generate": cmd_generate,
-            "train": cmd_train, "bon": cmd_bon, "eval": cmd_eval}
+            "train": cmd_train, "bon": cmd_bon, "eval": cmd_eval, "db": cmd_db}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DB_PATH = Path("data") / "prefstudio.db"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-_READ_ONLY = "prefstudio_read_only"  # execution option: this transaction only reads
+READ_ONLY_OPTION = "prefstudio_read_only"  # execution option: this transaction only reads
 
 
 def database_url(db: str | Path | None) -> str:
@@ -58,7 +58,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY_OPTION) else "BEGIN IMMEDIATE")
 
 
 def make_engine(db: str | Path | None) -> Engine:
@@ -118,7 +118,7 @@ def reading(db: Database) -> Iterator[Session]:
     Nothing is committed; a write inside it fails on PostgreSQL and is rolled back on SQLite.
     """
     with db.sessions() as session:
-        session.connection(execution_options={_READ_ONLY: True, "postgresql_readonly": True})
+        session.connection(execution_options={READ_ONLY_OPTION: True, "postgresql_readonly": True})
         try:
             yield session
         finally:

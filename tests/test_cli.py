@@ -207,3 +207,46 @@ def test_train_pl_dpo_uses_every_ranking_ties_included(tiny_model_dir, tmp_path)
     assert metrics["n_train"] + metrics["n_eval"] == len(rows) and metrics["with_ties"] == 4
     split = json.loads((out / "split.json").read_text())
     assert split["train"]["rows"] + split["held_out"]["rows"] == len(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# the same commands on PostgreSQL
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.databases
+def test_every_database_command_on_either_engine(new_db_url, tiny_model_dir, tmp_path):
+    """import, generate, label, export and train --project against the URL given as --db."""
+    from annotation.services import labelling
+
+    url = new_db_url("cli", migrated=False)  # the first command migrates it
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Name fruit number {i}."} for i in range(4)])
+    assert app("import", prompts, "--db", url, "--project", "e", "--create").returncode == 0
+    generated = app("generate", "--db", url, "--project", "e", "--model", tiny_model_dir, "--limit", 4,
+                    "--max-new-tokens", 6, "--seed", 1, timeout=300)
+    assert generated.returncode == 0, generated.stderr
+    db = open_database(url, migrate=False)
+    for n in range(4):
+        labelling.submit_pairwise(db, labelling.next_item(db, "e", "alice"), "ab"[n % 2])
+    db.engine.dispose()
+    exported = app("export", tmp_path / "pairs.jsonl", "--db", url, "--project", "e")
+    assert exported.returncode == 0, exported.stderr
+    assert len((tmp_path / "pairs.jsonl").read_text().splitlines()) == 4
+    trained = app("train", "rm", "--db", url, "--project", "e", "--model", tiny_model_dir, "--out", tmp_path / "rm",
+                  "--max-steps", 1, "--batch-size", 2, "--max-length", 48, "--lora-r", 4, "--eval-fraction", 0.25,
+                  timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "rm" / "adapter_config.json").exists()
+
+
+def test_serve_on_postgresql_seeds_and_serves(postgres_server, tmp_path):
+    from tests.browser_support import ServerProcess
+
+    url = postgres_server.new_database(migrated=False)
+    server = ServerProcess(["--db", url, "--no-worker", "--runs", str(tmp_path / "runs")], tmp_path / "serve.log")
+    try:
+        assert "Running on local URL" in server.log()
+        assert project_names(url) == ["starter"]  # migrated and seeded through the URL
+    finally:
+        server.stop()
+        postgres_server.drop_database(url)

@@ -18,6 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from annotation.services.projects import ProjectSettings, find_project
+from storage import copying
+from storage.copying import CopyResult
 from storage.db import Database, reading, transaction
 from storage.errors import InputError
 from storage.exporting import EXPORT_FORMATS, ExportResult, export_project
@@ -115,3 +117,8 @@ def export_labels(db: Database, project_name: str, fmt: str, out: str | Path,
     with reading(db) as s:
         project = find_project(s, project_name)
         return export_project(s, project, fmt, out, as_datasets=as_datasets)
+
+
+def copy_database(source: str, target: str) -> CopyResult:
+    """`app.py db copy`: every row of one database into another, empty one, in one transaction there."""
+    return copying.copy_database(source, target)
