@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from annotation.services import labelling
 from storage.db import open_database, transaction
-from storage.models import Choice, Item, PairwiseLabel, Ranking, Rating, Response, User
+from storage.models import Choice, Item, PairwiseLabel, Project, Ranking, Rating, Response, User
 from tests.browser_support import browser_page, pick_dropdown, serving, start_annotating, wait_status
 from tests.factories import make_items, make_project
 
@@ -40,6 +40,8 @@ def server(tmp_path_factory):
     labelling.submit_pairwise(db, labelling.next_item(db, "finished", "seeder"), "a")
     make_project(db, "lonely")
     make_items(db, "lonely", 1)
+    make_project(db, "last")
+    make_items(db, "last", 1)
     with serving(db, folder) as proc:
         yield proc
 
@@ -250,6 +252,7 @@ def test_question_mark_shows_the_keys_and_escape_hides_them(page, server):
 def test_after_a_reload_the_status_never_asks_for_a_name_it_has(page, server):
     start_annotating(page, "remy", "pairs")
     wait_item(page)
+    page.wait_for_function("() => localStorage.getItem('prefstudio-annotator')")  # the name is remembered
     # Record every status text shown while both fields are filled, from the first paint on.
     page.add_init_script("""
       window.__seen = [];
@@ -279,3 +282,19 @@ def test_empty_queue_says_why_and_the_counts_agree(page, server):
     wait_status(page, "Every item of this project is labelled")
     assert "generator is working" not in page.locator("#status").inner_text()
     expect(page.locator("#submit-pair")).to_be_hidden()
+    expect(page.locator("#skip")).to_be_hidden()
+
+
+def test_the_last_label_of_a_project_can_still_be_undone(page, server):
+    with transaction(server.db) as s:
+        (item_id,) = s.scalars(select(Item.id).join(Project).where(Project.name == "last")).all()
+    start_annotating(page, "lee", "last")
+    assert wait_item(page) == item_id
+    page.locator("#choice label", has_text="Tie").click()
+    page.click("#submit-pair")
+    wait_status(page, "Every item of this project is labelled")
+    expect(page.locator("#skip")).to_be_hidden()
+    page.click("#undo")
+    wait_status(page, f"Label on item {item_id} removed")
+    expect(page.locator("#choice input[value=tie]")).to_be_checked()
+    expect(page.locator("#skip")).to_be_visible()

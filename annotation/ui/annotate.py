@@ -64,8 +64,8 @@ class AnnotateTab:
 
     def common_outputs(self) -> list:
         return [self.view, self.guidelines, self.status, self.progress, self.prompt, self.pair_panel,
-                self.list_panel, self.actions, self.rationale, self.notice, self.pair_submit, self.list_submit,
-                self.waiting]
+                self.list_panel, self.actions, self.skip, self.rationale, self.notice, self.pair_submit,
+                self.list_submit, self.waiting]
 
     def pair_outputs(self) -> list:
         return [self.resp_a, self.resp_b, self.suggestion, self.choice, self.strength, self.rewrite]
@@ -164,7 +164,10 @@ def _show(ctx: UIContext, tab: AnnotateTab, view: ItemView | None, project: str 
                      tab.waiting: gr.Timer(active=view is None),
                      tab.prompt: render_messages(view.prompt_messages, view.is_chat) if view else ""}
     if parts == "all" or view is None:
-        updates[tab.actions] = gr.update(visible=view is not None)
+        # Undo stays at hand after the last item (a slip on it can still be taken back); Skip only
+        # with an item to skip.
+        updates[tab.actions] = gr.update(visible=view is not None or bool(project and user))
+        updates[tab.skip] = gr.update(visible=view is not None)
         updates[tab.pair_panel] = gr.update(visible=mode == "pairwise")
         updates[tab.list_panel] = gr.update(visible=mode in ("listwise", "pointwise"))
         updates[tab.pair_submit] = gr.update(visible=mode == "pairwise")
