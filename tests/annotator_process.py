@@ -4,7 +4,8 @@
 
 Waits until GO_FILE exists (so all annotators start together, after their imports), then asks for
 LABELS items one after another and submits each twice (a double click), and prints one JSON line
-per submission: item, label ids, whether it was a duplicate, and how long the submission took.
+per submission: item, label ids, whether it was a duplicate, how long the submission took and
+when it ended (wall clock).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def main(argv: list[str]) -> int:
             started = time.perf_counter()
             receipt = labelling.submit_pairwise(db, view, random.choice("ab"))
             print(json.dumps({"item": receipt.item_id, "labels": receipt.label_ids, "duplicate": receipt.duplicate,
-                              "seconds": time.perf_counter() - started}), flush=True)
+                              "seconds": time.perf_counter() - started, "ended": time.time()}), flush=True)
     db.engine.dispose()
     return 0
 
