@@ -308,14 +308,27 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(input_error_report(exc), file=sys.stderr)
         return 2
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as exc:
+        if not disk_full(exc):
             raise
-        # A full disk is not a bug: say where, and what was kept (writers replace files only when complete).
-        where = f" writing {exc.filename}" if exc.filename else ""
-        print(f"error: no space left on the device{where}; free some space and run the command again "
-              f"(nothing half-written was kept)", file=sys.stderr)
+        # A full disk is not a bug: say where, and what to do.
+        written = getattr(exc, "filename", None) or getattr(args, "out", None)
+        where = f" writing {written}" if written else ""
+        print(f"error: no space left on the device{where}; free some space and run the command again",
+              file=sys.stderr)
         return 1
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk: an OSError, or the words of a library that
+    writes through its own code (tokenizers and safetensors in Rust, SQLite)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(words in str(exc) for words in ("No space left on device", "os error 28", "disk is full")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def input_error_report(exc) -> str:

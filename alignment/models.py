@@ -116,6 +116,8 @@ def resolve_model_spec(spec: str) -> ModelSource:
     if path.is_dir():
         return ModelSource("local", str(path.resolve()), path.resolve().name)
     if _looks_like_path(spec):
+        if path.exists():
+            raise ValueError(f"{path} is not a model: give 'default', a model folder, a .gguf file or a hub id")
         raise ValueError(f"model folder not found: {path}")
     return ModelSource("hub", spec, spec)
 

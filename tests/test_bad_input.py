@@ -240,7 +240,7 @@ def test_a_full_disk_during_an_import_is_reported_and_nothing_is_visible(tmp_pat
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"error: no space left on the device writing {db_path}; free some space "
-                                      "and run the command again (nothing half-written was kept)")
+                                      "and run the command again")
     assert project_names(db_path) == []
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +22,15 @@ from alignment.run_folder import TRAINING_CONFIG
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "linear")
+
+# Upper limits: far above any run this app makes, low enough that a typo (1e9) is refused at once
+# instead of allocating for minutes and dying. Model-specific limits (max_length against the
+# model's context, target module names) are checked before the model loads (training/preflight.py).
+MAX_EPOCHS = 1000
+MAX_STEPS = 10_000_000
+MAX_BATCH_SIZE = 4096
+MAX_LENGTH = 131_072
+MAX_LORA_R = 1024
 
 
 def _f(default: Any, help: str, **kwargs: Any) -> Any:
@@ -88,29 +98,32 @@ class CommonConfig:
             raise ValueError(f"data file not found: {self.data!r} (expected a JSONL file)")
         if not self.out:
             raise ValueError("out must name a run folder")
-        _check_int("epochs", self.epochs, minimum=1)
+        _check_int("epochs", self.epochs, minimum=1, maximum=MAX_EPOCHS)
         if self.max_steps is not None:
-            _check_int("max_steps", self.max_steps, minimum=1)
+            _check_int("max_steps", self.max_steps, minimum=1, maximum=MAX_STEPS)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        _check_int("warmup_steps", self.warmup_steps, minimum=0)
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.max_grad_norm is not None and not (
-                isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm > 0):
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
-        _check_int("batch_size", self.batch_size, minimum=1)
-        _check_int("grad_accum", self.grad_accum, minimum=1)
+        _check_int("warmup_steps", self.warmup_steps, minimum=0, maximum=MAX_STEPS)
+        if not (_finite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if self.max_grad_norm is not None and not (_finite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be a finite number > 0, or None for no clipping, "
+                             f"got {self.max_grad_norm!r}")
+        _check_int("batch_size", self.batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
+        _check_int("grad_accum", self.grad_accum, minimum=1, maximum=MAX_BATCH_SIZE)
         if self.micro_batch_size is not None:
-            _check_int("micro_batch_size", self.micro_batch_size, minimum=1)
-        _check_int("max_length", self.max_length, minimum=16)
-        _check_int("lora_r", self.lora_r, minimum=1)
-        if not (isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0):
+            _check_int("micro_batch_size", self.micro_batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
+        _check_int("max_length", self.max_length, minimum=16, maximum=MAX_LENGTH)
+        _check_int("lora_r", self.lora_r, minimum=1, maximum=MAX_LORA_R)
+        if not (_finite(self.lora_alpha) and self.lora_alpha > 0):
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
         if not (isinstance(self.lora_dropout, (int, float)) and 0 <= self.lora_dropout < 1):
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if isinstance(self.target_modules, str) and self.target_modules.strip() != "all-linear":
+            # Typed in a form or a CLI flag: "q_proj, v_proj" names two modules.
+            self.target_modules = [m for m in re.split(r"[,\s]+", self.target_modules) if m]
         if isinstance(self.target_modules, str):
             if not self.target_modules:
                 raise ValueError("target_modules must be 'all-linear' or a non-empty list of module names")
@@ -120,7 +133,7 @@ class CommonConfig:
                              f"got {self.target_modules!r}")
         if not (isinstance(self.eval_fraction, (int, float)) and 0 <= self.eval_fraction < 1):
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction!r}")
-        _check_int("seed", self.seed, minimum=0)
+        _check_int("seed", self.seed, minimum=0, maximum=2**32 - 1)
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.device == "cuda" and not cuda_available():
@@ -128,9 +141,9 @@ class CommonConfig:
         if self.load_in_4bit and self.resolved_device() != "cuda":
             raise ValueError("load_in_4bit (QLoRA) needs a CUDA GPU; this run would train on the CPU. "
                              "Set load_in_4bit=False to train LoRA in float32 on the CPU.")
-        _check_int("logging_steps", self.logging_steps, minimum=1)
+        _check_int("logging_steps", self.logging_steps, minimum=1, maximum=MAX_STEPS)
         if self.save_steps is not None:
-            _check_int("save_steps", self.save_steps, minimum=1)
+            _check_int("save_steps", self.save_steps, minimum=1, maximum=MAX_STEPS)
         if self.resume_from is not None and not Path(self.resume_from).expanduser().is_dir():
             raise ValueError(f"resume_from checkpoint folder not found: {self.resume_from!r}")
 
@@ -264,9 +277,13 @@ def config_from_dict(values: dict[str, Any]) -> CommonConfig:
     return METHODS[method].from_dict(values)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def _check_int(name: str, value: Any, minimum: int, maximum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be a whole number from {minimum} to {maximum:,}, got {value!r}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_beta(beta: Any) -> None:

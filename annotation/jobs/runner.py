@@ -150,6 +150,8 @@ class JobRunner:
                 if _has_field(kind.config_class, "project"):
                     values["project"] = project.name
                 config = build_config(kind.name, values)
+                if kind.trains:
+                    check_model_settings(config)
                 if kind.check is not None:
                     kind.check(project, config)
                 job.config, job.run_dir, job.snapshot_id = config.to_dict(), str(run_dir), snapshot.id
@@ -289,6 +291,19 @@ def build_config(kind_name: str, values: dict[str, Any]):
         return kind.config_class.from_dict(values)
     except (TypeError, ValueError) as exc:
         raise InputError(f"invalid {kind_name} settings: {exc}") from None
+
+
+def check_model_settings(config) -> None:
+    """A training job's model, checkpoint and LoRA targets, checked at launch (seconds, no weights
+    loaded) rather than a minute into the job."""
+    from alignment.training.preflight import check_model_inputs
+
+    try:
+        check_model_inputs(config)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    except OSError as exc:
+        raise InputError(f"cannot read the model {config.model!r}: {exc}") from None
 
 
 def _has_field(config_class: type, name: str) -> bool:

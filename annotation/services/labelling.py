@@ -8,6 +8,7 @@ idempotent: the same token (double click, network retry) returns the first recei
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 import uuid
@@ -317,6 +318,21 @@ def submit_pairwise(db: Database, view: ItemView, choice: str, strength: int | N
         return Receipt("pairwise", item.id, [label.id])
 
 
+def whole_number(value, what: str) -> int:
+    """``value`` as an int when it is one (3, 3.0, "3"); else InputError "{what}, got ..." (never rounds:
+    2.7 is refused, not stored as 2; NaN and infinity are refused, not a crash)."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise InputError(f"{what}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{what}, got {'nothing' if value is None else repr(value)}")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise InputError(f"{what}, got {value:g}")
+    return int(value)
+
+
 def validate_groups(groups: list[list[int]], response_ids: set[int]) -> list[list[int]]:
     """A ranking must be a permutation of the item's responses (ties = ids in one group)."""
     groups = [list(g) for g in groups if len(g)]
@@ -339,9 +355,10 @@ def groups_from_ranks(view: ItemView, ranks: list[int]) -> list[list[int]]:
     n = len(view.responses)
     by_rank: dict[int, list[int]] = {}
     for r, rank in zip(view.responses, ranks):
-        if rank is None or not 1 <= int(rank) <= n:
+        rank = whole_number(rank, "every response needs a rank: a whole number")
+        if not 1 <= rank <= n:
             raise InputError(f"every response needs a rank from 1 to {n} (1 = best; equal numbers = tie)")
-        by_rank.setdefault(int(rank), []).append(r.id)
+        by_rank.setdefault(rank, []).append(r.id)
     return [by_rank[k] for k in sorted(by_rank)]
 
 
@@ -371,9 +388,9 @@ def submit_ratings(db: Database, view: ItemView, scores: list[int], rationale: s
     rationale = _clean_text(rationale, "rationale", MAX_RATIONALE_CHARS)
     if len(scores) != len(view.responses):
         raise InputError(f"rate each of the {len(view.responses)} responses")
-    for score in scores:
-        if score is None or int(score) not in range(1, 6):
-            raise InputError("every rating must be a whole number from 1 to 5")
+    scores = [whole_number(score, "every rating must be a whole number from 1 to 5") for score in scores]
+    if any(score not in range(1, 6) for score in scores):
+        raise InputError("every rating must be a whole number from 1 to 5")
     with transaction(db) as s:
         item, project, user = _load_for_submit(s, view, Mode.pointwise)
         tokens = [f"{view.token}:{r.id}" for r in view.responses]

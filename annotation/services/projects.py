@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import os
+import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 
 from sqlalchemy import func, select, update
@@ -60,6 +61,7 @@ class ProjectSettings:
             raise InputError("project name is empty")
         if len(self.name) > 128:
             raise InputError("project name is longer than 128 characters")
+        check_printable(self.name, "project name")
         if self.mode not in {m.value for m in Mode}:
             raise InputError(f"unknown mode {self.mode!r}: use pairwise, listwise or pointwise")
         if self.mode == Mode.pairwise.value and self.k != 2:
@@ -132,6 +134,14 @@ class ProjectSettings:
             resolve_model_spec(self.judge_model)  # a mistyped folder or .gguf file fails here, not in the generator
         except (ValueError, RuntimeError) as exc:
             raise InputError(f"judge model: {exc}") from None
+
+
+def check_printable(text: str, what: str) -> None:
+    """Names are shown in menus, tables and file names: no control characters, no broken Unicode."""
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise InputError(f"{what} contains the invisible character U+{ord(bad):04X}: use letters, digits, "
+                         "spaces and punctuation")
 
 
 SETTING_FIELDS = [f.name for f in fields(ProjectSettings)]
@@ -209,6 +219,7 @@ def ensure_user(session, name: str, role: Role = Role.annotator) -> User:
         raise InputError("enter your annotator name first")
     if len(name) > 64:
         raise InputError("annotator name is longer than 64 characters")
+    check_printable(name, "annotator name")
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
         user = User(name=name, role=role)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from alignment.training.preflight import check_training_inputs
 from annotation.jobs.kinds import JOB_KINDS
 from annotation.jobs.runner import build_config
 from annotation.services.projects import find_project
@@ -32,6 +33,12 @@ def train_headless(kind_name: str, values: dict[str, Any], db: Database | None =
     elif not values.get("data"):
         raise InputError("give the labels to train on: --data FILE, or --db DB --project NAME")
     config = build_config(kind_name, values)
+    try:
+        check_training_inputs(config)  # seconds, before the model loads for a minute
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    except OSError as exc:
+        raise InputError(f"cannot read the model: {exc}") from None
     callbacks = []
     if progress_bar:
         from alignment.training.callbacks import TqdmCallback

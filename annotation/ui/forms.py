@@ -6,6 +6,7 @@ before anything is saved or launched, so the form cannot drift from what the cod
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any
 
@@ -52,7 +53,8 @@ def build_form(cls: type, choices: dict[str, list] | None = None, multiline: tup
             components[f.name] = gr.Dropdown(choices=choices[f.name], value=default,
                                              allow_custom_value=f.name in custom_values, **common)
         elif kind is int:
-            components[f.name] = gr.Number(value=default, precision=0, **common)
+            # No precision: Gradio would round 1.5 to 2 on the server; form_values refuses it instead.
+            components[f.name] = gr.Number(value=default, step=1, **common)
         elif kind is float:
             components[f.name] = gr.Number(value=default, **common)
         elif kind is bool:
@@ -78,15 +80,17 @@ def form_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
             try:
                 number = float(value)
             except ValueError:
-                raise ValueError(f"{f.name} must be a whole number, not {value!r}") from None
-            if number != int(number):
-                raise ValueError(f"{f.name} must be a whole number, not {value}")
+                raise ValueError(f"{_label(f.name)} must be a whole number, not {value!r}") from None
+            if not (math.isfinite(number) and number.is_integer()):
+                raise ValueError(f"{_label(f.name)} must be a whole number, not {number:g}")
             value = int(number)
         elif kind is float and value is not None:
             try:
                 value = float(value)
             except ValueError:
-                raise ValueError(f"{f.name} must be a number, not {value!r}") from None
+                raise ValueError(f"{_label(f.name)} must be a number, not {value!r}") from None
+            if not math.isfinite(value):
+                raise ValueError(f"{_label(f.name)} must be a finite number, not {value:g}")
         out[f.name] = value
     return out
 
