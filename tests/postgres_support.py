@@ -66,7 +66,11 @@ class PostgresServer:
                    f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._run(_binary("pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "server.log"), "-o", options,
                   "-w", "-t", "60", "start")
-        self._create_template()
+        try:
+            self._create_template()
+        except BaseException:
+            self.stop()  # a failed migration must not leave the server running behind the session
+            raise
 
     def _run(self, *command: str) -> None:
         result = subprocess.run([*self._prefix, *command], capture_output=True, text=True)
