@@ -108,11 +108,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_results(path: Path, script: str, args: argparse.Namespace, figures: dict[str, Any]) -> Path:
-    """Write ``figures`` with the command, arguments and environment to ``path``; say where."""
+def write_results(path: Path, script: str, args: argparse.Namespace, figures: dict[str, Any],
+                  started: dict[str, Any] | None = None) -> Path:
+    """Write ``figures`` with the command, arguments and environment to ``path``; say where.
+
+    ``started`` is :func:`environment` taken when the measuring began: a long run records both ends,
+    so a commit or a library that changed under it shows.
+    """
     payload = {"script": f"bench/{script}.py", "command": [Path(sys.executable).name, "-m", f"bench.{script}",
                                                           *sys.argv[1:]],
-               "arguments": _jsonable(vars(args)), "environment": environment(), **_jsonable(figures)}
+               "arguments": _jsonable(vars(args)), "environment": environment(),
+               **({"environment_at_start": started} if started else {}), **_jsonable(figures)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     print(f"raw figures written to {path}", flush=True)

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.results import add_json_option, code_version, describe_code, load_average, measured, write_results
+from bench.results import add_json_option, describe_code, environment, load_average, measured, write_results
 
 # Benchmarks run offline and without telemetry, like the app.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -427,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         if "gradient_checkpointing" not in {f.name for f in fields(CommonConfig)}:
             raise SystemExit("--ours-gradient-checkpointing: this prefstudio has no gradient_checkpointing setting")
 
+    started = environment()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="prefstudio-bench-train-"))
     workdir.mkdir(parents=True, exist_ok=True)
     data_path = workdir / "pairs.jsonl"
@@ -442,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.batch_size}, LoRA r={args.lora_r} alpha={args.lora_alpha} dropout={args.lora_dropout} all-linear, "
           f"lr {args.dpo_lr:g} (DPO) / {args.rm_lr:g} (RM), beta {args.beta}, seed {args.seed}, fp32 CPU, "
           f"{args.threads} threads, gradient checkpointing: TRL {args.trl_gradient_checkpointing}, prefstudio "
-          f"{args.ours_gradient_checkpointing}; code {describe_code(code_version())}; "
+          f"{args.ours_gradient_checkpointing}; code {describe_code(started['code'])}; "
           f"load average {' '.join(f'{x:.2f}' for x in load_average())}; work dir {workdir}", flush=True)
 
     results = []
@@ -456,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{r['key']} {r['process_loadavg_start'][0]:.2f}-{r['process_loadavg_end'][0]:.2f}"
                       for r in results))
     write_results(args.json, "train", args, {"spec": spec, "data": data_info, "runs": results, "summary": summary,
-                                             "headline": headline_ratios(summary, methods)})
+                                             "headline": headline_ratios(summary, methods)}, started)
     return 0 if all(r.get("ok") for r in results) else 1
 
 

@@ -115,9 +115,10 @@ def _run_ours(spec: dict[str, Any], method: str) -> dict[str, Any]:
     timings: dict[str, float] = {}
     if method == "dpo":
         import alignment.training.dpo as entry
+        import alignment.training.skeleton as skeleton
 
-        # The reference pass is one call inside train_dpo; wrapping it here times it exactly.
-        entry.cached_reference_logps = _timed(entry.cached_reference_logps, timings, "reference_s")
+        # The reference pass is one call inside the trainer skeleton; wrapping it here times it exactly.
+        skeleton.cached_reference_logps = _timed(skeleton.cached_reference_logps, timings, "reference_s")
         run, config_cls, lr = entry.train_dpo, DPOConfig, spec["dpo_lr"]
         extra = {"beta": spec["beta"]}
     else:
