@@ -171,7 +171,7 @@ def _iter_rows(path: Path, container: str) -> Iterator[Row]:
     readers = {"jsonl": _iter_json, "csv": _iter_csv, "parquet": _iter_parquet, "datasets": _iter_datasets}
     try:
         yield from readers[container](path)
-    except zlib.error as exc:
+    except (zlib.error, gzip.BadGzipFile, EOFError) as exc:  # bad bytes, a wrong checksum, cut short
         yield FILE_LEVEL, None, f"the gzip-compressed data is damaged ({exc})"
     except RecursionError:
         yield FILE_LEVEL, None, "the data is nested too deeply to read"

@@ -234,6 +234,44 @@ def test_import_reports_every_bad_line_and_changes_nothing(page, server, tmp_pat
         assert s.scalar(select(func.count()).select_from(Prompt)) == before + 2
 
 
+def test_import_of_damaged_files_says_why_and_duplicates_are_reported(page, server, tmp_path):
+    """Issue 12, items 13, 15 and 16 in the Projects tab: a report naming the reason, nothing stored."""
+    import gzip
+
+    fake_zip = tmp_path / "dataset.zip"
+    fake_zip.write_text('{"prompt": "not a zip"}\n')
+    damaged = bytearray(gzip.compress(b"".join(b'{"prompt": "q%d"}\n' % i for i in range(3000))))
+    damaged[len(damaged) // 2:len(damaged) // 2 + 32] = b"\xff" * 32
+    damaged_gz = tmp_path / "prompts.jsonl.gz"
+    damaged_gz.write_bytes(bytes(damaged))
+    ranked = tmp_path / "ranked.jsonl"
+    ranked.write_text('{"prompt": "Name a fruit.", "completions": ["apple", "pear", "plum"], "ranks": [0, 7, -1]}\n')
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "Is the sky blue?", "chosen": "Yes.", "rejected": "No."}\n' * 5)
+    with transaction(server.db) as s:
+        before = (s.scalar(select(func.count()).select_from(Prompt)), s.scalar(select(func.count()).select_from(Ranking)))
+    goto_tab(page, "projects")
+    pick_dropdown(page, "setup-project", "exp")
+
+    def upload(path, expected: str) -> str:
+        if page.locator("#import-file button[aria-label=Clear]").count():
+            page.locator("#import-file button[aria-label=Clear]").click()
+        page.set_input_files("#import-file input[type=file]", str(path))
+        page.click("#import-button")
+        wait_status(page, re.escape(expected), elem_id="setup-report")
+        return page.locator("#setup-report").inner_text()
+
+    report = upload(fake_zip, "not a zip archive")
+    assert report.startswith("⚠️ dataset.zip: not a zip archive") and "nothing was imported" in report
+    assert "Nothing was imported" in upload(damaged_gz, "the gzip-compressed data is damaged")
+    assert "line 1: rank 3 is -1" in upload(ranked, "rank 3 is -1")
+    with transaction(server.db) as s:
+        assert (s.scalar(select(func.count()).select_from(Prompt)),
+                s.scalar(select(func.count()).select_from(Ranking))) == before
+    assert "1 preference pairs" in upload(pairs, "4 duplicate labels not stored again")
+    assert "0 preference pairs" not in upload(pairs, "5 duplicate labels not stored again")
+
+
 def test_xss_in_prompt_and_response_is_shown_as_text(page, server):
     start_annotating(page, "dave", "xss")
     wait_item(page, timeout=20_000)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import gradio as gr
 
 from alignment.run_folder import ModelKind
@@ -202,7 +204,8 @@ def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> No
                 raise InputError("choose a file to import first")
             result = data.import_file(ctx.db, file, name, fmt=None if fmt == "auto" else fmt)
         except InputError as exc:
-            return {tab.report: _failure_report(exc)}
+            # The server's copy of an upload lives in a temporary folder: name the file as the user knows it.
+            return {tab.report: _failure_report(exc).replace(str(file), Path(file).name)}
         ctx.wake_worker()
         return {tab.report: f"✅ {result.summary()}"}
 
