@@ -237,3 +237,24 @@ def test_eval_job_from_the_train_tab_shows_in_the_models_tab(page, server, tiny_
     expect(table.locator("td").filter(has_text=re.compile(r"^\s*none \(2 left out: RM trained on them\)\s*$"))) \
         .to_have_count(1)
     expect(page.locator("#evaluations-plot")).to_be_visible()
+
+
+def test_the_form_refuses_a_fractional_epoch_and_modules_the_model_lacks(page, server, tiny_model_dir):
+    """Issue 12, item 18: 1.5 epochs is refused, not rounded to 2; LoRA targets are checked at launch
+    against the model, and the refusal lists the modules it has. No job is queued."""
+    with transaction(server.db) as s:
+        jobs_before = len(s.scalars(select(Job)).all())
+    goto_tab(page, "train")
+    pick_dropdown(page, "train-project", "prefs")
+    set_up_dpo(page, tiny_model_dir, 3)
+    fill_number(page, "dpo-epochs", "1.5")
+    page.click("#train-launch")
+    wait_status(page, "Epochs must be a whole number, not 1.5", elem_id="train-status")
+
+    fill_number(page, "dpo-epochs", 1)
+    page.locator("#dpo-target_modules textarea").fill("q_proj, c_attn")
+    page.click("#train-launch")
+    wait_status(page, "LoRA target module\\(s\\) c_attn not found", elem_id="train-status")
+    assert "its linear layers are: down_proj, gate_proj, k_proj" in page.locator("#train-status").inner_text()
+    with transaction(server.db) as s:
+        assert len(s.scalars(select(Job)).all()) == jobs_before
