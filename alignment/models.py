@@ -122,6 +122,25 @@ def resolve_model_spec(spec: str) -> ModelSource:
     return ModelSource("hub", spec, spec)
 
 
+def check_model_available(spec: str) -> ModelSource:
+    """:func:`resolve_model_spec`, and a hub id can be loaded without a download: it is in the local
+    Hugging Face cache, or the hub is online. A job would otherwise load for tens of seconds and die
+    in a traceback; this answers at once."""
+    source = resolve_model_spec(spec)
+    if source.kind == "hub" and _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(source.location, "config.json"), str):
+            raise ValueError(f"model {spec!r} is not a file or folder on this machine and not in the local "
+                             f"Hugging Face cache, and this server does not download models: use 'default', "
+                             f"a .gguf file or a model folder")
+    return source
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+
+
 # --------------------------------------------------------------------------------------------
 # GGUF conversion cache
 # --------------------------------------------------------------------------------------------
@@ -233,8 +252,8 @@ def _load_from_hub(repo_id: str, device: str) -> tuple[Any, Any]:
     try:
         return _load_weights_folder(repo_id, device)
     except OSError as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-        why = "the hub is offline (HF_HUB_OFFLINE is set)" if offline else "the hub is unreachable or has no such model"
+        why = ("the hub is offline (HF_HUB_OFFLINE is set)" if _hub_offline()
+               else "the hub is unreachable or has no such model")
         raise RuntimeError(
             f"Model {repo_id!r} could not be found locally (not a folder, not in the Hugging Face cache) "
             f"and {why}. Use 'default', a .gguf file or a local model folder, or download it while online. "

@@ -70,7 +70,14 @@ def test_a_dpo_job_runs_in_a_subprocess_and_records_its_lineage(db, runner, tiny
     assert job.status == JobStatus.succeeded, job.error
     run_dir = Path(job.run_dir)
     assert json.loads((run_dir / "job.json").read_text())["kind"] == "dpo"
-    assert [e["step"] for e in read_progress(run_dir) if e["event"] == "step"] == [1, 2]
+    events = read_progress(run_dir)
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2]
+    # Before the first step the job says what it is doing: loading, then the reference pass, counted.
+    assert events[0]["event"] == "phase" and events[0]["phase"] == "loading the model"
+    reference = [e for e in events if e.get("phase") == "reference pass"]
+    assert [e["done"] for e in reference] == sorted(e["done"] for e in reference)
+    assert reference[-1]["done"] == reference[-1]["total"] == 12
+    assert [e["event"] for e in events].index("train_begin") > events.index(reference[-1])
     with transaction(db) as s:
         model = s.scalars(select(TrainedModel)).one()
         snapshot = s.get(Snapshot, model.snapshot_id)
@@ -92,6 +99,13 @@ def test_too_few_labels_or_bad_settings_launch_nothing(db, runner, tiny_model_di
         runner.submit(JobRequest("dpo", "q", tiny_config(tiny_model_dir, lr=-1.0)))
     with pytest.raises(InputError, match="unknown project"):
         runner.submit(JobRequest("dpo", "nope", tiny_config(tiny_model_dir)))
+    # Models are checked at launch, not a minute into the job.
+    with pytest.raises(InputError, match="'no/such-model' is not a file or folder on this machine"):
+        runner.submit(JobRequest("dpo", "q", tiny_config("no/such-model")))
+    with pytest.raises(InputError, match="holds no model"):
+        runner.submit(JobRequest("dpo", "q", tiny_config(tmp_path)))
+    with pytest.raises(InputError, match="model folder not found"):
+        runner.submit(JobRequest("dpo", "q", tiny_config(tmp_path / "gone")))
     with transaction(db) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 0
         assert s.scalar(select(func.count()).select_from(Snapshot)) == 0
@@ -108,7 +122,11 @@ def test_a_crashing_job_fails_with_its_error_and_the_runner_carries_on(db, runne
     runner._stop.clear()
     runner.start()
     failed = wait_for(db, bad, {JobStatus.failed, JobStatus.succeeded})
-    assert failed.status == JobStatus.failed and "exit code 1" in failed.error and "line 1" in failed.error
+    # The first line of the error is the reason, for the queue table; the log's traceback follows.
+    reason = failed.error.splitlines()[0]
+    assert failed.status == JobStatus.failed and "pairs.jsonl:1: invalid JSON" in reason and "Traceback" not in reason
+    assert "Traceback" in failed.error
+    assert next(r for r in job_rows(db) if r["id"] == bad)["reason"] == reason
     assert wait_for(db, good, {JobStatus.succeeded, JobStatus.failed}).status == JobStatus.succeeded
 
 

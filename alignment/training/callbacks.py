@@ -1,8 +1,10 @@
 """Progress reporting: the training loops emit events, callbacks decide what to do with them.
 
-Events, in order: ``"train_begin"`` (once), ``"step"`` (every ``logging_steps`` optimizer steps),
-``"eval"`` (after evaluating the held-out split), ``"save"`` (a checkpoint or the final adapter was
-written), ``"train_end"`` (once, with the final metrics). The loops know nothing about who listens:
+Events, in order: ``"phase"`` (the slow work before the first step: ``{"phase": "loading the
+model"}``, then ``{"phase": "reference pass", "done": n, "total": m}`` per batch), ``"train_begin"``
+(once), ``"step"`` (every ``logging_steps`` optimizer steps), ``"eval"`` (after evaluating the
+held-out split), ``"save"`` (a checkpoint or the final adapter was written), ``"train_end"`` (once,
+with the final metrics). The loops know nothing about who listens:
 they call :func:`emit` with a state dict holding at least ``step``, ``total_steps``, ``loss``,
 ``metrics`` and ``elapsed_s``.
 
@@ -22,7 +24,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("train_begin", "step", "eval", "save", "train_end")
+EVENTS = ("phase", "train_begin", "step", "eval", "save", "train_end")
+LOADING_PHASE, REFERENCE_PHASE = "loading the model", "reference pass"
 
 
 class Callback:
@@ -66,6 +69,18 @@ def emit(callbacks: Iterable[Callback], event: str, state: dict[str, Any]) -> No
             cb.on_event(event, state)
         except Exception:  # noqa: BLE001 - a broken progress bar must not kill a training run
             log.exception("training callback %r failed on %r", cb, event)
+
+
+def report_phase(callbacks: Iterable[Callback], phase: str, done: int | None = None,
+                 total: int | None = None) -> None:
+    """Say which slow step before training runs now (and how far it is, when it counts items)."""
+    emit(callbacks, "phase", {"phase": phase, "done": done, "total": total})
+
+
+def phase_progress(callbacks: Iterable[Callback], phase: str) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` function reporting ``phase``: handed to loops that know nothing of
+    callbacks (e.g. the reference pass)."""
+    return lambda done, total: report_phase(callbacks, phase, done, total)
 
 
 def eta_seconds(step: int, total_steps: int, elapsed_s: float, start_step: int = 0) -> float | None:

@@ -339,8 +339,10 @@ def fit(config: Any, model: nn.Module, forward_fn: Callable[..., Tensor], task: 
 @torch.no_grad()
 def rows_per_item(model: nn.Module, forward_fn: Callable[..., Tensor], items: Sequence[Any],
                   make_batch: Callable[[Sequence[Any]], dict], per_item: Callable[[Tensor, dict], list[Tensor]],
-                  batch_size: int, device: Any) -> list[Tensor]:
-    """``forward_fn`` over ``items`` in eval mode, without gradients: one 1-D tensor per item."""
+                  batch_size: int, device: Any,
+                  progress: Callable[[int, int], None] | None = None) -> list[Tensor]:
+    """``forward_fn`` over ``items`` in eval mode, without gradients: one 1-D tensor per item
+    (``progress(done, total)`` hears of each batch)."""
     was_training = model.training
     model.eval()
     out: list[Tensor] = []
@@ -349,6 +351,8 @@ def rows_per_item(model: nn.Module, forward_fn: Callable[..., Tensor], items: Se
             batch = make_batch(items[start:start + batch_size])
             rows = forward_fn(model, **send_to_device(model_inputs(batch), device))
             out.extend(t.float().cpu() for t in per_item(rows, batch))
+            if progress is not None:
+                progress(len(out), len(items))
     finally:
         model.train(was_training)
     return out

@@ -57,15 +57,19 @@ def compute_reference_logps(
     per_item: Callable[[Tensor, dict], list[Tensor]],
     batch_size: int,
     device: str | torch.device,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Tensor]:
     """One reference pass over ``items``: per item, a 1-D tensor of completion log-probs.
 
     ``make_batch(chunk)`` tokenises a chunk of items; ``per_item(row_logps, batch)`` splits the
-    batch's per-row log-probs back into one tensor per item. Runs under ``torch.no_grad()`` with
-    the adapter disabled and dropout off; the model's training mode is restored afterwards.
+    batch's per-row log-probs back into one tensor per item; ``progress(done, total)`` hears of each
+    batch (on a large set the pass takes minutes, all before the first training step). Runs under
+    ``torch.no_grad()`` with the adapter disabled and dropout off; the model's training mode is
+    restored afterwards.
     """
     with model.disable_adapter():
-        return rows_per_item(model, packed_completion_logps, items, make_batch, per_item, batch_size, device)
+        return rows_per_item(model, packed_completion_logps, items, make_batch, per_item, batch_size, device,
+                             progress)
 
 
 def pad_rows(rows: list[Tensor]) -> Tensor:
@@ -110,6 +114,7 @@ def cached_reference_logps(
     run_dir: Path,
     device: str | torch.device,
     is_main_process: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, Tensor], str]:
     """``({"train": [N, K], "eval": [M, K]}, "cached" | "computed")`` for the run.
 
@@ -125,7 +130,7 @@ def cached_reference_logps(
         return cached, "cached"
 
     rows = compute_reference_logps(model, list(train_items) + list(eval_items), make_batch, per_item,
-                                   config.batch_size, device)
+                                   config.batch_size, device, progress)
     table = pad_rows(rows)
     result = {"train": table[:len(train_items)], "eval": table[len(train_items):]}
     if is_main_process:

@@ -72,7 +72,7 @@ from torch import Tensor
 
 from alignment.logprobs import packed_completion_logps
 from alignment.run_folder import PROGRESS_FILE, REFERENCE_FILE
-from alignment.training.callbacks import ProgressFile, as_callbacks, emit
+from alignment.training.callbacks import REFERENCE_PHASE, ProgressFile, as_callbacks, emit, phase_progress
 from alignment.training.data import PreferencePair, PromptCache, load_pairs, pair_batch
 from alignment.training.heldout import split_for_run
 from alignment.training.lora import TrainableModel, load_policy
@@ -206,7 +206,8 @@ def train(method: Method, callbacks: Iterable[Any] = ()) -> TrainResult:
     if method.uses_reference:
         method.reference, source = cached_reference_logps(
             trainable.model, data.train, data.held_out, method.make_batch, method.split_rows, config=config,
-            base_location=trainable.base_location, run_dir=run_dir, device=trainable.device)
+            base_location=trainable.base_location, run_dir=run_dir, device=trainable.device,
+            progress=phase_progress(callbacks, REFERENCE_PHASE))
         counts["reference"] = source
         begin_info.update(reference=source, reference_examples=len(data.train) + len(data.held_out))
         checkpoint_files.append(REFERENCE_FILE)

@@ -30,6 +30,7 @@ from sqlalchemy import select
 from alignment.run_folder import CHECKPOINT_PREFIX, PROGRESS_FILE, STATE_FILE
 from alignment.training.memory import with_jemalloc
 from annotation.jobs.kinds import JOB_KINDS
+from annotation.jobs.worker import FAILURE_FILE
 from annotation.services.projects import find_project
 from storage.db import Database, transaction
 from storage.errors import InputError
@@ -150,6 +151,7 @@ class JobRunner:
                 if _has_field(kind.config_class, "project"):
                     values["project"] = project.name
                 config = build_config(kind.name, values)
+                check_models(config)
                 if kind.trains:
                     check_model_settings(config)
                 if kind.check is not None:
@@ -200,6 +202,7 @@ class JobRunner:
                 checkpoint = latest_checkpoint(Path(job.run_dir))
                 config["resume_from"] = str(checkpoint) if checkpoint else None
             job.config, job.status, job.error, job.finished_at = config, JobStatus.queued, None, None
+            (Path(job.run_dir) / FAILURE_FILE).unlink(missing_ok=True)
             self._write_spec(Path(job.run_dir), job.kind, config)
 
     # ---- supervision -----------------------------------------------------------------------------
@@ -267,7 +270,8 @@ class JobRunner:
                 job.status = JobStatus.succeeded
                 return JOB_KINDS[job.kind].record(s, job, result)
             job.status = JobStatus.failed
-            job.error = f"exit code {returncode}\n{log_tail(run_dir)}"
+            # The first line says why, for the queue table; the log's tail follows, for the details.
+            job.error = f"{failure_reason(run_dir, returncode)}\n{log_tail(run_dir)}"
             return None
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -282,6 +286,19 @@ class JobRunner:
     def _write_spec(run_dir: Path, kind: str, config: dict) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "job.json").write_text(json.dumps({"kind": kind, "config": config}, indent=2), encoding="utf-8")
+
+
+def failure_reason(run_dir: Path, returncode: int) -> str:
+    """Why a job failed, in one line: what the worker caught, else how the process ended."""
+    try:
+        return (run_dir / FAILURE_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        pass
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else -returncode
+        hint = " (out of memory?)" if returncode == -signal.SIGKILL else ""
+        return f"the job process was killed by signal {name}{hint}"
+    return f"the job process exited with code {returncode} (see the log)"
 
 
 def build_config(kind_name: str, values: dict[str, Any]):
@@ -304,6 +321,26 @@ def check_model_settings(config) -> None:
         raise InputError(str(exc)) from None
     except OSError as exc:
         raise InputError(f"cannot read the model {config.model!r}: {exc}") from None
+
+
+def check_models(config) -> None:
+    """Refuse at submit the models a job of any kind would only find missing after a minute of
+    loading: the base model (a model file or folder, or a hub id this machine has), and the adapter
+    and reward-model folders of the kinds that take them."""
+    from alignment.best_of_n import check_adapter_dir, check_reward_dir
+    from alignment.models import check_model_available
+    from alignment.training.preflight import check_model_spec
+
+    try:
+        if getattr(config, "model", None):
+            check_model_spec(config.model)
+            check_model_available(config.model)
+        if getattr(config, "adapter", None):
+            check_adapter_dir(config.adapter)
+        if getattr(config, "reward", None):
+            check_reward_dir(config.reward)
+    except (ValueError, RuntimeError) as exc:
+        raise InputError(str(exc)) from None
 
 
 def _has_field(config_class: type, name: str) -> bool:
@@ -331,6 +368,21 @@ def _kill_group(pid: int, grace_seconds: float = 5.0) -> None:
         pass
 
 
+def phase_eta_seconds(events: list[dict[str, Any]]) -> float | None:
+    """Time left in the phase the events end with, at the pace of its items so far (None if it counts none)."""
+    last = events[-1]
+    first = last
+    for event in reversed(events):
+        if event.get("event") != "phase" or event.get("phase") != last.get("phase"):
+            break
+        first = event
+    done, total = last.get("done"), last.get("total")
+    if not (isinstance(done, int) and isinstance(total, int) and done > (first.get("done") or 0)):
+        return None
+    rate = (last["time"] - first["time"]) / (done - (first.get("done") or 0))
+    return max(0.0, rate * (total - done))
+
+
 def job_rows(db: Database) -> list[dict[str, Any]]:
     """Jobs for the queue table, newest first, with their latest progress."""
     rows = []
@@ -338,6 +390,8 @@ def job_rows(db: Database) -> list[dict[str, Any]]:
         for job in s.scalars(select(Job).order_by(Job.id.desc())):
             events = read_progress(Path(job.run_dir)) if job.run_dir else []
             last = next((e for e in reversed(events) if e.get("event") in ("step", "eval", "train_end")), {})
+            phase = events[-1] if events and events[-1].get("event") == "phase" else {}
+            phase_eta = phase_eta_seconds(events) if phase else None
             snapshot = s.get(Snapshot, job.snapshot_id) if job.snapshot_id else None
             counts = (snapshot.counts or {}) if snapshot else {}
             kind = JOB_KINDS.get(job.kind)
@@ -351,5 +405,8 @@ def job_rows(db: Database) -> list[dict[str, Any]]:
                          "prompts": counts.get("prompts"),
                          "output": result.get("output") or result.get("out_dir"),
                          "produces": kind.produces if kind else None,
+                         "phase": phase.get("phase"), "phase_done": phase.get("done"),
+                         "phase_total": phase.get("total"), "phase_eta_s": phase_eta,
+                         "reason": job.error.splitlines()[0] if job.error else None,
                          "error": job.error})
     return rows

@@ -4,7 +4,8 @@ Reads `RUN_DIR/job.json` ({"kind", "config"}), runs the kind's function (trainin
 a progress file the UI tails (`RUN_DIR/progress.jsonl`), writes its summary to `RUN_DIR/result.json`
 on success and exits 0;
 any exception prints its traceback to the log (stdout/stderr, redirected by the runner into
-`RUN_DIR/log.txt`) and exits 1. The runner owns everything else (status, cancel, resume).
+`RUN_DIR/log.txt`), leaves its one-line reason in `RUN_DIR/failure.txt` for the queue table, and
+exits 1. The runner owns everything else (status, cancel, resume).
 """
 from __future__ import annotations
 
@@ -18,18 +19,35 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+FAILURE_FILE = "failure.txt"
+REASON_CHARS = 300
+
+
 def run(run_dir: Path) -> dict:
     from alignment.run_folder import PROGRESS_FILE
-    from alignment.training.callbacks import ProgressFile
+    from alignment.training.callbacks import LOADING_PHASE, ProgressFile, report_phase
+
+    progress = ProgressFile(run_dir / PROGRESS_FILE)
+    # Importing the training stack and loading the model take most of a minute before anything else
+    # reports: say so at once (this module and the callbacks import no torch).
+    report_phase([progress], LOADING_PHASE)
     from annotation.jobs.kinds import JOB_KINDS
 
     spec = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
     kind = JOB_KINDS[spec["kind"]]
     config = kind.config_class.from_dict(spec["config"])
-    result = kind.run(config, callbacks=[ProgressFile(run_dir / PROGRESS_FILE)])
+    result = kind.run(config, callbacks=[progress])
     summary = kind.summarize(result)
     (run_dir / "result.json").write_text(json.dumps(summary, default=float), encoding="utf-8")
     return summary
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for people: the exception's type and its message, lines joined (a first line such as
+    "could not load it from one of:" means little alone), cut at REASON_CHARS."""
+    message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    reason = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS - 1] + "…"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m annotation.jobs.worker RUN_DIR", file=sys.stderr)
         return 2
-    summary = run(Path(argv[0]))
+    run_dir = Path(argv[0])
+    try:
+        summary = run(run_dir)
+    except Exception as exc:
+        (run_dir / FAILURE_FILE).write_text(failure_reason(exc), encoding="utf-8")
+        raise
     print(f"job finished: {json.dumps(summary, default=float)}", flush=True)
     return 0
 
