@@ -1,9 +1,14 @@
 """Training from the browser: launch DPO jobs on a tiny model, watch progress, cancel one, run
-another to success, find the adapter with its lineage in the Models tab, and try it."""
+another to success, find the adapter with its lineage in the Models tab, and try it.
+
+The tests share one server; each waits on the job ids its own launches report, and any job a test
+leaves running or queued is cancelled after it, so no test depends on what another left behind."""
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -36,17 +41,71 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def page(server):
+    cancel_active_jobs(server)
     with browser_page(server.url) as page:
         yield page
+    cancel_active_jobs(server)
+
+
+def cancel_active_jobs(server):
+    """Cancel (through the app's API, as a script would) the jobs a test left running or queued."""
+    from gradio_client import Client
+
+    with transaction(server.db) as s:
+        active = s.scalars(select(Job.id).where(Job.status.in_([JobStatus.running, JobStatus.queued]))).all()
+    if active:
+        client = Client(server.url, verbose=False)
+        for job_id in active:
+            client.predict(job_id, api_name="/cancel_job")
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_model_dir, tmp_path_factory):
+    """A DPO adapter on the tiny model, trained here with a held-out split (for the best-of-N and
+    evaluation tests, which need a policy adapter but not one another test trained)."""
+    from alignment.training import DPOConfig, train_dpo
+
+    from tests.test_training import FAST, pair_rows, write_jsonl
+
+    folder = tmp_path_factory.mktemp("tiny-adapter")
+    data = write_jsonl(folder / "pairs.jsonl", pair_rows(6))
+    return train_dpo(DPOConfig(model=str(tiny_model_dir), data=str(data), out=str(folder / "dpo"), max_steps=1,
+                               batch_size=2, eval_fraction=0.34, device="cpu", **FAST)).out_dir
+
+
+def launched_job(page) -> int:
+    """The id of the job the last click on Train / Run queued, as the status line reports it."""
+    wait_status(page, r"Job \d+ queued", elem_id="train-status")
+    return int(re.search(r"Job (\d+) queued", page.locator("#train-status").inner_text()).group(1))
+
+
+def drawn_points(page, series: str) -> int:
+    """How many points the job plot draws for a series (circles in its SVG panel)."""
+    return page.locator(f"#job-plot svg[data-series='{series}'] circle").count()
+
+
+def open_advanced(page, prefix: str) -> None:
+    """Open a form's "Advanced settings" (closed at first) if it is not open yet."""
+    accordion = page.locator(f"#{prefix}advanced")
+    if not accordion.locator("input, textarea").first.is_visible():
+        accordion.locator("button").first.click()
+        expect(accordion.locator("input, textarea").first).to_be_visible()
 
 
 def set_up_dpo(page, model_dir, max_steps, lr="0.001"):
     page.locator("#dpo-model textarea").fill(str(model_dir))
     page.locator("#dpo-max_steps textarea").fill(str(max_steps))  # optional: a textbox, empty = none
+    open_advanced(page, "dpo-")
     fill_number(page, "dpo-batch_size", 2)
     fill_number(page, "dpo-max_length", 64)
     fill_number(page, "dpo-lora_r", 4)
     fill_number(page, "dpo-lr", lr)
+
+
+def pick_dropdown_starting(page, elem_id: str, prefix: str) -> None:
+    """Pick the option whose label starts with `prefix` (a job's label ends with its changing status)."""
+    page.click(f"#{elem_id} input[role=combobox]")
+    page.locator(f"#{elem_id} [role=option][aria-label^='{prefix}']").click()
 
 
 def job_status(db, job_id):
@@ -58,73 +117,128 @@ def test_launch_watch_cancel_succeed_and_find_the_adapter(page, server, tiny_mod
     db = server.db
     goto_tab(page, "train")
     pick_dropdown(page, "train-project", "prefs")
+    # Before any step the plot says so (it once drew empty axes reading "Infinity").
+    expect(page.locator("#job-plot")).to_contain_text("appear here after the first training step")
+    assert "Infinity" not in page.locator("#job-plot").inner_text()
 
     # Invalid hyperparameters are refused before anything is launched.
+    with transaction(db) as s:
+        jobs_before = len(s.scalars(select(Job)).all())
     set_up_dpo(page, tiny_model_dir, 3, lr="-1")
     page.click("#train-launch")
-    wait_status(page, "invalid dpo settings", elem_id="train-status")
+    wait_status(page, "Learning rate", elem_id="train-status")
     with transaction(db) as s:
-        assert s.scalars(select(Job)).all() == []
+        assert len(s.scalars(select(Job)).all()) == jobs_before
 
-    # A long job: progress moves, then cancel stops it.
+    # A long job: first the phase before training (with nothing counted yet), then steps.
     set_up_dpo(page, tiny_model_dir, 10_000)
     page.click("#train-launch")
-    wait_status(page, r"Job 1 queued", elem_id="train-status")
-    expect(page.locator("#job-progress")).to_contain_text(re.compile(r"job 1 · running · step [1-9]\d*/10000"),
-                                                          timeout=120_000)
-    page.click("#job-cancel")
-    wait_status(page, "Job 1 cancelled", elem_id="train-status")
-    assert job_status(db, 1) == JobStatus.cancelled
-    expect(page.locator("#job-progress")).to_contain_text("cancelled")
+    long_job = launched_job(page)
+    expect(page.locator("#job-progress")).to_contain_text(f"job {long_job} · running · loading the model",
+                                                          timeout=60_000)
+    expect(page.locator("#job-progress")).to_contain_text(
+        re.compile(rf"job {long_job} · running · step [1-9]\d*/10000"), timeout=120_000)
 
-    # A short one runs to success.
+    # Launching another while it runs keeps the running job in view; the new one waits in the queue,
+    # shown under the panel and in the table, each with its own progress.
     set_up_dpo(page, tiny_model_dir, 3)
     page.click("#train-launch")
-    wait_status(page, r"Job 2 queued", elem_id="train-status")
-    expect(page.locator("#job-progress")).to_contain_text("job 2 · succeeded · step 3/3", timeout=180_000)
+    short_job = launched_job(page)
+    expect(page.locator("#train-status")).to_contain_text(f"Job {long_job} is still running and stays in view")
+    page.wait_for_timeout(3_000)  # a few polls: none may swap the view
+    expect(page.locator("#job-progress")).to_contain_text(re.compile(rf"job {long_job} · running · step \d+/10000"))
+    expect(page.locator("#job-select input[role=combobox]")).to_have_value(re.compile(rf"^{long_job} · "))
+    expect(page.locator("#jobs-active")).to_contain_text(f"job {short_job} · queued · waiting for the device")
+    queue = page.locator("#job-queue").inner_text()
+    assert re.search(r"step \d+/10000", queue) and "waiting for the device" in queue
+    assert drawn_points(page, "loss") >= 1
+
+    page.click("#job-cancel")
+    wait_status(page, f"Job {long_job} cancelled", elem_id="train-status")
+    assert job_status(db, long_job) == JobStatus.cancelled
+    expect(page.locator("#job-progress")).to_contain_text("cancelled")
+
+    # Picking the short job shows it run to success; the pick holds while it runs and after.
+    pick_dropdown_starting(page, "job-select", f"{short_job} · ")
+    expect(page.locator("#job-progress")).to_contain_text(f"job {short_job} · succeeded · step 3/3", timeout=180_000)
     expect(page.locator("#job-queue")).to_contain_text("cancelled")
-    assert page.locator("#job-plot").count() == 1
+
+    # The plot draws a point per logged step for the loss and the reward accuracy, joined by a line.
+    expect(page.locator("#job-plot svg[data-series='loss'] circle")).to_have_count(3)
+    assert drawn_points(page, "reward accuracy") == 3
+    assert page.locator("#job-plot svg[data-series='loss'] polyline").get_attribute("points").count(",") == 3
+    box = page.locator("#job-plot svg[data-series='loss']").bounding_box()
+    assert box["width"] > 200 and box["height"] > 100
+    page.locator("#job-plot").screenshot(path=str(Path(server.log_path).parent / "job-plot.png"))
+
+    # The adapter folder downloads as a zip: the adapter and its config, no checkpoints.
+    page.click("#job-download")
+    wait_status(page, f"Output of job {short_job}", elem_id="train-status")
+    with page.expect_download() as download:
+        page.locator("#job-output a[download]").first.click()
+    assert download.value.suggested_filename == f"job{short_job}-policy-adapter.zip"
+    names = zipfile.ZipFile(download.value.path()).namelist()
+    assert f"job{short_job}-policy-adapter/adapter_config.json" in names
+    assert any(n.endswith("adapter_model.safetensors") for n in names)
+    assert not any("checkpoint-" in n or "reference_logps" in n for n in names)
 
     # Reloading the page re-attaches: the queue comes back from the database and run folders.
     page.reload()
     goto_tab(page, "train")
     expect(page.locator("#job-queue")).to_contain_text("succeeded", timeout=20_000)
 
+    name = f"dpo-job{short_job}"
     goto_tab(page, "models")
-    expect(page.locator("#models-table")).to_contain_text("dpo-job2", timeout=20_000)
+    expect(page.locator("#models-table")).to_contain_text(name, timeout=20_000)
     table = page.locator("#models-table").inner_text()
     assert "prefs" in table and "policy-adapter" in table and "all labels" in table
-    pick_dropdown(page, "models-select", "1 · dpo-job2 (policy-adapter)")
+    with transaction(db) as s:
+        model = s.scalars(select(TrainedModel).where(TrainedModel.job_id == short_job)).one()
+        assert model.snapshot.counts["rows"] == 12
+        assert json.loads((Path(model.path) / "adapter_config.json").read_text())["r"] == 4
+        model_id = model.id
+    pick_dropdown(page, "models-select", f"{model_id} · {name} (policy-adapter)")
     expect(page.locator("#models-lineage")).to_contain_text('"max_steps": 3')
     page.locator("#try-prompt textarea").fill("Say something nice.")
     page.click("#try-button")
     expect(page.locator("#try-answer textarea")).not_to_have_value("", timeout=60_000)
 
+    # The progress file also counted the reference pass, as its own phase, before the first step.
     with transaction(db) as s:
-        model = s.scalars(select(TrainedModel)).one()
-        assert model.job_id == 2 and model.snapshot.counts["rows"] == 12
-        assert json.loads((Path(model.path) / "adapter_config.json").read_text())["r"] == 4
+        run_dir = Path(s.get(Job, short_job).run_dir)
+    events = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+    reference = [e for e in events if e.get("phase") == "reference pass"]
+    assert reference and reference[-1]["done"] == reference[-1]["total"] > 0
+    assert [e["event"] for e in events].index("train_begin") > events.index(reference[-1])
 
 
-def test_reward_model_then_best_of_n_with_a_verdict_label(page, server, tiny_model_dir):
+def register_model(db, name, kind, path, base_model):
+    """A trained model in the Models list as if a job had made it (once per server)."""
+    with transaction(db) as s:
+        if not s.scalars(select(TrainedModel).where(TrainedModel.name == name)).all():
+            s.add(TrainedModel(name=name, kind=kind, path=str(path), base_model=str(base_model), metrics={}))
+
+
+def test_reward_model_then_best_of_n_with_a_verdict_label(page, server, tiny_model_dir, tiny_adapter):
     db = server.db
+    register_model(db, "tiny-dpo", "policy-adapter", tiny_adapter, tiny_model_dir)
     goto_tab(page, "train")
     pick_dropdown(page, "train-project", "prefs")
     pick_dropdown(page, "train-method", "Reward model (Bradley-Terry, LoRA)")
     page.locator("#rm-model textarea").fill(str(tiny_model_dir))
     page.locator("#rm-max_steps textarea").fill("2")
+    open_advanced(page, "rm-")
     for field, value in (("batch_size", 2), ("max_length", 64), ("lora_r", 4)):
         fill_number(page, f"rm-{field}", value)
     page.click("#train-launch")
-    wait_status(page, r"Job \d+ queued", elem_id="train-status")
-    job_id = re.search(r"Job (\d+) queued", page.locator("#train-status").inner_text()).group(1)
+    job_id = launched_job(page)  # launching a job puts it in view, whatever was shown before
     expect(page.locator("#job-progress")).to_contain_text(f"job {job_id} · succeeded", timeout=180_000)
 
     goto_tab(page, "bon")
     with transaction(db) as s:
-        rm = s.scalars(select(TrainedModel).where(TrainedModel.kind == "reward-model")).one()
+        rm = s.scalars(select(TrainedModel).where(TrainedModel.job_id == job_id)).one()
     pick_dropdown(page, "bon-reward", f"{rm.name} (job {rm.job_id})")
-    pick_dropdown(page, "bon-policy", "dpo-job2 (job 2)")
+    pick_dropdown(page, "bon-policy", "tiny-dpo (job None)")
     page.locator("#bon-prompt textarea").fill("Name a fruit.")
     fill_number(page, "bon-n", 2)  # the project is pairwise: items of two
     fill_number(page, "bon-max-new-tokens", 8)
@@ -146,9 +260,8 @@ def test_best_of_n_job_from_the_train_tab(page, server, tiny_model_dir, tiny_rew
     """A reward model (registered as if a job had trained it) picks the best of 2 for 3 of the project's
     prompts; the candidates become items of the pairwise project, the dataset downloads from the queue."""
     db = server.db
+    register_model(db, "tiny-rm", "reward-model", tiny_reward_dir, tiny_model_dir)
     with transaction(db) as s:
-        s.add(TrainedModel(name="tiny-rm", kind="reward-model", path=str(tiny_reward_dir),
-                           base_model=str(tiny_model_dir), metrics={}))
         jobs_before = len(s.scalars(select(Job)).all())
         bon_before = len(s.scalars(select(Response).where(Response.source == "best-of-n")).all())
 
@@ -159,6 +272,7 @@ def test_best_of_n_job_from_the_train_tab(page, server, tiny_model_dir, tiny_rew
     pick_dropdown(page, "bon-job-reward", "tiny-rm (job None)")
     page.locator("#bon-job-model textarea").fill(str(tiny_model_dir))
     page.locator("#bon-job-max_prompts textarea").fill("3")
+    open_advanced(page, "bon-job-")
     fill_number(page, "bon-job-max_new_tokens", 6)
     page.locator("#bon-job-store_as_items input[type=checkbox]").check()
 
@@ -171,8 +285,7 @@ def test_best_of_n_job_from_the_train_tab(page, server, tiny_model_dir, tiny_rew
 
     fill_number(page, "bon-job-n", 2)
     page.click("#train-launch")
-    wait_status(page, r"Job \d+ queued", elem_id="train-status")
-    job_id = re.search(r"Job (\d+) queued", page.locator("#train-status").inner_text()).group(1)
+    job_id = launched_job(page)
     expect(page.locator("#job-progress")).to_contain_text(f"job {job_id} · succeeded · prompt 3/3", timeout=180_000)
     expect(page.locator("#job-queue")).to_contain_text("3 prompts")
     expect(page.locator("#job-queue")).to_contain_text("best_of_n.jsonl")
@@ -185,31 +298,21 @@ def test_best_of_n_job_from_the_train_tab(page, server, tiny_model_dir, tiny_rew
     rows = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
     assert len(rows) == 3 and all(len(r["completions"]) == len(r["scores"]) == 2 for r in rows)
     with transaction(db) as s:
-        job = s.get(Job, int(job_id))
+        job = s.get(Job, job_id)
         assert job.status == JobStatus.succeeded and job.config["n"] == 2 and job.config["store_as_items"]
         added = len(s.scalars(select(Response).where(Response.source == "best-of-n")).all()) - bon_before
         assert added == 6
 
 
 def test_eval_job_from_the_train_tab_shows_in_the_models_tab(page, server, tiny_model_dir, tiny_reward_dir,
-                                                             tmp_path):
-    """A tuned adapter (trained here with a held-out split) is evaluated against its base by a reward
+                                                             tiny_adapter):
+    """A tuned adapter (trained with a held-out split) is evaluated against its base by a reward
     model from the Train tab; the Models tab then lists the stored result and plots its win rate."""
-    from alignment.training import DPOConfig, train_dpo
     from storage.models import Evaluation
 
-    from tests.test_training import FAST, pair_rows, write_jsonl
-
-    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(6))
-    adapter = train_dpo(DPOConfig(model=str(tiny_model_dir), data=str(data), out=str(tmp_path / "dpo"),
-                                  max_steps=1, batch_size=2, eval_fraction=0.34, device="cpu", **FAST)).out_dir
     db = server.db
-    with transaction(db) as s:
-        s.add(TrainedModel(name="tiny-dpo", kind="policy-adapter", path=str(adapter),
-                           base_model=str(tiny_model_dir), metrics={}))
-        if not s.scalars(select(TrainedModel).where(TrainedModel.name == "tiny-rm")).all():
-            s.add(TrainedModel(name="tiny-rm", kind="reward-model", path=str(tiny_reward_dir),
-                               base_model=str(tiny_model_dir), metrics={}))
+    register_model(db, "tiny-dpo", "policy-adapter", tiny_adapter, tiny_model_dir)
+    register_model(db, "tiny-rm", "reward-model", tiny_reward_dir, tiny_model_dir)
 
     goto_tab(page, "train")
     pick_dropdown(page, "train-method", "Evaluation: tuned vs base on held-out prompts (reward model as judge)")
@@ -218,14 +321,14 @@ def test_eval_job_from_the_train_tab_shows_in_the_models_tab(page, server, tiny_
     pick_dropdown(page, "eval-adapter", "tiny-dpo (job None)")
     pick_dropdown(page, "eval-reward", "tiny-rm (job None)")
     page.locator("#eval-model textarea").fill(str(tiny_model_dir))
+    open_advanced(page, "eval-")
     fill_number(page, "eval-max_new_tokens", 6)
     page.click("#train-launch")
-    wait_status(page, r"Job \d+ queued", elem_id="train-status")
-    job_id = re.search(r"Job (\d+) queued", page.locator("#train-status").inner_text()).group(1)
+    job_id = launched_job(page)
     expect(page.locator("#job-progress")).to_contain_text(f"job {job_id} · succeeded · prompt 2/2", timeout=180_000)
 
     with transaction(db) as s:
-        evaluation = s.scalars(select(Evaluation).where(Evaluation.job_id == int(job_id))).one()
+        evaluation = s.scalars(select(Evaluation).where(Evaluation.job_id == job_id)).one()
         win_rate = evaluation.metrics["win_rate"]
     goto_tab(page, "models")
     table = page.locator("#evaluations-table")
@@ -258,3 +361,69 @@ def test_the_form_refuses_a_fractional_epoch_and_modules_the_model_lacks(page, s
     assert "its linear layers are: down_proj, gate_proj, k_proj" in page.locator("#train-status").inner_text()
     with transaction(server.db) as s:
         assert len(s.scalars(select(Job)).all()) == jobs_before
+
+
+def test_a_missing_model_is_refused_and_a_failed_job_says_why(page, server, tiny_model_dir, tmp_path):
+    db = server.db
+    goto_tab(page, "train")
+    pick_dropdown(page, "train-project", "prefs")
+    with transaction(db) as s:
+        jobs_before = len(s.scalars(select(Job)).all())
+
+    # A model that is nowhere on this machine is refused at launch, not after a minute of loading.
+    set_up_dpo(page, "no/such-model", 3)
+    page.click("#train-launch")
+    wait_status(page, "'no/such-model' is not a file or folder on this machine", elem_id="train-status")
+    with transaction(db) as s:
+        assert len(s.scalars(select(Job)).all()) == jobs_before
+
+    # A model folder that exists but cannot be loaded fails in the job: its one-line reason shows in
+    # the table and next to the job, not only inside a traceback in the log.
+    broken = tmp_path / "broken-model"  # its config passes the checks at launch; it has no weights
+    broken.mkdir()
+    shutil.copy(Path(tiny_model_dir) / "config.json", broken / "config.json")
+    set_up_dpo(page, broken, 3)
+    page.click("#train-launch")
+    job_id = launched_job(page)
+    expect(page.locator("#job-progress")).to_contain_text(f"job {job_id} · failed", timeout=120_000)
+    reason = page.locator("#job-progress .ps-job-reason").inner_text()
+    assert re.match(r"\w+(Error|Exception): \S", reason) and "Traceback" not in reason and "\n" not in reason
+    row = page.locator("#job-queue tr", has_text=f"failed: {reason[:40]}")
+    expect(row).to_have_count(1)
+    expect(page.locator("#job-log textarea")).to_have_value(re.compile("Traceback"))
+
+
+def test_train_form_puts_the_usual_settings_first_keeps_values_per_method_and_words_errors(page, server):
+    goto_tab(page, "train")
+    pick_dropdown(page, "train-project", "prefs")
+    # The usual settings are open, the rest folded away: the page is no longer 4,300 px of fields.
+    expect(page.locator("#dpo-lr input[type=number]")).to_be_visible()
+    expect(page.locator("#dpo-beta input[type=number]")).to_be_visible()
+    assert not page.locator("#dpo-lora_alpha input[type=number]").is_visible()
+    form = page.locator("#dpo-form").first.bounding_box()["height"]
+    height = page.evaluate("() => document.documentElement.scrollHeight")
+    page.screenshot(path=str(Path(server.log_path).parent / "train-form.png"), full_page=True)
+    assert form < 800 and height < 2_500, f"the DPO form is {form} px tall, the Train tab {height} px"
+
+    # Values typed for one method are still there after looking at another.
+    fill_number(page, "dpo-lr", "0.0007")
+    page.locator("#dpo-max_steps textarea").fill("5")
+    pick_dropdown(page, "train-method", "Reward model (Bradley-Terry, LoRA)")
+    expect(page.locator("#rm-lr input[type=number]")).to_be_visible()
+    pick_dropdown(page, "train-method", "DPO (LoRA)")
+    expect(page.locator("#dpo-lr input[type=number]")).to_have_value("0.0007")
+    expect(page.locator("#dpo-max_steps textarea")).to_have_value("5")
+
+    # Errors name what the user sees, not the code's field names or None.
+    open_advanced(page, "dpo-")
+    page.locator("#dpo-batch_size input[type=number]").fill("")
+    page.locator("#dpo-batch_size input[type=number]").press("Tab")
+    page.click("#train-launch")
+    wait_status(page, "Batch size", elem_id="train-status")
+    message = page.locator("#train-status").inner_text()
+    assert "batch_size" not in message and "None" not in message
+    fill_number(page, "dpo-batch_size", 2)
+    fill_number(page, "dpo-lora_r", 0)
+    page.click("#train-launch")
+    wait_status(page, "LoRA rank", elem_id="train-status")
+    assert "lora_r" not in page.locator("#train-status").inner_text()

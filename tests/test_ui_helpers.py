@@ -1,6 +1,7 @@
 """The UI's pure helpers: safe rendering, dataclass-generated forms, zipped `datasets` uploads."""
 from __future__ import annotations
 
+import re
 import zipfile
 
 import pytest
@@ -69,3 +70,65 @@ def test_zip_with_an_escaping_path_is_refused(tmp_path):
 def test_failure_report_lists_every_line_up_to_fifty():
     report = _failure_report(InputError("\n".join(f"line {i}: bad" for i in range(1, 61))))
     assert "Nothing was imported" in report and "line 50: bad" in report and "10 more" in report
+
+
+def test_job_plot_draws_a_point_per_logged_step_and_no_infinite_axes():
+    from annotation.ui.job_plot import plot_html
+
+    empty = plot_html([])
+    assert "Infinity" not in empty and "<svg" not in empty and "after the first training step" in empty
+    events = [{"event": "phase", "phase": "loading the model"},
+              *({"event": "step", "step": i, "loss": 0.6931 - i * 1e-4, "metrics": {"rewards/accuracies": i / 4}}
+                for i in range(1, 5)),
+              {"event": "eval", "step": 4, "loss": 0.5, "metrics": {}}]
+    html = plot_html(events)
+    assert html.count("<circle") == 8 and html.count("<polyline") == 2
+    assert "Infinity" not in html and "NaN" not in html
+    loss_panel = html.split('data-series="reward accuracy"')[0]
+    ticks = re.findall(r'text-anchor="end"[^>]*>([^<]+)<', loss_panel)
+    assert len(set(ticks)) == 5, ticks  # a loss that moves in the 4th digit still gets distinct ticks
+
+
+def test_form_errors_name_labels_not_fields():
+    from alignment.training.config import DPOConfig
+    from annotation.ui.forms import form_values, readable_error
+
+    with pytest.raises(ValueError, match="^Batch size is empty: enter a whole number$"):
+        form_values(DPOConfig, {"batch_size": None})
+    with pytest.raises(ValueError, match="^Epochs must be a whole number, not 1.5$"):
+        form_values(DPOConfig, {"epochs": 1.5})
+    assert readable_error(DPOConfig, "invalid dpo settings: lr must be a finite number > 0, got -1.0") == \
+        "'Learning rate' must be a number above 0 (you entered -1.0)"
+    assert readable_error(DPOConfig, "batch_size must be an integer >= 1, got None") == \
+        "'Batch size' must be a whole number of at least 1 (it was left empty)"
+    assert "lora_r" not in readable_error(DPOConfig, "lora_r must be an integer >= 1, got 0")
+
+
+def test_a_poll_never_changes_which_job_is_picked(db, tmp_path):
+    """The selector race of issue 12 (items 2, 20): a poll sent while job 2 was picked must not put
+    job 2 back after a launch or the user picked another one; only the choices are refreshed."""
+    import gradio as gr
+
+    from annotation.ui.context import UIContext
+    from annotation.ui.train import build_train_tab, poll
+
+    ctx = UIContext(db=db, jobs=None, default_model="default")
+    with gr.Blocks():
+        tab = build_train_tab(ctx)
+    update = poll(ctx, tab, 2)[tab.job]
+    assert "choices" in update and "value" not in update
+
+
+def test_a_model_folder_downloads_as_a_zip_without_checkpoints(tmp_path):
+    from annotation.ui.train import zip_folder
+
+    out = tmp_path / "output"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "optimizer.pt").write_bytes(b"x" * 100)
+    (out / "adapter_config.json").write_text("{}")
+    (out / "adapter_model.safetensors").write_bytes(b"weights")
+    (out / "reference_logps.pt").write_bytes(b"cache")
+    archive = zip_folder(out, tmp_path / "job3-policy-adapter.zip")
+    assert sorted(zipfile.ZipFile(archive).namelist()) == ["job3-policy-adapter/adapter_config.json",
+                                                          "job3-policy-adapter/adapter_model.safetensors"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial file left

@@ -160,8 +160,8 @@ def build_app(ctx: UIContext) -> gr.Blocks:
         data_tab.select(lambda current: {data.project: names_update(current), **data_views(ctx, data)}, data.project,
                         [data.project, *data.views()])
         projects_tab.select(lambda current: setup.refresh_choices(ctx, current), setup.project, setup.project)
-        train_tab.select(lambda current: train_choices(ctx, train, current), train.project,
-                         [train.project, *train.pickers])
+        train_tab.select(lambda current, job: train_choices(ctx, train, current, job), [train.project, train.job],
+                         [train.project, train.job, *train.pickers])
         models_tab.select(lambda current: show_models(ctx, current), trained.model,
                           [trained.table, trained.model, trained.evaluations, trained.eval_plot])
         bon_tab.select(lambda *current: best_of_n_choices(ctx, *current), [best.project, best.reward, best.policy],

@@ -10,13 +10,16 @@ reload (or a second browser) re-attaches to running jobs with nothing kept in th
 """
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
+import time
+import zipfile
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 
 from alignment.run_folder import ModelKind
 from alignment.training.config import DPO_LOSS_TYPES, LR_SCHEDULES
@@ -25,7 +28,8 @@ from annotation.jobs.kinds import JOB_KINDS
 from annotation.jobs.runner import JobRequest, job_rows, log_tail, read_progress
 from annotation.services import models, projects
 from annotation.ui.context import UIContext
-from annotation.ui.forms import build_form, form_values
+from annotation.ui.forms import build_form, form_values, readable_error
+from annotation.ui.job_plot import plot_html
 from storage.errors import InputError
 from storage.snapshots import PROMPT_SELECTIONS, SnapshotFilters
 
@@ -33,12 +37,20 @@ from storage.snapshots import PROMPT_SELECTIONS, SnapshotFilters
 # pairs = an evaluation's held-out human pairs) or not for a new job.
 RUNNER_FIELDS = ("data", "out", "resume_from", "project", "pairs")
 QUEUE_COLUMNS = ["job", "method", "status", "progress", "loss", "ETA", "input", "output"]
+ACTIVE = ("running", "queued")
+# Not part of a downloaded model: resumable checkpoints (optimizer state) and the reference-pass cache.
+NOT_DOWNLOADED = ("checkpoint-*", "reference_logps.pt")
+DOWNLOAD_MAX_AGE_S = 600  # Gradio has copied a download into its own cache long before this
 CHOICES = {"loss": list(DPO_LOSS_TYPES), "lr_schedule": list(LR_SCHEDULES), "device": ["auto", "cpu", "cuda"],
            "prompts": list(PROMPT_SELECTIONS)}
 # Where a kind's field of the same name takes other values.
 KIND_CHOICES = {"eval": {"prompts": list(EVAL_SELECTIONS)}}
 # Model pickers: filled from the trained models, and a folder can be typed in (e.g. one from the CLI).
 MODEL_FIELDS = ("reward", "adapter")
+# The settings people change, shown first; the rest of a method's fields go under "Advanced settings"
+# (a field can also ask for this with metadata={"basic": True}).
+BASIC_FIELDS = ("model", "reward", "adapter", "epochs", "max_steps", "lr", "beta", "loss", "use_margin", "n",
+                "prompts", "max_prompts", "store_as_items")
 NO_ADAPTER = ("base model (no adapter)", "")
 
 
@@ -57,7 +69,8 @@ class TrainTab:
     queue: gr.Dataframe
     job: gr.Dropdown
     bar: gr.HTML
-    plot: gr.LinePlot
+    active: gr.HTML
+    plot: gr.HTML
     log: gr.Textbox
     cancel: gr.Button
     resume: gr.Button
@@ -95,12 +108,13 @@ def build_train_tab(ctx: UIContext) -> TrainTab:
     forms, groups = {}, {}
     choices = {**CHOICES, **model_choices(ctx)}
     for kind in JOB_KINDS.values():
-        with gr.Group(visible=kind.name == "dpo") as group:
-            with gr.Accordion(f"{kind.title} settings", open=True):
-                forms[kind.name] = build_form(kind.config_class, choices={**choices, **KIND_CHOICES.get(kind.name, {})},
-                                              exclude=RUNNER_FIELDS,
-                                              prefix=_form_prefix(kind.name), custom_values=MODEL_FIELDS,
-                                              defaults={"model": ctx.default_model, "adapter": ""})
+        # Each method keeps its own form (hidden, not rebuilt, when another is picked): values typed
+        # for one method are still there when the user comes back to it.
+        with gr.Group(visible=kind.name == "dpo", elem_id=f"{_form_prefix(kind.name)}form") as group:
+            forms[kind.name] = build_form(kind.config_class, choices={**choices, **KIND_CHOICES.get(kind.name, {})},
+                                          exclude=RUNNER_FIELDS, basic=BASIC_FIELDS,
+                                          prefix=_form_prefix(kind.name), custom_values=MODEL_FIELDS,
+                                          defaults={"model": ctx.default_model, "adapter": ""})
         groups[kind.name] = group
     launch = gr.Button("Train", variant="primary", elem_id="train-launch")
     status = gr.Markdown("", elem_id="train-status")
@@ -112,49 +126,77 @@ def build_train_tab(ctx: UIContext) -> TrainTab:
         cancel = gr.Button("Cancel job", variant="stop", elem_id="job-cancel")
         resume = gr.Button("Resume job", elem_id="job-resume")
         download = gr.Button("Download output", elem_id="job-download")
-    output = gr.File(label="Job output", interactive=False, elem_id="job-output")
     bar = gr.HTML("", elem_id="job-progress", js_on_load=None)
-    plot = gr.LinePlot(pd.DataFrame({"step": [], "value": [], "series": []}), x="step", y="value", color="series",
-                       title="Loss and reward accuracy", elem_id="job-plot")
+    active = gr.HTML("", elem_id="jobs-active", js_on_load=None)
+    plot = gr.HTML(plot_html([]), elem_id="job-plot", js_on_load=None)
     log = gr.Textbox(label="Log (tail)", lines=10, max_lines=10, interactive=False, elem_id="job-log")
+    output = gr.File(label="Job output", interactive=False, height=90, elem_id="job-output")
     tab = TrainTab(method, project, forms, groups, labels, annotators, since, until, launch, status, queue, job, bar,
-                   plot, log, cancel, resume, download, output)
+                   active, plot, log, cancel, resume, download, output)
     _wire(ctx, tab)
     return tab
 
 
+def progress_text(row: dict) -> str:
+    """Where a job is: the phase before training (with its own count), else its steps (or prompts)."""
+    if row["status"] in ACTIVE and row.get("phase"):
+        count = f" {row['phase_done']}/{row['phase_total']}" if row.get("phase_total") else ""
+        return f"{row['phase']}{count}"
+    if row["status"] == "queued":
+        return "waiting for the device"
+    if row["status"] == "running" and row.get("step") is None:
+        return "starting"
+    return f"{row.get('unit') or 'step'} {row['step'] or 0}/{row['total_steps'] or '?'}"
+
+
+def _eta(row: dict) -> float | None:
+    if row["status"] != "running":
+        return None
+    return row.get("phase_eta_s") if row.get("phase") else row.get("eta_s")
+
+
+def _fraction(row: dict) -> float:
+    if row["status"] == "succeeded":
+        return 1.0
+    if row.get("phase"):
+        done, total = row.get("phase_done") or 0, row.get("phase_total") or 0
+    else:
+        done, total = row.get("step") or 0, row.get("total_steps") or 0
+    return done / total if total else 0.0
+
+
+def _bar(row: dict) -> str:
+    eta = f" · ETA {_eta(row):.0f} s" if _eta(row) is not None else ""
+    why = f' · <span class="ps-job-reason">{escape(row["reason"])}</span>' if row.get("reason") else ""
+    fill = f'<div class="ps-bar-fill" style="width:{100 * _fraction(row):.1f}%"></div>'
+    return (f'<div class="ps-job" data-job="{row["id"]}"><div>job {row["id"]} · {row["status"]} · '
+            f'{escape(progress_text(row))}{eta}{why}</div><div class="ps-bar">{fill}</div></div>')
+
+
 def _progress_bar(rows: list[dict], job_id: int | None) -> str:
     row = next((r for r in rows if r["id"] == job_id), None)
-    if row is None:
-        return ""
-    done, total = row["step"] or 0, row["total_steps"] or 0
-    pct = 100.0 * done / total if total else (100.0 if row["status"] == "succeeded" else 0.0)
-    eta = f" · ETA {row['eta_s']:.0f} s" if row.get("eta_s") and row["status"] == "running" else ""
-    unit = row.get("unit") or "step"
-    return (f'<div class="ps-job"><div>job {row["id"]} · {row["status"]} · {unit} {done}/{total or "?"}{eta}</div>'
-            f'<div class="ps-bar"><div class="ps-bar-fill" style="width:{pct:.1f}%"></div></div></div>')
+    return "" if row is None else _bar(row)
 
 
-def _plot_frame(run_dir: Path | None) -> pd.DataFrame:
-    points = []
-    for event in read_progress(run_dir) if run_dir else []:
-        if event.get("event") != "step":
-            continue
-        if event.get("loss") is not None:
-            points.append({"step": event["step"], "value": event["loss"], "series": "loss"})
-        accuracy = (event.get("metrics") or {}).get("rewards/accuracies", (event.get("metrics") or {}).get("accuracy"))
-        if accuracy is not None:
-            points.append({"step": event["step"], "value": accuracy, "series": "reward accuracy"})
-    return pd.DataFrame(points or {"step": [], "value": [], "series": []})
+def _active_bars(rows: list[dict], job_id: int | None) -> str:
+    """Every other running or queued job, so launching or picking one never hides another's progress."""
+    others = [r for r in reversed(rows) if r["status"] in ACTIVE and r["id"] != job_id]
+    return "" if not others else "<div>Also in the queue:</div>" + "".join(_bar(r) for r in others)
+
+
+def default_job(rows: list[dict]) -> int | None:
+    """The job a fresh view shows: the one running (the oldest, if several), else the newest."""
+    running = [r["id"] for r in rows if r["status"] == "running"]
+    return min(running) if running else (rows[0]["id"] if rows else None)
 
 
 def _queue_table(rows: list[dict]) -> list[list]:
     table = []
     for r in rows:
-        progress = f"{r['step'] or 0}/{r['total_steps'] or '?'}"
         loss = f"{r['loss']:.4f}" if isinstance(r.get("loss"), (int, float)) else ""
-        eta = f"{r['eta_s']:.0f} s" if r.get("eta_s") and r["status"] == "running" else ""
-        table.append([r["id"], r["kind"], r["status"], progress, loss, eta, _input_text(r), r.get("output") or ""])
+        eta = f"{_eta(r):.0f} s" if _eta(r) is not None else ""
+        status = f"{r['status']}: {r['reason']}" if r.get("reason") else r["status"]
+        table.append([r["id"], r["kind"], status, progress_text(r), loss, eta, _input_text(r), r.get("output") or ""])
     return table
 
 
@@ -182,7 +224,7 @@ def _wire(ctx: UIContext, tab: TrainTab) -> None:
 
     all_fields = [c for k in kinds for c in tab.forms[k].values()]
 
-    def launch(method, project, annotators, since, until, *values):
+    def launch(watched, method, project, annotators, since, until, *values):
         try:
             if ctx.jobs is None:
                 raise InputError("this server runs without a job runner")
@@ -202,27 +244,21 @@ def _wire(ctx: UIContext, tab: TrainTab) -> None:
                 filters = SnapshotFilters(annotators=names or None, since=since or None, until=until or None)
             job_id = ctx.jobs.submit(JobRequest(method, project, config, filters))
         except (InputError, ValueError) as exc:
-            return {tab.status: f"⚠️ {exc}"}
-        return {tab.status: f"✅ Job {job_id} queued.", tab.job: gr.update(choices=_job_choices(ctx), value=job_id)}
+            config_class = JOB_KINDS[method].config_class if method in JOB_KINDS else None
+            return {tab.status: f"⚠️ {readable_error(config_class, str(exc)) if config_class else exc}"}
+        rows = job_rows(ctx.db)
+        # The new job is shown, unless the one being watched is still running: that one stays in view.
+        keep = any(r["id"] == watched and r["status"] == "running" for r in rows)
+        note = f" Job {watched} is still running and stays in view; pick job {job_id} to watch it." if keep else ""
+        return {tab.status: f"✅ Job {job_id} queued.{note}",
+                tab.job: gr.update(choices=_job_choices(ctx, rows), value=watched if keep else job_id)}
 
-    tab.launch.click(launch, [tab.method, tab.project, tab.annotators, tab.since, tab.until, *all_fields],
+    tab.launch.click(launch, [tab.job, tab.method, tab.project, tab.annotators, tab.since, tab.until, *all_fields],
                      [tab.status, tab.job], api_name="launch_job")
 
-    def refresh(job_id):
-        rows = job_rows(ctx.db)
-        if job_id is None and rows:
-            job_id = rows[0]["id"]
-        row = next((r for r in rows if r["id"] == job_id), None)
-        run_dir = Path(row["run_dir"]) if row and row.get("run_dir") else None
-        tail = log_tail(run_dir) if run_dir else ""
-        if row and row.get("error"):
-            tail = row["error"]
-        return {tab.queue: _queue_table(rows), tab.job: gr.update(choices=_job_choices(ctx, rows), value=job_id),
-                tab.bar: _progress_bar(rows, job_id), tab.plot: _plot_frame(run_dir), tab.log: tail}
-
-    outputs = [tab.queue, tab.job, tab.bar, tab.plot, tab.log]
-    gr.Timer(1.0).tick(refresh, tab.job, outputs, show_progress="hidden")
-    tab.job.change(refresh, tab.job, outputs, show_progress="hidden")
+    outputs = [tab.queue, tab.job, tab.bar, tab.active, tab.plot, tab.log]
+    gr.Timer(1.0).tick(lambda job_id: poll(ctx, tab, job_id), tab.job, outputs, show_progress="hidden")
+    tab.job.change(lambda job_id: poll(ctx, tab, job_id), tab.job, outputs, show_progress="hidden")
 
     def act(action, job_id):
         try:
@@ -246,11 +282,28 @@ def _wire(ctx: UIContext, tab: TrainTab) -> None:
     tab.download.click(download, tab.job, [tab.status, tab.output], api_name="job_output")
 
 
-def output_file(ctx: UIContext, job_id) -> Path:
-    """A copy of the job's output file (e.g. a best-of-N dataset) in a temporary folder, for download.
+def poll(ctx: UIContext, tab: TrainTab, job_id: int | None) -> dict:
+    """The queue and the picked job's progress, plot and log, read afresh from the database and its run folder.
 
-    Copied because Gradio serves only files under its own or the temporary folder, and the run folders
-    may live anywhere (next to the database by default).
+    Never sets which job is picked (only a launch, the user, or opening the tab with none picked do):
+    a poll answering after one of those would put back the job it was asked about.
+    """
+    rows = job_rows(ctx.db)
+    row = next((r for r in rows if r["id"] == job_id), None)
+    run_dir = Path(row["run_dir"]) if row and row.get("run_dir") else None
+    return {tab.queue: _queue_table(rows), tab.job: gr.update(choices=_job_choices(ctx, rows)),
+            tab.bar: _progress_bar(rows, job_id), tab.active: _active_bars(rows, job_id),
+            tab.plot: plot_html(read_progress(run_dir) if run_dir else []),
+            tab.log: log_tail(run_dir) if run_dir else ""}
+
+
+def output_file(ctx: UIContext, job_id) -> Path:
+    """The job's output for download: a copy of its file (e.g. a best-of-N dataset), or its model
+    folder as a zip (adapter, tokenizer, config and metrics; no checkpoints).
+
+    Written to this process's download folder, because Gradio serves only files under its own or the
+    temporary folder and the run folders may live anywhere; Gradio copies what it serves into its
+    cache, so files there older than a few minutes are removed.
     """
     if job_id is None:
         raise InputError("pick a job first")
@@ -260,11 +313,42 @@ def output_file(ctx: UIContext, job_id) -> Path:
     output = Path(row["output"]) if row.get("output") else None
     if output is None:
         raise InputError(f"job {job_id} is {row['status']}: it has no output yet")
+    folder = download_folder()
+    if output.is_dir():
+        return zip_folder(output, folder / f"job{row['id']}-{row.get('produces') or 'output'}.zip")
     if not output.is_file():
-        raise InputError(f"job {job_id} produced the folder {output} (find it in the Models tab), not a file")
-    copy = Path(tempfile.mkdtemp(prefix="prefstudio-job-")) / f"job{row['id']}-{output.name}"
+        raise InputError(f"job {job_id}'s output {output.name} is no longer on the server")
+    copy = folder / f"job{row['id']}-{output.name}"
     shutil.copyfile(output, copy)
     return copy
+
+
+def zip_folder(folder: Path, target: Path) -> Path:
+    """``folder`` as a zip whose entries sit under the zip's own name (what unzipping makes)."""
+    root = target.stem
+    partial = target.with_name(f".{target.name}.partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            relative = path.relative_to(folder)
+            if path.is_file() and not any(part.match(p) for part in map(Path, relative.parts) for p in NOT_DOWNLOADED):
+                archive.write(path, f"{root}/{relative.as_posix()}")
+    partial.replace(target)
+    return target
+
+
+_downloads: Path | None = None
+
+
+def download_folder() -> Path:
+    """This process's download folder (removed at exit), cleared of downloads Gradio has long copied."""
+    global _downloads
+    if _downloads is None:
+        _downloads = Path(tempfile.mkdtemp(prefix="prefstudio-downloads-"))
+        atexit.register(shutil.rmtree, _downloads, True)
+    for old in _downloads.iterdir():
+        if time.time() - old.stat().st_mtime > DOWNLOAD_MAX_AGE_S:
+            old.unlink(missing_ok=True)
+    return _downloads
 
 
 def refresh_model_choices(ctx: UIContext, tab: TrainTab) -> dict:
@@ -274,9 +358,12 @@ def refresh_model_choices(ctx: UIContext, tab: TrainTab) -> dict:
             for form in tab.forms.values() for name in MODEL_FIELDS if name in form}
 
 
-def on_select(ctx: UIContext, tab: TrainTab, project: str | None) -> dict:
-    """When the tab is opened: fresh project and model lists."""
-    return {tab.project: project_choices(ctx, project), **refresh_model_choices(ctx, tab)}
+def on_select(ctx: UIContext, tab: TrainTab, project: str | None, job_id: int | None = None) -> dict:
+    """When the tab is opened: fresh project and model lists, and a job in view if none is picked."""
+    rows = job_rows(ctx.db)
+    pick = {} if job_id is not None else {"value": default_job(rows)}
+    job = gr.update(choices=_job_choices(ctx, rows), **pick)
+    return {tab.project: project_choices(ctx, project), tab.job: job, **refresh_model_choices(ctx, tab)}
 
 
 def _wire_adapter_base_model(ctx: UIContext, tab: TrainTab) -> None:
