@@ -22,6 +22,7 @@ from pathlib import Path
 import gradio as gr
 
 from alignment.run_folder import ModelKind
+from alignment.run_folder import CHECKPOINT_PREFIX, REFERENCE_FILE
 from alignment.training.config import DPO_LOSS_TYPES, LR_SCHEDULES
 from annotation.jobs.evaluation import SELECTIONS as EVAL_SELECTIONS
 from annotation.jobs.kinds import JOB_KINDS
@@ -39,7 +40,7 @@ RUNNER_FIELDS = ("data", "out", "resume_from", "project", "pairs")
 QUEUE_COLUMNS = ["job", "method", "status", "progress", "loss", "ETA", "input", "output"]
 ACTIVE = ("running", "queued")
 # Not part of a downloaded model: resumable checkpoints (optimizer state) and the reference-pass cache.
-NOT_DOWNLOADED = ("checkpoint-*", "reference_logps.pt")
+NOT_DOWNLOADED = (f"{CHECKPOINT_PREFIX}*", REFERENCE_FILE)
 DOWNLOAD_MAX_AGE_S = 600  # Gradio has copied a download into its own cache long before this
 CHOICES = {"loss": list(DPO_LOSS_TYPES), "lr_schedule": list(LR_SCHEDULES), "device": ["auto", "cpu", "cuda"],
            "prompts": list(PROMPT_SELECTIONS)}
