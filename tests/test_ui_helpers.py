@@ -132,3 +132,33 @@ def test_a_model_folder_downloads_as_a_zip_without_checkpoints(tmp_path):
     assert sorted(zipfile.ZipFile(archive).namelist()) == ["job3-policy-adapter/adapter_config.json",
                                                           "job3-policy-adapter/adapter_model.safetensors"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial file left
+
+
+def test_a_new_config_class_gets_its_form_with_no_ui_code():
+    """How the PPO/GRPO forms will appear: fields marked basic come first, the rest under Advanced,
+    a field with choices is a dropdown."""
+    from dataclasses import dataclass, field
+
+    import gradio as gr
+
+    from annotation.ui.forms import build_form
+
+    @dataclass
+    class NewMethod:
+        group_size: int = field(default=4, metadata={"help": "Samples per prompt.", "basic": True})
+        kl_estimator: str = field(default="k3", metadata={"help": "KL estimator.", "choices": ["k1", "k3"]})
+        clip: float = 0.2
+
+    with gr.Blocks():
+        form = build_form(NewMethod, prefix="new-", basic=())
+    assert list(form) == ["group_size", "kl_estimator", "clip"]
+    assert isinstance(form["kl_estimator"], gr.Dropdown) and isinstance(form["group_size"], gr.Number)
+
+    def accordion(component):
+        block = component.parent
+        while block is not None and not isinstance(block, gr.Accordion):
+            block = block.parent
+        return block
+
+    assert accordion(form["clip"]).elem_id == "new-advanced" and accordion(form["kl_estimator"]) is not None
+    assert accordion(form["group_size"]) is None

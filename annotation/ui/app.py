@@ -110,6 +110,7 @@ CSS = """
   background: var(--background-fill-primary); color: var(--body-text-color); padding: 1em 1.5em;
   border: 1px solid var(--border-color-primary); border-radius: 8px; box-shadow: 0 8px 30px rgba(0, 0, 0, 0.3); }
 #ps-help th { text-align: left; padding-right: 1.2em; font-family: var(--font-mono); }
+.ps-job { margin: 0.3em 0; } .ps-job-reason { color: var(--error-text-color); font-weight: 600; }
 """
 
 

@@ -3,8 +3,9 @@
 The same dataclass feeds the CLI, the UI form and the stored config, and its own validation runs
 before anything is saved or launched, so the form cannot drift from what the code accepts. A new
 config class (a new method) gets its form with no code here: its fields show under "Advanced" unless
-named in ``basic`` or marked ``metadata={"basic": True}``. Messages about the values name the form's
-labels, not the code's field names.
+named in ``basic`` or marked ``metadata={"basic": True}``, and a field with
+``metadata={"choices": [...]}`` is a dropdown. Messages about the values name the form's labels,
+not the code's field names.
 """
 from __future__ import annotations
 
@@ -79,8 +80,9 @@ def _components(cls: type, shown: list, choices, multiline, prefix, defaults, cu
             # empty means None.
             common["info"] = f"{common['info'] or ''} (leave empty for none)".strip()
             components[f.name] = gr.Textbox(value="" if default is None else str(default), **common)
-        elif f.name in choices:
-            components[f.name] = gr.Dropdown(choices=choices[f.name], value=default,
+        elif f.name in choices or "choices" in f.metadata:
+            options = choices.get(f.name, f.metadata.get("choices"))
+            components[f.name] = gr.Dropdown(choices=list(options), value=default,
                                              allow_custom_value=f.name in custom_values, **common)
         elif kind is int:
             # No precision: Gradio would round 1.5 to 2 on the server; form_values refuses it instead.

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from alignment.run_folder import ModelKind
-from alignment.run_folder import CHECKPOINT_PREFIX, REFERENCE_FILE
+from alignment.run_folder import CHECKPOINT_PREFIX, REFERENCE_FILE, ModelKind
 from alignment.training.config import DPO_LOSS_TYPES, LR_SCHEDULES
 from annotation.jobs.evaluation import SELECTIONS as EVAL_SELECTIONS
 from annotation.jobs.kinds import JOB_KINDS
@@ -123,7 +122,8 @@ def build_train_tab(ctx: UIContext) -> TrainTab:
     gr.Markdown("### Jobs")
     queue = gr.Dataframe(headers=QUEUE_COLUMNS, value=[], interactive=False, elem_id="job-queue")
     with gr.Row():
-        job = gr.Dropdown(label="Job", choices=[], elem_id="job-select")
+        # Custom values let scripts (gradio_client) name any job id: the page's choices start empty.
+        job = gr.Dropdown(label="Job", choices=[], allow_custom_value=True, elem_id="job-select")
         cancel = gr.Button("Cancel job", variant="stop", elem_id="job-cancel")
         resume = gr.Button("Resume job", elem_id="job-resume")
         download = gr.Button("Download output", elem_id="job-download")
@@ -140,26 +140,31 @@ def build_train_tab(ctx: UIContext) -> TrainTab:
 
 def progress_text(row: dict) -> str:
     """Where a job is: the phase before training (with its own count), else its steps (or prompts)."""
-    if row["status"] in ACTIVE and row.get("phase"):
-        count = f" {row['phase_done']}/{row['phase_total']}" if row.get("phase_total") else ""
-        return f"{row['phase']}{count}"
     if row["status"] == "queued":
         return "waiting for the device"
+    if _in_phase(row):
+        count = f" {row['phase_done']}/{row['phase_total']}" if row.get("phase_total") else ""
+        return f"{row['phase']}{count}"
     if row["status"] == "running" and row.get("step") is None:
         return "starting"
     return f"{row.get('unit') or 'step'} {row['step'] or 0}/{row['total_steps'] or '?'}"
 
 
+def _in_phase(row: dict) -> bool:
+    """Running, and still in the work before the first step (loading, the reference pass)."""
+    return row["status"] == "running" and bool(row.get("phase"))
+
+
 def _eta(row: dict) -> float | None:
     if row["status"] != "running":
         return None
-    return row.get("phase_eta_s") if row.get("phase") else row.get("eta_s")
+    return row.get("phase_eta_s") if _in_phase(row) else row.get("eta_s")
 
 
 def _fraction(row: dict) -> float:
     if row["status"] == "succeeded":
         return 1.0
-    if row.get("phase"):
+    if _in_phase(row):
         done, total = row.get("phase_done") or 0, row.get("phase_total") or 0
     else:
         done, total = row.get("step") or 0, row.get("total_steps") or 0
@@ -249,6 +254,7 @@ def _wire(ctx: UIContext, tab: TrainTab) -> None:
             return {tab.status: f"⚠️ {readable_error(config_class, str(exc)) if config_class else exc}"}
         rows = job_rows(ctx.db)
         # The new job is shown, unless the one being watched is still running: that one stays in view.
+        watched = picked_job(watched)
         keep = any(r["id"] == watched and r["status"] == "running" for r in rows)
         note = f" Job {watched} is still running and stays in view; pick job {job_id} to watch it." if keep else ""
         return {tab.status: f"✅ Job {job_id} queued.{note}",
@@ -263,9 +269,8 @@ def _wire(ctx: UIContext, tab: TrainTab) -> None:
 
     def act(action, job_id):
         try:
-            if job_id is None:
-                raise InputError("pick a job first")
-            getattr(ctx.jobs, action)(int(job_id))
+            job_id = parse_job_id(job_id)
+            getattr(ctx.jobs, action)(job_id)
         except InputError as exc:
             return f"⚠️ {exc}"
         return f"✅ Job {job_id} {'cancelled' if action == 'cancel' else 'queued again from its last checkpoint'}."
@@ -283,13 +288,32 @@ def _wire(ctx: UIContext, tab: TrainTab) -> None:
     tab.download.click(download, tab.job, [tab.status, tab.output], api_name="job_output")
 
 
-def poll(ctx: UIContext, tab: TrainTab, job_id: int | None) -> dict:
+def parse_job_id(value) -> int:
+    """The job id a handler was given (the picker's value, or whatever a script sent), or InputError."""
+    if value is None or value == "":
+        raise InputError("pick a job first")
+    try:
+        return int(str(value).split("·")[0].strip())
+    except ValueError:
+        raise InputError(f"no job {str(value)[:40]!r}: pick one from the list") from None
+
+
+def picked_job(value) -> int | None:
+    """The picked job's id, or None when none (or no valid one) is picked."""
+    try:
+        return parse_job_id(value)
+    except InputError:
+        return None
+
+
+def poll(ctx: UIContext, tab: TrainTab, job_id) -> dict:
     """The queue and the picked job's progress, plot and log, read afresh from the database and its run folder.
 
     Never sets which job is picked (only a launch, the user, or opening the tab with none picked do):
     a poll answering after one of those would put back the job it was asked about.
     """
     rows = job_rows(ctx.db)
+    job_id = picked_job(job_id)
     row = next((r for r in rows if r["id"] == job_id), None)
     run_dir = Path(row["run_dir"]) if row and row.get("run_dir") else None
     return {tab.queue: _queue_table(rows), tab.job: gr.update(choices=_job_choices(ctx, rows)),
@@ -306,9 +330,8 @@ def output_file(ctx: UIContext, job_id) -> Path:
     temporary folder and the run folders may live anywhere; Gradio copies what it serves into its
     cache, so files there older than a few minutes are removed.
     """
-    if job_id is None:
-        raise InputError("pick a job first")
-    row = next((r for r in job_rows(ctx.db) if r["id"] == int(job_id)), None)
+    job_id = parse_job_id(job_id)
+    row = next((r for r in job_rows(ctx.db) if r["id"] == job_id), None)
     if row is None:
         raise InputError(f"unknown job {job_id}")
     output = Path(row["output"]) if row.get("output") else None
