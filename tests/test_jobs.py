@@ -218,7 +218,8 @@ def test_a_bon_job_writes_the_scored_dataset_and_stores_the_candidates_as_items(
         assert row["best"] == row["completions"][row["best_index"]]
 
     events = read_progress(run_dir)
-    assert events[0]["event"] == "train_begin" and events[0]["total_steps"] == 3
+    assert (events[0]["event"], events[0]["phase"]) == ("phase", "loading the model")
+    assert events[1]["event"] == "train_begin" and events[1]["total_steps"] == 3
     steps = [e for e in events if e["event"] == "step"]
     assert steps[-1]["step"] == 3 and steps[-1]["unit"] == "prompt" and steps[-1]["eta_s"] == 0
     assert "scores/best_mean" in events[-1]["metrics"]

@@ -227,7 +227,11 @@ def test_dpo_two_steps_over_two_epochs(tiny_model_dir, pairs_file, tmp_path, mon
     assert sum(ref_rows) == 2 * 3
     begin = recorder.of("train_begin")[0]
     assert (begin["reference"], begin["epochs"], begin["n_train"], begin["n_eval"]) == ("computed", 2, 2, 1)
-    assert [e for e, _ in recorder.events] == ["train_begin", "step", "step", "eval", "save", "train_end"]
+    # Before training, the reference pass reports its progress (batch 2: 2 of 3 pairs, then 3).
+    assert [e for e, _ in recorder.events] == ["phase", "phase", "train_begin", "step", "step", "eval", "save",
+                                               "train_end"]
+    assert [(p["phase"], p["done"], p["total"]) for p in recorder.of("phase")] == [("reference pass", 2, 3),
+                                                                                  ("reference pass", 3, 3)]
     assert [s["epoch"] for s in recorder.of("step")] == [0, 1]
 
     # The run folder is a standard PEFT adapter folder, and its weights moved away from the init.
