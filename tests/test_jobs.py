@@ -234,6 +234,10 @@ def test_a_bon_job_writes_the_scored_dataset_and_stores_the_candidates_as_items(
         scores = [[r.sampling["rm_score"] for r in item.responses] for item in items]
         assert scores == [r["scores"] for r in rows]
         assert {r.source for r in s.scalars(select(Response))} == {"best-of-n"}
+    # The runner notes what it stored in the log just after the commit that marks the job succeeded.
+    deadline = time.time() + 10
+    while "stored 3 items" not in (run_dir / "log.txt").read_text() and time.time() < deadline:
+        time.sleep(0.1)
     assert "stored 3 items (6 responses) in project 'p'" in (run_dir / "log.txt").read_text()
 
 
