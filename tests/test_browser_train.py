@@ -73,10 +73,16 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory):
                                batch_size=2, eval_fraction=0.34, device="cpu", **FAST)).out_dir
 
 
-def launched_job(page) -> int:
-    """The id of the job the last click on Train / Run queued, as the status line reports it."""
+def launch(page) -> int:
+    """Click Train / Run and return the id of the job it queued, as the status line reports it (not
+    the line an earlier launch left there)."""
+    status = page.locator("#train-status")
+    before = re.search(r"Job (\d+) queued", status.inner_text())
+    page.click("#train-launch")
+    if before:
+        expect(status).not_to_contain_text(before.group(0), timeout=60_000)
     wait_status(page, r"Job \d+ queued", elem_id="train-status")
-    return int(re.search(r"Job (\d+) queued", page.locator("#train-status").inner_text()).group(1))
+    return int(re.search(r"Job (\d+) queued", status.inner_text()).group(1))
 
 
 def drawn_points(page, series: str) -> int:
@@ -132,8 +138,7 @@ def test_launch_watch_cancel_succeed_and_find_the_adapter(page, server, tiny_mod
 
     # A long job: first the phase before training (with nothing counted yet), then steps.
     set_up_dpo(page, tiny_model_dir, 10_000)
-    page.click("#train-launch")
-    long_job = launched_job(page)
+    long_job = launch(page)
     expect(page.locator("#job-progress")).to_contain_text(f"job {long_job} · running · loading the model",
                                                           timeout=60_000)
     expect(page.locator("#job-progress")).to_contain_text(
@@ -142,8 +147,7 @@ def test_launch_watch_cancel_succeed_and_find_the_adapter(page, server, tiny_mod
     # Launching another while it runs keeps the running job in view; the new one waits in the queue,
     # shown under the panel and in the table, each with its own progress.
     set_up_dpo(page, tiny_model_dir, 3)
-    page.click("#train-launch")
-    short_job = launched_job(page)
+    short_job = launch(page)
     expect(page.locator("#train-status")).to_contain_text(f"Job {long_job} is still running and stays in view")
     page.wait_for_timeout(3_000)  # a few polls: none may swap the view
     expect(page.locator("#job-progress")).to_contain_text(re.compile(rf"job {long_job} · running · step \d+/10000"))
@@ -230,8 +234,7 @@ def test_reward_model_then_best_of_n_with_a_verdict_label(page, server, tiny_mod
     open_advanced(page, "rm-")
     for field, value in (("batch_size", 2), ("max_length", 64), ("lora_r", 4)):
         fill_number(page, f"rm-{field}", value)
-    page.click("#train-launch")
-    job_id = launched_job(page)  # launching a job puts it in view, whatever was shown before
+    job_id = launch(page)  # launching a job puts it in view, whatever was shown before
     expect(page.locator("#job-progress")).to_contain_text(f"job {job_id} · succeeded", timeout=180_000)
 
     goto_tab(page, "bon")
@@ -284,8 +287,7 @@ def test_best_of_n_job_from_the_train_tab(page, server, tiny_model_dir, tiny_rew
         assert len(s.scalars(select(Job)).all()) == jobs_before
 
     fill_number(page, "bon-job-n", 2)
-    page.click("#train-launch")
-    job_id = launched_job(page)
+    job_id = launch(page)
     expect(page.locator("#job-progress")).to_contain_text(f"job {job_id} · succeeded · prompt 3/3", timeout=180_000)
     expect(page.locator("#job-queue")).to_contain_text("3 prompts")
     expect(page.locator("#job-queue")).to_contain_text("best_of_n.jsonl")
@@ -323,8 +325,7 @@ def test_eval_job_from_the_train_tab_shows_in_the_models_tab(page, server, tiny_
     page.locator("#eval-model textarea").fill(str(tiny_model_dir))
     open_advanced(page, "eval-")
     fill_number(page, "eval-max_new_tokens", 6)
-    page.click("#train-launch")
-    job_id = launched_job(page)
+    job_id = launch(page)
     expect(page.locator("#job-progress")).to_contain_text(f"job {job_id} · succeeded · prompt 2/2", timeout=180_000)
 
     with transaction(db) as s:
@@ -383,8 +384,7 @@ def test_a_missing_model_is_refused_and_a_failed_job_says_why(page, server, tiny
     broken.mkdir()
     shutil.copy(Path(tiny_model_dir) / "config.json", broken / "config.json")
     set_up_dpo(page, broken, 3)
-    page.click("#train-launch")
-    job_id = launched_job(page)
+    job_id = launch(page)
     expect(page.locator("#job-progress")).to_contain_text(f"job {job_id} · failed", timeout=120_000)
     reason = page.locator("#job-progress .ps-job-reason").inner_text()
     assert re.match(r"\w+(Error|Exception): \S", reason) and "Traceback" not in reason and "\n" not in reason
