@@ -28,7 +28,8 @@ from torch.utils.checkpoint import checkpoint
 from alignment.packing import additive_mask, truncate_to_fit
 
 __all__ = ["build_completion_batch", "completion_logps", "completion_logps_naive", "completion_token_logps",
-           "packed_completion_logps", "packed_hidden_states", "packed_token_logps", "token_entropies"]
+           "packed_completion_logps", "packed_hidden_states", "packed_score_rows", "packed_token_logps",
+           "row_token_logps", "token_entropies"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,11 +114,12 @@ def completion_token_logps(
         input_ids=input_ids, attention_mask=attention_mask, use_cache=False
     ).last_hidden_state  # [B, L, H]
     scored = _scored(attention_mask, completion_mask)
-    return _chunked_row_logps(model, hidden[:, :-1][scored], input_ids[:, 1:][scored], chunk_size)
+    return row_token_logps(model, hidden[:, :-1][scored], input_ids[:, 1:][scored], chunk_size)
 
 
-def _chunked_row_logps(model: nn.Module, rows: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
-    """Log-prob of ``targets[i]`` given hidden row ``rows[i]``, ``chunk_size`` rows of LM head at a time."""
+def row_token_logps(model: nn.Module, rows: Tensor, targets: Tensor, chunk_size: int = 1024) -> Tensor:
+    """Log-prob of ``targets[i]`` given hidden row ``rows[i]``, ``[N]`` float32, ``chunk_size`` rows of LM
+    head at a time (checkpointed when gradients are needed)."""
     lm_head = model.get_output_embeddings()
     softcap = _softcap(model)
     needs_grad = torch.is_grad_enabled() and (
@@ -175,9 +177,16 @@ def packed_token_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tens
     :func:`packed_completion_logps` sums, for per-token losses such as PPO's."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    rows = packed_score_rows(model, input_ids, attention_mask, position_ids, score_index)
+    return row_token_logps(model, rows, targets, chunk_size)
+
+
+def packed_score_rows(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
+                      score_index: Tensor, **_: Tensor) -> Tensor:
+    """The hidden state that predicts each completion token of a shared-prefix batch, ``[N, H]``
+    (what the LM head turns into log-probs, and what a value head reads)."""
     hidden = packed_hidden_states(model, input_ids, attention_mask, position_ids)
-    rows = hidden[score_index[:, 0], score_index[:, 1]]  # [N, H]
-    return _chunked_row_logps(model, rows, targets, chunk_size)
+    return hidden[score_index[:, 0], score_index[:, 1]]
 
 
 @torch.no_grad()

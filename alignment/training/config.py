@@ -266,7 +266,168 @@ class RewardConfig(CommonConfig):
                                  "without one get margin 0.")
 
 
-METHODS: dict[str, type[CommonConfig]] = {c.method: c for c in (DPOConfig, PLDPOConfig, RewardConfig)}
+KL_ESTIMATORS = ("k1", "k3")
+ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+REWARD_SCALINGS = ("group", "batch", "none")
+LOSS_AGGREGATIONS = ("sequence", "token", "constant")
+
+
+@dataclass(kw_only=True)
+class OnlineRLConfig(CommonConfig):
+    """Settings shared by the online RL methods: prompts, sampling, rewards and the reference."""
+
+    method: ClassVar[str] = "online_rl"
+
+    data: str = field(metadata={"help": "Prompt file: JSONL rows with 'prompt' (a string or chat messages) or "
+                                        "'messages'; other columns reach the reward functions."})
+    lr: float = _f(1e-5, "AdamW learning rate for the LoRA parameters.")
+    lora_dropout: float = _f(0.0, "Dropout on the LoRA branch (0: the update scores tokens exactly as the "
+                                  "rollout did, so the first importance ratio is 1).")
+    max_steps: int | None = _f(None, "Rollout-and-update steps (overrides epochs: one epoch is one pass over the "
+                                     "training prompts).")
+    batch_size: int = _f(8, "Completions sampled per step (prompts per step = batch_size / num_generations).")
+    num_generations: int = _f(1, "Completions sampled per prompt (K).")
+    max_new_tokens: int = _f(64, "Most tokens sampled per completion.")
+    temperature: float = _f(1.0, "Sampling temperature of the rollouts (> 0: RL needs samples, not greedy answers).")
+    top_p: float = _f(1.0, "Nucleus sampling of the rollouts (1: the full distribution, as the log-probs assume).")
+    reward_model: str | None = _f(None, "Reward model folder trained in the app (the --out of `train rm`).")
+    reward_model_weight: float = _f(1.0, "Weight of the reward model's score in the total reward.")
+    reward_fn: list[str] = _f((), "Reward functions FILE.py:NAME[@WEIGHT], TRL's signature: "
+                                  "fn(prompts, completions, **columns) -> one float or None per completion.")
+    reward_rule: list[str] = _f((), "Built-in rewards NAME[:ARG][@WEIGHT]: 'regex:PATTERN' (1 on a match), "
+                                    "'length:TOKENS' (1 at that length), 'eos' (1 when the answer ended itself).")
+    truncation_penalty: float = _f(0.0, "Subtracted from the reward of answers cut at max_new_tokens.")
+    init_adapter: str | None = _f(None, "Start from this LoRA adapter (e.g. a DPO or SFT run) and use it, frozen, "
+                                        "as the reference; default: a fresh adapter, the bare base as reference.")
+    eval_fraction: float = _f(0.1, "Share of the prompts held out to measure the reward before and after training.")
+    eval_generations: int = _f(2, "Completions sampled per held-out prompt for the before/after reward.")
+    rollouts_shown: int = _f(4, "Recent rollouts (prompt, completion, reward) written with each progress step.")
+
+    def validate(self) -> None:
+        super().validate()
+        _check_int("num_generations", self.num_generations, minimum=1)
+        _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
+        _check_int("eval_generations", self.eval_generations, minimum=1)
+        _check_int("rollouts_shown", self.rollouts_shown, minimum=0)
+        if self.batch_size % self.num_generations:
+            raise ValueError(f"batch_size ({self.batch_size} completions) must be a multiple of num_generations "
+                             f"({self.num_generations}): every prompt's K completions share a step")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        for name in ("reward_model_weight", "truncation_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        self.reward_fn, self.reward_rule = list(self.reward_fn), list(self.reward_rule)
+        if not (self.reward_model or self.reward_fn or self.reward_rule):
+            raise ValueError("no reward: give reward_model (a folder from `train rm`), reward_fn (FILE.py:NAME) "
+                             "or reward_rule (e.g. 'eos')")
+        for spec in self.reward_fn:
+            file_name = spec.rpartition(":")[0]  # FILE.py:NAME[@WEIGHT]
+            if not file_name or not Path(file_name).expanduser().is_file():
+                raise ValueError(f"reward_fn {spec!r}: file not found (expected FILE.py:NAME[@WEIGHT])")
+        if self.reward_model and not (Path(self.reward_model).expanduser() / "adapter_config.json").is_file():
+            raise ValueError(f"reward_model folder {self.reward_model!r} holds no trained reward model "
+                             f"(no adapter_config.json)")
+        if self.init_adapter and not (Path(self.init_adapter).expanduser() / "adapter_config.json").is_file():
+            raise ValueError(f"init_adapter folder {self.init_adapter!r} holds no LoRA adapter "
+                             f"(no adapter_config.json)")
+
+    def prompts_per_step(self) -> int:
+        return self.batch_size // self.num_generations
+
+
+@dataclass(kw_only=True)
+class GRPOConfig(OnlineRLConfig):
+    """Group Relative Policy Optimisation (Shao et al. 2024): K answers per prompt, each judged
+    against the others, no critic."""
+
+    method: ClassVar[str] = "grpo"
+
+    num_generations: int = _f(4, "Completions sampled per prompt (K >= 2: the group is the baseline).")
+    beta: float = _f(0.04, "Weight of the k3 KL penalty to the reference (0: no reference pass at all).")
+    advantage_estimator: str = _f("grpo", f"One of {', '.join(ADVANTAGE_ESTIMATORS)}: group mean/std (GRPO), "
+                                          "group mean only (Dr. GRPO), leave-one-out baseline (RLOO).")
+    scale_rewards: str = _f("group", f"Divide advantages by the std of the {'/'.join(REWARD_SCALINGS[:2])} or "
+                                     "not at all ('none'; Dr. GRPO uses none).")
+    loss_aggregation: str = _f("sequence", f"One of {', '.join(LOSS_AGGREGATIONS)}: mean over each answer then "
+                                           "answers (GRPO), over all tokens (DAPO), or sum / max_new_tokens "
+                                           "(Dr. GRPO).")
+    epsilon: float = _f(0.2, "Clip range of the importance ratio (lower side).")
+    epsilon_high: float | None = _f(None, "Upper clip range (DAPO's clip-higher, e.g. 0.28); empty: epsilon.")
+    num_iterations: int = _f(1, "Updates per rollout; above 1 the rollout is reused with the importance ratio.")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_generations < 2:
+            raise ValueError(f"GRPO needs num_generations (K) >= 2 completions per prompt to compare, "
+                             f"got {self.num_generations}")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
+        _check_choice("advantage_estimator", self.advantage_estimator, ADVANTAGE_ESTIMATORS)
+        _check_choice("scale_rewards", self.scale_rewards, REWARD_SCALINGS)
+        _check_choice("loss_aggregation", self.loss_aggregation, LOSS_AGGREGATIONS)
+        _check_clip("epsilon", self.epsilon)
+        if self.epsilon_high is not None:
+            _check_clip("epsilon_high", self.epsilon_high)
+        _check_int("num_iterations", self.num_iterations, minimum=1)
+
+
+@dataclass(kw_only=True)
+class PPOConfig(OnlineRLConfig):
+    """PPO from a reward (Ziegler et al. 2019; Ouyang et al. 2022): LoRA actor, a critic on its own
+    LoRA adapter over the same base weights, GAE, and a per-token KL penalty to the reference."""
+
+    method: ClassVar[str] = "ppo"
+
+    gamma: float = _f(1.0, "Discount factor of GAE.")
+    lam: float = _f(0.95, "GAE lambda: 1 = Monte Carlo returns, 0 = one-step TD.")
+    cliprange: float = _f(0.2, "Clip range of the policy's importance ratio.")
+    cliprange_value: float = _f(0.2, "Clip range of the critic's value updates.")
+    vf_coef: float = _f(0.1, "Weight of the value loss.")
+    kl_coef: float = _f(0.05, "Weight of the per-token KL penalty in the reward (the starting value when "
+                              "target_kl is set).")
+    kl_estimator: str = _f("k1", f"Per-token KL estimator in the reward: one of {', '.join(KL_ESTIMATORS)}.")
+    target_kl: float | None = _f(None, "Adaptive KL controller (Ziegler et al. 2019): steer the KL towards this "
+                                       "value; empty: a fixed kl_coef.")
+    kl_horizon: int = _f(10_000, "Adaptive KL controller horizon, in rollouts.")
+    ppo_epochs: int = _f(4, "Optimisation passes over each rollout.")
+    num_mini_batches: int = _f(1, "Mini-batches per PPO epoch (an optimizer step each).")
+    whiten_advantages: bool = _f(True, "Normalise advantages to mean 0, std 1 over each rollout.")
+    critic_from_reward_model: bool = _f(False, "Initialise the critic's value head from the reward model's score "
+                                               "head (same base model only).")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("gamma", "lam"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        _check_clip("cliprange", self.cliprange)
+        _check_clip("cliprange_value", self.cliprange_value)
+        for name in ("vf_coef", "kl_coef"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        _check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        if self.target_kl is not None and not (isinstance(self.target_kl, (int, float)) and self.target_kl > 0):
+            raise ValueError(f"target_kl must be > 0 or empty, got {self.target_kl!r}")
+        _check_int("kl_horizon", self.kl_horizon, minimum=1)
+        _check_int("ppo_epochs", self.ppo_epochs, minimum=1)
+        _check_int("num_mini_batches", self.num_mini_batches, minimum=1)
+        if self.prompts_per_step() < self.num_mini_batches:
+            raise ValueError(f"num_mini_batches ({self.num_mini_batches}) exceeds the prompts per step "
+                             f"({self.prompts_per_step()})")
+        if self.critic_from_reward_model and not self.reward_model:
+            raise ValueError("critic_from_reward_model needs reward_model")
+
+
+METHODS: dict[str, type[CommonConfig]] = {
+    c.method: c for c in (DPOConfig, PLDPOConfig, RewardConfig, GRPOConfig, PPOConfig)
+}
 
 
 def config_from_dict(values: dict[str, Any]) -> CommonConfig:
@@ -284,6 +445,16 @@ def _check_int(name: str, value: Any, minimum: int, maximum: int) -> None:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_clip(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
 
 
 def _check_beta(beta: Any) -> None:

@@ -133,7 +133,7 @@ def completion_text(value: Any, name: str) -> str:
 # Loading
 # --------------------------------------------------------------------------------------------
 
-def _read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, row) for every non-blank line; DataError on invalid JSON or a non-object."""
     path = Path(path)
     if not path.is_file():
@@ -165,7 +165,7 @@ def _parse_rows(path: str | Path, required: Sequence[str], other_kind: tuple[str
     a row of the other kind (it has ``other_kind[0]``) is told so (``other_kind[1]``). Any
     ValueError becomes a DataError naming the line."""
     parsed = []
-    for line_no, row in _read_jsonl(path):
+    for line_no, row in read_jsonl(path):
         try:
             missing = _missing(row, required)
             if missing:

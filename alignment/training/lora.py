@@ -164,10 +164,12 @@ def wrap_with_lora(model: Any, config: Any, reward: bool = False) -> Any:
     return get_peft_model(model, lora_config(config, reward=reward))
 
 
-def load_trainable(config: Any, reward: bool = False) -> TrainableModel:
+def load_trainable(config: Any, reward: bool = False, init_adapter: str | None = None) -> TrainableModel:
     """Base model (+ 4-bit quantization when asked) wrapped with LoRA, ready to train.
 
     The seed is set first so the LoRA initialisation (and the reward head) are reproducible.
+    With ``init_adapter`` (a PEFT adapter folder) training continues from that adapter, with its
+    own LoRA settings, instead of a fresh one.
     """
     device = config.resolved_device()
     if config.load_in_4bit:
@@ -185,14 +187,19 @@ def load_trainable(config: Any, reward: bool = False) -> TrainableModel:
         # 30 layers x batch x length would otherwise dominate memory. Non-reentrant checkpointing
         # works with frozen inputs (LoRA) and replays dropout with the same RNG state.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = wrap_with_lora(model, config, reward=reward)
+    if init_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+    else:
+        model = wrap_with_lora(model, config, reward=reward)
     use_lean_lora_dropout(model)  # same dropout, a 1-byte mask kept for backward instead of two float copies
     return TrainableModel(model=model, tokenizer=tokenizer, base_location=location, device=device)
 
 
-def load_policy(config: Any) -> TrainableModel:
-    """The causal LM to train with DPO / PL-DPO (its disabled adapter is the reference model)."""
-    return load_trainable(config, reward=False)
+def load_policy(config: Any, init_adapter: str | None = None) -> TrainableModel:
+    """The causal LM to train with DPO / PL-DPO / PPO / GRPO (its disabled adapter is the reference model)."""
+    return load_trainable(config, reward=False, init_adapter=init_adapter)
 
 
 def load_reward_backbone(config: Any) -> TrainableModel:
