@@ -48,8 +48,13 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
-def build_tiny_model(tokenizer_dir: Path, out: Path, seed: int = 0, num_labels: int | None = None) -> Path:
-    """A 2-layer Llama with random weights and the real tokenizer, saved as an HF folder."""
+def build_tiny_model(tokenizer_dir: Path, out: Path, seed: int = 0, num_labels: int | None = None,
+                     initializer_range: float = 0.02) -> Path:
+    """A 2-layer Llama with random weights and the real tokenizer, saved as an HF folder.
+
+    At the usual ``initializer_range`` its next-token distribution is nearly uniform over the 49k
+    tokens; a larger one gives peaked distributions, like a trained model's (the RL tests need that).
+    """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -58,7 +63,7 @@ def build_tiny_model(tokenizer_dir: Path, out: Path, seed: int = 0, num_labels: 
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        pad_token_id=tok.pad_token_id, initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -211,8 +211,8 @@ def train_online(config: OnlineRLConfig, make_algorithm: Callable[[OnlineRLConfi
 
     # (4) The method's parts, one optimizer over everything trainable, a schedule per rollout.
     algorithm = make_algorithm(config, policy, rewards)
-    policy_parameters = [p for n, p in model.named_parameters() if p.requires_grad]
-    parameters = policy_parameters + list(algorithm.parameters())
+    parameters = list({id(p): p for p in [*(p for p in model.parameters() if p.requires_grad),
+                                          *algorithm.parameters()]}.values())
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     per_epoch = math.ceil(len(train) / config.prompts_per_step())
     total = config.max_steps if config.max_steps is not None else config.epochs * per_epoch

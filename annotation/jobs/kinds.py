@@ -11,12 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from alignment.rl.grpo import train_grpo
+from alignment.rl.ppo import train_ppo
+from alignment.rl.rewards import RewardError, builtin_reward, load_reward_fn
 from alignment.run_folder import ModelKind
-from alignment.training.config import DPOConfig, PLDPOConfig, RewardConfig
+from alignment.training.config import DPOConfig, GRPOConfig, PLDPOConfig, PPOConfig, RewardConfig
 from alignment.training.dpo import train_dpo
 from alignment.training.pl_dpo import train_pl_dpo
 from alignment.training.reward import train_reward_model
 from annotation.jobs import best_of_n, evaluation
+from storage.errors import InputError
 from storage.models import Job, TrainedModel
 
 #: What a job produces: trained models are registered (with their lineage); a dataset is a file.
@@ -37,6 +41,18 @@ def register_trained_model(session, job: Job, summary: dict[str, Any]) -> str:
                              base_model=job.config.get("model", "default"), job_id=job.id,
                              snapshot_id=job.snapshot_id, metrics=metrics))
     return f"registered model {name}"
+
+
+def check_rewards(project: Any, config: Any) -> None:
+    """Online RL, before launch: every reward function file imports and names a callable, every
+    built-in rule parses (the reward model folder is checked by the config itself)."""
+    try:
+        for spec in config.reward_fn:
+            load_reward_fn(spec)
+        for spec in config.reward_rule:
+            builtin_reward(spec)
+    except RewardError as exc:
+        raise InputError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,10 @@ JOB_KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("rm", "Reward model (Bradley-Terry, LoRA)", RewardConfig, train_reward_model, "pairs", ModelKind.REWARD_MODEL),
     JobKind("dpo", "DPO (LoRA)", DPOConfig, train_dpo, "pairs", ModelKind.POLICY_ADAPTER),
     JobKind("pl-dpo", "Listwise DPO (Plackett-Luce, LoRA)", PLDPOConfig, train_pl_dpo, "rankings", ModelKind.POLICY_ADAPTER),
+    JobKind("grpo", "GRPO: K answers per prompt, each judged against the others (LoRA)", GRPOConfig, train_grpo,
+            "prompts", ModelKind.POLICY_ADAPTER, check=check_rewards),
+    JobKind("ppo", "PPO from a reward: LoRA actor and critic, GAE, KL to the reference", PPOConfig, train_ppo,
+            "prompts", ModelKind.POLICY_ADAPTER, check=check_rewards),
     JobKind("bon", "Best-of-N dataset (reward model picks the best of N)", best_of_n.BestOfNJobConfig,
             best_of_n.run, "prompts", "dataset", summarize=dict, record=best_of_n.record, check=best_of_n.check,
             unit="prompt"),

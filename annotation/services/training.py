@@ -11,7 +11,7 @@ from annotation.jobs.runner import build_config
 from annotation.services.projects import find_project
 from storage.db import Database, transaction
 from storage.errors import InputError
-from storage.snapshots import SnapshotFilters, create_snapshot
+from storage.snapshots import SnapshotFilters, create_prompt_snapshot, create_snapshot
 
 
 def train_headless(kind_name: str, values: dict[str, Any], db: Database | None = None, project: str | None = None,
@@ -27,8 +27,9 @@ def train_headless(kind_name: str, values: dict[str, Any], db: Database | None =
         if db is None:
             raise InputError("--project needs --db")
         with transaction(db) as s:
-            snapshot = create_snapshot(s, find_project(s, project), kind.snapshot,
-                                       Path(values["out"]) / "snapshot", filters)
+            out_dir = Path(values["out"]) / "snapshot"
+            snapshot = (create_prompt_snapshot(s, find_project(s, project), out_dir) if kind.snapshot == "prompts"
+                        else create_snapshot(s, find_project(s, project), kind.snapshot, out_dir, filters))
             values["data"] = snapshot.path
     elif not values.get("data"):
         raise InputError("give the labels to train on: --data FILE, or --db DB --project NAME")

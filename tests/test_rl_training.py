@@ -1,0 +1,130 @@
+"""Online RL end to end on a tiny model: GRPO and PPO learn a rule reward; bad input fails clearly.
+
+The rule: the answer starts with a vowel (``regex:^[aeiouAEIOU]``), true of about 13% of the
+tokenizer's tokens, so the base rate is around 10%, as the issue asks of the real-model check. The
+tiny model is built with a larger ``initializer_range`` so that its next-token distribution is
+peaked like a trained model's (at the default it is nearly uniform over 49k tokens and LoRA cannot
+concentrate it in a few dozen steps).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignment.rl.rewards import RewardError
+from alignment.training.callbacks import ProgressFile
+from alignment.training.config import GRPOConfig, PPOConfig
+from tests.conftest import build_tiny_model
+
+VOWEL_START = r"regex:^[aeiouAEIOU]"
+
+
+@pytest.fixture(scope="module")
+def peaked_model_dir(tokenizer_dir, tmp_path_factory):
+    return build_tiny_model(tokenizer_dir, tmp_path_factory.mktemp("peaked-llama"), initializer_range=0.3)
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    rows = [{"prompt": f"Tell me about item number {i}."} for i in range(40)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def settings(model_dir, prompt_file, out, **overrides):
+    values = dict(model=str(model_dir), data=str(prompt_file), out=str(out), device="cpu", max_new_tokens=2,
+                  reward_rule=[VOWEL_START], lr=1e-2, lora_r=8, lora_alpha=16, max_length=128,
+                  eval_fraction=0.25, eval_generations=8, micro_batch_size=16)
+    values.update(overrides)
+    return values
+
+
+def test_grpo_raises_the_held_out_reward(peaked_model_dir, prompt_file, tmp_path):
+    from alignment.rl.grpo import train_grpo
+
+    config = GRPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "grpo", max_steps=16, batch_size=16,
+                                   num_generations=4, beta=0.04, num_iterations=4))
+    result = train_grpo(config)
+    before, after = result.eval_metrics["reward_before"], result.eval_metrics["reward_after"]
+    assert before < 0.3
+    assert after >= before + 0.25, (before, after)
+
+    # The run folder: a standard PEFT adapter, the held-out prompts, and the progress people watch.
+    assert (result.out_dir / "adapter_model.safetensors").is_file()
+    held_out = json.loads((result.out_dir / "prompt_split.json").read_text())["held_out"]
+    assert len(held_out) == 10
+    steps = [e for e in ProgressFile.read(result.out_dir / "progress.jsonl") if e["event"] == "step"]
+    assert len(steps) == 16
+    for key in ("reward/mean", "reward/std", "reward/frac_zero_std_groups", "kl", "entropy", "clip_ratio",
+                "approx_kl", "completions/mean_length", "rollouts_per_s"):
+        assert key in steps[-1]["metrics"], key
+    table = steps[-1]["rollouts"]
+    assert len(table) == 4 and {"prompt", "completion", "reward", "finish_reason"} <= set(table[0])
+
+
+def test_ppo_raises_the_held_out_reward(peaked_model_dir, prompt_file, tmp_path):
+    from alignment.rl.ppo import train_ppo
+
+    config = PPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "ppo", max_steps=24, batch_size=8))
+    result = train_ppo(config)
+    before, after = result.eval_metrics["reward_before"], result.eval_metrics["reward_after"]
+    assert before < 0.3
+    assert after >= before + 0.25, (before, after)
+    for key in ("value/loss", "value/explained_variance", "policy/clip_ratio", "approx_kl", "kl", "entropy"):
+        assert key in result.metrics, key
+    # the actor is the standard adapter at the top; the critic sits beside it
+    assert (result.out_dir / "adapter_model.safetensors").is_file()
+    assert (result.out_dir / "critic" / "adapter_model.safetensors").is_file()
+    assert (result.out_dir / "value_head.pt").is_file()
+
+
+def test_start_adapter_is_the_reference(peaked_model_dir, prompt_file, tmp_path):
+    """With init_adapter, the first rollout's policy equals its reference: KL 0 although the
+    adapter is far from the base."""
+    from alignment.rl.grpo import train_grpo
+
+    first = train_grpo(GRPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "a", max_steps=3,
+                                             batch_size=8, num_generations=4, eval_fraction=0.0)))
+    config = GRPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "b", max_steps=1, batch_size=8,
+                                   num_generations=4, eval_fraction=0.0, init_adapter=str(first.out_dir)))
+    result = train_grpo(config)
+    assert result.metrics["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert not (result.out_dir / "reference").exists()
+
+
+# -- Bad input ---------------------------------------------------------------------------------
+
+def test_bad_settings_are_refused_before_launch(peaked_model_dir, prompt_file, tmp_path):
+    base = settings(peaked_model_dir, prompt_file, tmp_path / "x")
+    with pytest.raises(ValueError, match=r"GRPO needs num_generations \(K\) >= 2"):
+        GRPOConfig(**{**base, "num_generations": 1, "batch_size": 4})
+    with pytest.raises(ValueError, match=r"batch_size \(10 completions\) must be a multiple of num_generations \(4\)"):
+        GRPOConfig(**{**base, "batch_size": 10, "num_generations": 4})
+    with pytest.raises(ValueError, match=r"reward_fn 'nowhere.py:score': file not found"):
+        GRPOConfig(**{**base, "reward_fn": ["nowhere.py:score"]})
+    with pytest.raises(ValueError, match="no reward"):
+        PPOConfig(**{**base, "reward_rule": []})
+    with pytest.raises(ValueError, match="holds no trained reward model"):
+        PPOConfig(**{**base, "reward_model": str(tmp_path)})
+
+
+@pytest.mark.parametrize("body, message", [
+    ("raise RuntimeError('judge offline')", r"'rules.py:judge' raised on rollout 1: RuntimeError: judge offline"),
+    ("return [0.5]", r"'rules.py:judge' on rollout 1 returned 1 values for 8 completions"),
+    ("return [float('nan')] * len(completions)", r"'rules.py:judge' on rollout 1 returned nan for completion 0"),
+])
+def test_a_failing_reward_function_fails_the_run_without_an_adapter(peaked_model_dir, prompt_file, tmp_path,
+                                                                    body, message):
+    from alignment.rl.grpo import train_grpo
+
+    rules = tmp_path / "rules.py"
+    rules.write_text(f"def judge(prompts, completions, **columns):\n    {body}\n", encoding="utf-8")
+    config = GRPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "run", max_steps=2, batch_size=8,
+                                   num_generations=4, eval_fraction=0.0, reward_rule=[],
+                                   reward_fn=[f"{rules}:judge"]))
+    with pytest.raises(RewardError, match=message):
+        train_grpo(config)
+    assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "run" / "adapter_config.json").exists()
