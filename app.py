@@ -31,6 +31,54 @@ EXPORT_FORMATS = ["trl", "trl-chat", "listwise", "ratings", "sft", "pairs-from-r
 IMPORT_FORMATS = ["jsonl", "csv", "parquet", "datasets", "hh", "trl"]
 
 
+#: Online RL methods: their knobs come from their config dataclasses (alignment.training.config).
+ONLINE_RL = ("ppo", "grpo")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, methods: tuple[str, ...]) -> None:
+    """One ``--flag`` per field of the methods' config dataclasses that the parser lacks, with the
+    field's help text, default and the methods it applies to (unset flags stay None)."""
+    from dataclasses import fields
+
+    from alignment.training.config import METHODS
+
+    known = {action.dest for action in parser._actions}
+    owners: dict[str, dict] = {}  # field name -> {method: its field}
+    for method in methods:
+        for f in fields(METHODS[method]):
+            if f.name not in known:
+                owners.setdefault(f.name, {})[method] = f
+    for name, by_method in owners.items():
+        f = next(iter(by_method.values()))
+        defaults = {m: _shown(g.default) for m, g in by_method.items()}
+        shown = (", ".join(f"{m}: {d}" for m, d in defaults.items()) if len(set(defaults.values())) > 1
+                 else next(iter(defaults.values())))
+        text = f"{f.metadata.get('help', '')} [{'/'.join(by_method)}; default {shown}]".replace("%", "%%")
+        kwargs: dict = {"default": None, "help": text}
+        kind = str(f.type)
+        if kind.startswith("list"):
+            kwargs.update(action="append", metavar=name.upper())
+        elif kind.startswith("bool"):
+            kwargs.update(type=_boolean, metavar="true|false")
+        elif kind.startswith("int"):
+            kwargs["type"] = int
+        elif kind.startswith("float"):
+            kwargs["type"] = float
+        parser.add_argument(f"--{name.replace('_', '-')}", **kwargs)
+
+
+def _shown(default) -> str:
+    return "empty" if default is None or default == () else str(default)
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,12 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=None, help="default: the project's")
     gen.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
 
-    train = sub.add_parser("train", help="train a reward model, DPO or listwise DPO adapter (LoRA)",
+    train = sub.add_parser("train", help="train a reward model, DPO, listwise DPO, PPO or GRPO adapter (LoRA)",
                            description="Train in the foreground with a progress bar. The output folder is a "
                                        "standard PEFT adapter (PeftModel.from_pretrained loads it) with the "
                                        "resolved config, metrics and progress log.")
-    train.add_argument("method", choices=["rm", "dpo", "pl-dpo"],
-                       help="rm: Bradley-Terry reward model; dpo: DPO; pl-dpo: Plackett-Luce listwise DPO")
+    train.add_argument("method", choices=["rm", "dpo", "pl-dpo", *ONLINE_RL],
+                       help="rm: Bradley-Terry reward model; dpo: DPO; pl-dpo: Plackett-Luce listwise DPO; "
+                            "ppo / grpo: online RL from a reward on a project's prompts or --prompts FILE")
     train.add_argument("--db", default=None, help=DB_HELP)
     train.add_argument("--project", default=None, help="train on this project's labels (snapshotted into OUT)")
     train.add_argument("--data", default=None, help="or a TRL-format JSONL (listwise JSONL for pl-dpo)")
@@ -107,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps")
     train.add_argument("--resume-from", default=None, help="checkpoint folder to continue from")
     train.add_argument("--seed", type=int, default=None, help="seed (default 0)")
+    train.add_argument("--prompts", default=None, help="ppo / grpo: a prompt JSONL ('prompt' or chat 'messages' "
+                                                       "per row), instead of --project")
+    add_config_arguments(train, ONLINE_RL)
 
     bon = sub.add_parser("bon", help="best-of-N: sample N responses per prompt, keep the reward model's pick",
                          description="Sample N responses per prompt from a policy (a model, optionally with a LoRA "
@@ -178,18 +230,48 @@ def cmd_train(args) -> int:
               "max_steps": args.max_steps, "lr": args.lr, "lora_r": args.lora_r, "batch_size": args.batch_size,
               "max_length": args.max_length, "eval_fraction": args.eval_fraction, "save_steps": args.save_steps,
               "resume_from": args.resume_from, "seed": args.seed}
-    if args.method in ("dpo", "pl-dpo"):
+    if args.method in ONLINE_RL:
+        values.update(online_rl_values(args))
+    elif args.method in ("dpo", "pl-dpo"):
         values["beta"] = args.beta
     elif args.beta is not None:
         print("note: --beta does not apply to a reward model; ignored", file=sys.stderr)
     if args.method == "dpo":
         values["loss"] = args.loss
     db = open_database(args.db) if args.project else None
-    result = train_headless(args.method, values, db=db, project=args.project)
+    from alignment.rl.rewards import RewardError
+    from alignment.training.data import DataError
+
+    try:
+        result = train_headless(args.method, values, db=db, project=args.project)
+    except (RewardError, DataError) as exc:  # a reward function or prompt file that fails: one clear line
+        print(f"error: {exc}; no adapter was saved", file=sys.stderr)
+        return 1
     print(f"trained {args.method}: {result.steps} steps; adapter in {result.out_dir}")
     for name, value in sorted((result.eval_metrics or {}).items()):
         print(f"  held-out {name}: {value:.4f}")
     return 0
+
+
+def online_rl_values(args) -> dict:
+    """The config values of a ppo / grpo run given on the command line; a knob of the other method is refused."""
+    from dataclasses import fields
+
+    from alignment.training.config import METHODS
+    from annotation.services import InputError
+
+    own = {f.name for f in fields(METHODS[args.method])}
+    values = {"data": args.prompts or args.data}
+    for method in ONLINE_RL:
+        for f in fields(METHODS[method]):
+            value = getattr(args, f.name, None)
+            if value is None or f.name in ("data", "out", "model") or f.name in values:
+                continue
+            if f.name not in own:
+                raise InputError(f"--{f.name.replace('_', '-')} is a {method} setting; it does not apply to "
+                                 f"{args.method}")
+            values[f.name] = value
+    return values
 
 
 def cmd_serve(args) -> int:

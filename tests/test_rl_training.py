@@ -44,8 +44,9 @@ def settings(model_dir, prompt_file, out, **overrides):
 def test_grpo_raises_the_held_out_reward(peaked_model_dir, prompt_file, tmp_path):
     from alignment.rl.grpo import train_grpo
 
-    config = GRPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "grpo", max_steps=16, batch_size=16,
-                                   num_generations=4, beta=0.04, num_iterations=4))
+    # 16 rollouts of 4 prompts x 4 answers, each serving 4 optimizer steps (num_iterations)
+    config = GRPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "grpo", max_steps=64, batch_size=4,
+                                   num_generations=4, beta=0.04, num_iterations=4, logging_steps=4))
     result = train_grpo(config)
     before, after = result.eval_metrics["reward_before"], result.eval_metrics["reward_after"]
     assert before < 0.3
@@ -53,21 +54,26 @@ def test_grpo_raises_the_held_out_reward(peaked_model_dir, prompt_file, tmp_path
 
     # The run folder: a standard PEFT adapter, the held-out prompts, and the progress people watch.
     assert (result.out_dir / "adapter_model.safetensors").is_file()
-    held_out = json.loads((result.out_dir / "prompt_split.json").read_text())["held_out"]
-    assert len(held_out) == 10
+    split = json.loads((result.out_dir / "split.json").read_text())
+    assert split["held_out"]["rows"] == result.eval_metrics["n"] >= 5
     steps = [e for e in ProgressFile.read(result.out_dir / "progress.jsonl") if e["event"] == "step"]
     assert len(steps) == 16
     for key in ("reward/mean", "reward/std", "reward/frac_zero_std_groups", "kl", "entropy", "clip_ratio",
-                "approx_kl", "completions/mean_length", "rollouts_per_s"):
+                "approx_kl", "completions/mean_length", "rollouts_per_s", "time/generation_s"):
         assert key in steps[-1]["metrics"], key
-    table = steps[-1]["rollouts"]
+    # reusing a rollout moves the policy away from the one that sampled it: the ratio is not 1
+    assert max(s["metrics"]["approx_kl"] for s in steps) > 0
+    logged = [json.loads(line) for line in (result.out_dir / "rollouts.jsonl").read_text().splitlines()]
+    assert [r["rollout"] for r in logged] == list(range(1, 17))
+    table = logged[-1]["rows"]
     assert len(table) == 4 and {"prompt", "completion", "reward", "finish_reason"} <= set(table[0])
 
 
 def test_ppo_raises_the_held_out_reward(peaked_model_dir, prompt_file, tmp_path):
     from alignment.rl.ppo import train_ppo
 
-    config = PPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "ppo", max_steps=24, batch_size=8))
+    # 24 rollouts of 8 prompts, each serving ppo_epochs = 4 optimizer steps
+    config = PPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "ppo", max_steps=96, batch_size=8))
     result = train_ppo(config)
     before, after = result.eval_metrics["reward_before"], result.eval_metrics["reward_after"]
     assert before < 0.3
@@ -85,13 +91,18 @@ def test_start_adapter_is_the_reference(peaked_model_dir, prompt_file, tmp_path)
     adapter is far from the base."""
     from alignment.rl.grpo import train_grpo
 
+    rules = tmp_path / "rules.py"  # a reward that always varies within a group, so every step moves the policy
+    rules.write_text("def chars(prompts, completions, **columns):\n"
+                     "    return [float(len(c)) for c in completions]\n", encoding="utf-8")
     first = train_grpo(GRPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "a", max_steps=3,
-                                             batch_size=8, num_generations=4, eval_fraction=0.0)))
-    config = GRPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "b", max_steps=1, batch_size=8,
+                                             batch_size=2, num_generations=4, eval_fraction=0.0, reward_rule=[],
+                                             reward_fn=[f"{rules}:chars"])))
+    config = GRPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "b", max_steps=1, batch_size=2,
                                    num_generations=4, eval_fraction=0.0, init_adapter=str(first.out_dir)))
     result = train_grpo(config)
     assert result.metrics["kl"] == pytest.approx(0.0, abs=1e-6)
-    assert not (result.out_dir / "reference").exists()
+    # and against the bare base (no init_adapter) the same adapter is far away
+    assert first.metrics["kl"] > 1e-4
 
 
 # -- Bad input ---------------------------------------------------------------------------------
@@ -100,8 +111,6 @@ def test_bad_settings_are_refused_before_launch(peaked_model_dir, prompt_file, t
     base = settings(peaked_model_dir, prompt_file, tmp_path / "x")
     with pytest.raises(ValueError, match=r"GRPO needs num_generations \(K\) >= 2"):
         GRPOConfig(**{**base, "num_generations": 1, "batch_size": 4})
-    with pytest.raises(ValueError, match=r"batch_size \(10 completions\) must be a multiple of num_generations \(4\)"):
-        GRPOConfig(**{**base, "batch_size": 10, "num_generations": 4})
     with pytest.raises(ValueError, match=r"reward_fn 'nowhere.py:score': file not found"):
         GRPOConfig(**{**base, "reward_fn": ["nowhere.py:score"]})
     with pytest.raises(ValueError, match="no reward"):
@@ -121,7 +130,7 @@ def test_a_failing_reward_function_fails_the_run_without_an_adapter(peaked_model
 
     rules = tmp_path / "rules.py"
     rules.write_text(f"def judge(prompts, completions, **columns):\n    {body}\n", encoding="utf-8")
-    config = GRPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "run", max_steps=2, batch_size=8,
+    config = GRPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "run", max_steps=2, batch_size=2,
                                    num_generations=4, eval_fraction=0.0, reward_rule=[],
                                    reward_fn=[f"{rules}:judge"]))
     with pytest.raises(RewardError, match=message):

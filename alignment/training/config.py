@@ -283,9 +283,11 @@ class OnlineRLConfig(CommonConfig):
     lr: float = _f(1e-5, "AdamW learning rate for the LoRA parameters.")
     lora_dropout: float = _f(0.0, "Dropout on the LoRA branch (0: the update scores tokens exactly as the "
                                   "rollout did, so the first importance ratio is 1).")
-    max_steps: int | None = _f(None, "Rollout-and-update steps (overrides epochs: one epoch is one pass over the "
-                                     "training prompts).")
-    batch_size: int = _f(8, "Completions sampled per step (prompts per step = batch_size / num_generations).")
+    max_steps: int | None = _f(None, "Optimizer steps (overrides epochs: one epoch is one pass over the training "
+                                     "prompts). A rollout serves several steps when it is reused.")
+    batch_size: int = _f(8, "Prompts per step, each sampled num_generations times.")
+    micro_batch_size: int | None = _f(None, "Prompts per forward pass (with all their completions); empty: 1 on the "
+                                            "CPU, the whole batch on a GPU.")
     num_generations: int = _f(1, "Completions sampled per prompt (K).")
     max_new_tokens: int = _f(64, "Most tokens sampled per completion.")
     temperature: float = _f(1.0, "Sampling temperature of the rollouts (> 0: RL needs samples, not greedy answers).")
@@ -301,7 +303,7 @@ class OnlineRLConfig(CommonConfig):
                                         "as the reference; default: a fresh adapter, the bare base as reference.")
     eval_fraction: float = _f(0.1, "Share of the prompts held out to measure the reward before and after training.")
     eval_generations: int = _f(2, "Completions sampled per held-out prompt for the before/after reward.")
-    rollouts_shown: int = _f(4, "Recent rollouts (prompt, completion, reward) written with each progress step.")
+    rollouts_shown: int = _f(4, "Completions of each rollout written with their rewards to rollouts.jsonl.")
 
     def validate(self) -> None:
         super().validate()
@@ -309,9 +311,6 @@ class OnlineRLConfig(CommonConfig):
         _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
         _check_int("eval_generations", self.eval_generations, minimum=1)
         _check_int("rollouts_shown", self.rollouts_shown, minimum=0)
-        if self.batch_size % self.num_generations:
-            raise ValueError(f"batch_size ({self.batch_size} completions) must be a multiple of num_generations "
-                             f"({self.num_generations}): every prompt's K completions share a step")
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
                 and self.temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
@@ -321,7 +320,8 @@ class OnlineRLConfig(CommonConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-        self.reward_fn, self.reward_rule = list(self.reward_fn), list(self.reward_rule)
+        # A form's text box gives one string: one reward per line.
+        self.reward_fn, self.reward_rule = _lines(self.reward_fn), _lines(self.reward_rule)
         if not (self.reward_model or self.reward_fn or self.reward_rule):
             raise ValueError("no reward: give reward_model (a folder from `train rm`), reward_fn (FILE.py:NAME) "
                              "or reward_rule (e.g. 'eos')")
@@ -336,9 +336,6 @@ class OnlineRLConfig(CommonConfig):
             raise ValueError(f"init_adapter folder {self.init_adapter!r} holds no LoRA adapter "
                              f"(no adapter_config.json)")
 
-    def prompts_per_step(self) -> int:
-        return self.batch_size // self.num_generations
-
 
 @dataclass(kw_only=True)
 class GRPOConfig(OnlineRLConfig):
@@ -347,6 +344,7 @@ class GRPOConfig(OnlineRLConfig):
 
     method: ClassVar[str] = "grpo"
 
+    batch_size: int = _f(2, "Prompts per step, each sampled num_generations times.")
     num_generations: int = _f(4, "Completions sampled per prompt (K >= 2: the group is the baseline).")
     beta: float = _f(0.04, "Weight of the k3 KL penalty to the reference (0: no reference pass at all).")
     advantage_estimator: str = _f("grpo", f"One of {', '.join(ADVANTAGE_ESTIMATORS)}: group mean/std (GRPO), "
@@ -394,8 +392,7 @@ class PPOConfig(OnlineRLConfig):
     target_kl: float | None = _f(None, "Adaptive KL controller (Ziegler et al. 2019): steer the KL towards this "
                                        "value; empty: a fixed kl_coef.")
     kl_horizon: int = _f(10_000, "Adaptive KL controller horizon, in rollouts.")
-    ppo_epochs: int = _f(4, "Optimisation passes over each rollout.")
-    num_mini_batches: int = _f(1, "Mini-batches per PPO epoch (an optimizer step each).")
+    ppo_epochs: int = _f(4, "Optimizer steps on each rollout (PPO epochs; the batch is one mini-batch).")
     whiten_advantages: bool = _f(True, "Normalise advantages to mean 0, std 1 over each rollout.")
     critic_from_reward_model: bool = _f(False, "Initialise the critic's value head from the reward model's score "
                                                "head (same base model only).")
@@ -417,12 +414,13 @@ class PPOConfig(OnlineRLConfig):
             raise ValueError(f"target_kl must be > 0 or empty, got {self.target_kl!r}")
         _check_int("kl_horizon", self.kl_horizon, minimum=1)
         _check_int("ppo_epochs", self.ppo_epochs, minimum=1)
-        _check_int("num_mini_batches", self.num_mini_batches, minimum=1)
-        if self.prompts_per_step() < self.num_mini_batches:
-            raise ValueError(f"num_mini_batches ({self.num_mini_batches}) exceeds the prompts per step "
-                             f"({self.prompts_per_step()})")
         if self.critic_from_reward_model and not self.reward_model:
             raise ValueError("critic_from_reward_model needs reward_model")
+
+    def resolved_micro_batch_size(self) -> int:
+        """The whole batch per forward pass unless set: advantages are whitened over a forward
+        chunk, which must hold more than one answer."""
+        return min(self.micro_batch_size or self.batch_size, self.batch_size)
 
 
 METHODS: dict[str, type[CommonConfig]] = {
@@ -445,6 +443,13 @@ def _check_int(name: str, value: Any, minimum: int, maximum: int) -> None:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _lines(value: Any) -> list[str]:
+    """A list of strings as given, or a text's non-empty lines."""
+    if isinstance(value, str):
+        return [line.strip() for line in value.splitlines() if line.strip()]
+    return list(value or ())
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -168,6 +168,10 @@ class Method:
     def eval_metrics(self, rows: list[Tensor]) -> dict[str, float]:
         raise NotImplementedError
 
+    # (6) -------------------------------------------------------------------------------------
+    def save(self, run_dir: Path) -> None:
+        """Files of the method's own beside the adapter (e.g. PPO's value head); nothing by default."""
+
 
 class PairMethod(Method):
     """A method trained on preference pairs (DPO, the reward model): each pair's chosen and rejected
@@ -228,6 +232,7 @@ def train(method: Method, callbacks: Iterable[Any] = ()) -> TrainResult:
     if result.accelerator.is_main_process:
         save_final(run_dir, trainable.model, trainable.tokenizer, config, result.steps, result.metrics,
                    eval_metrics, counts)
+        method.save(run_dir)
         emit(callbacks, "save", result.state(name, loss=loss, metrics=result.metrics, path=str(run_dir),
                                              kind="final"))
     emit(callbacks, "train_end", result.state(name, loss=loss, metrics=result.metrics, eval_metrics=eval_metrics))
