@@ -40,12 +40,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, methods: tuple[str, ..
     field's help text, default and the methods it applies to (unset flags stay None)."""
     from dataclasses import fields
 
-    from alignment.training.config import METHODS
+    from annotation.services.method_configs import config_class
 
     known = {action.dest for action in parser._actions}
     owners: dict[str, dict] = {}  # field name -> {method: its field}
     for method in methods:
-        for f in fields(METHODS[method]):
+        for f in fields(config_class(method)):
             if f.name not in known:
                 owners.setdefault(f.name, {})[method] = f
     for name, by_method in owners.items():
@@ -239,14 +239,7 @@ def cmd_train(args) -> int:
     if args.method == "dpo":
         values["loss"] = args.loss
     db = open_database(args.db) if args.project else None
-    from alignment.rl.rewards import RewardError
-    from alignment.training.data import DataError
-
-    try:
-        result = train_headless(args.method, values, db=db, project=args.project)
-    except (RewardError, DataError) as exc:  # a reward function or prompt file that fails: one clear line
-        print(f"error: {exc}; no adapter was saved", file=sys.stderr)
-        return 1
+    result = train_headless(args.method, values, db=db, project=args.project)
     print(f"trained {args.method}: {result.steps} steps; adapter in {result.out_dir}")
     for name, value in sorted((result.eval_metrics or {}).items()):
         print(f"  held-out {name}: {value:.4f}")
@@ -257,13 +250,13 @@ def online_rl_values(args) -> dict:
     """The config values of a ppo / grpo run given on the command line; a knob of the other method is refused."""
     from dataclasses import fields
 
-    from alignment.training.config import METHODS
     from annotation.services import InputError
+    from annotation.services.method_configs import config_class
 
-    own = {f.name for f in fields(METHODS[args.method])}
+    own = {f.name for f in fields(config_class(args.method))}
     values = {"data": args.prompts or args.data}
     for method in ONLINE_RL:
-        for f in fields(METHODS[method]):
+        for f in fields(config_class(method)):
             value = getattr(args, f.name, None)
             if value is None or f.name in ("data", "out", "model") or f.name in values:
                 continue

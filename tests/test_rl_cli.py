@@ -49,6 +49,7 @@ def test_train_grpo_from_a_prompt_file_then_bad_input(tiny_model_dir, tmp_path):
     failed = app("train", "grpo", "--prompts", prompts, "--model", tiny_model_dir, "--out", tmp_path / "bad",
                  "--max-steps", 1, "--batch-size", 2, "--num-generations", 2, "--max-new-tokens", 2,
                  "--reward-fn", f"{rules}:judge", "--lora-r", 4, "--eval-fraction", 0, timeout=300)
-    assert failed.returncode == 1
+    assert failed.returncode == 2
     assert "error: reward function 'rules.py:judge' raised on rollout 1: KeyError: 'score'" in failed.stderr
+    assert "no adapter was saved" in failed.stderr
     assert not (tmp_path / "bad" / "adapter_config.json").exists()

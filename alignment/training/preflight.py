@@ -47,14 +47,22 @@ def check_model_spec(spec: str) -> None:
 
 
 def check_data(config: Any) -> None:
-    """The data file parses as the method's rows (pairs, or rankings for PL-DPO), with its line numbers."""
+    """The data file parses as the method's rows (pairs, rankings for PL-DPO, prompts for PPO and
+    GRPO, whose reward functions must import too), with its line numbers."""
+    from alignment.rl.rewards import builtin_reward, load_reward_fn
+    from alignment.rl.rollouts import load_prompts
     from alignment.training.data import load_pairs, load_rankings
 
     path = Path(config.data).expanduser()
     if not path.is_file():  # also refuses a FIFO or a device, which would block or never end
         raise ValueError(f"data file {path} is not a regular file")
+    for spec in getattr(config, "reward_fn", ()):
+        load_reward_fn(spec)
+    for spec in getattr(config, "reward_rule", ()):
+        builtin_reward(spec)
+    loaders = {"pl_dpo": load_rankings, "grpo": load_prompts, "ppo": load_prompts}
     try:
-        (load_rankings if config.method == "pl_dpo" else load_pairs)(path)
+        loaders.get(config.method, load_pairs)(path)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): expected a JSONL "
                          "file of preference rows") from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from alignment.rl.rewards import RewardError
+from alignment.training.data import DataError
 from alignment.training.preflight import check_training_inputs
 from annotation.jobs.kinds import JOB_KINDS
 from annotation.jobs.runner import build_config
@@ -45,5 +47,8 @@ def train_headless(kind_name: str, values: dict[str, Any], db: Database | None =
         from alignment.training.callbacks import TqdmCallback
 
         callbacks.append(TqdmCallback())
-    return kind.run(config, callbacks=callbacks)
+    try:
+        return kind.run(config, callbacks=callbacks)
+    except (RewardError, DataError) as exc:  # a reward function or data file that fails: one clear line
+        raise InputError(f"{exc}; no adapter was saved") from None
 
