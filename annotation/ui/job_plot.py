@@ -11,18 +11,19 @@ from html import escape
 
 WIDTH, HEIGHT = 360, 180
 LEFT, RIGHT, TOP, BOTTOM = 56, 12, 24, 30
-COLOURS = {"loss": "#e8590c", "reward accuracy": "#1c7ed6"}
+COLOURS = {"loss": "#e8590c", "reward accuracy": "#1c7ed6", "mean reward": "#2f9e44"}
 
 
 def curves(events: list[dict]) -> dict[str, list[tuple[int, float]]]:
     """(step, value) points per series from the progress events of a run."""
-    series: dict[str, list[tuple[int, float]]] = {"loss": [], "reward accuracy": []}
+    series: dict[str, list[tuple[int, float]]] = {"loss": [], "reward accuracy": [], "mean reward": []}
     for event in events:
         if event.get("event") != "step" or event.get("step") is None:
             continue
         metrics = event.get("metrics") or {}
         accuracy = metrics.get("rewards/accuracies", metrics.get("accuracy"))
-        for name, value in (("loss", event.get("loss")), ("reward accuracy", accuracy)):
+        reward = metrics.get("reward/mean")  # online RL (PPO, GRPO)
+        for name, value in (("loss", event.get("loss")), ("reward accuracy", accuracy), ("mean reward", reward)):
             if isinstance(value, (int, float)):
                 series[name].append((int(event["step"]), float(value)))
     return series
