@@ -49,17 +49,13 @@ def check_model_spec(spec: str) -> None:
 def check_data(config: Any) -> None:
     """The data file parses as the method's rows (pairs, rankings for PL-DPO, prompts for PPO and
     GRPO, whose reward functions must import too), with its line numbers."""
-    from alignment.rl.rewards import builtin_reward, load_reward_fn
     from alignment.rl.rollouts import load_prompts
     from alignment.training.data import load_pairs, load_rankings
 
     path = Path(config.data).expanduser()
     if not path.is_file():  # also refuses a FIFO or a device, which would block or never end
         raise ValueError(f"data file {path} is not a regular file")
-    for spec in getattr(config, "reward_fn", ()):
-        load_reward_fn(spec)
-    for spec in getattr(config, "reward_rule", ()):
-        builtin_reward(spec)
+    check_rewards(config)
     loaders = {"pl_dpo": load_rankings, "grpo": load_prompts, "ppo": load_prompts}
     try:
         loaders.get(config.method, load_pairs)(path)
@@ -68,6 +64,17 @@ def check_data(config: Any) -> None:
                          "file of preference rows") from None
     except RecursionError:
         raise ValueError(f"{path}: a row is nested too deeply to be preference data") from None
+
+
+def check_rewards(config: Any) -> None:
+    """An online RL run's reward functions import and name a callable, its built-in rules parse
+    (RewardError, a ValueError, naming the one that does not); nothing to check for other methods."""
+    from alignment.rl.rewards import builtin_reward, load_reward_fn
+
+    for spec in getattr(config, "reward_fn", ()):
+        load_reward_fn(spec)
+    for spec in getattr(config, "reward_rule", ()):
+        builtin_reward(spec)
 
 
 def check_checkpoint(path: str) -> None:

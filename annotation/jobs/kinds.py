@@ -13,8 +13,9 @@ from typing import Any
 
 from alignment.rl.grpo import train_grpo
 from alignment.rl.ppo import train_ppo
-from alignment.rl.rewards import RewardError, builtin_reward, load_reward_fn
+from alignment.rl.rewards import RewardError
 from alignment.run_folder import ModelKind
+from alignment.training import preflight
 from alignment.training.config import DPOConfig, GRPOConfig, PLDPOConfig, PPOConfig, RewardConfig
 from alignment.training.dpo import train_dpo
 from alignment.training.pl_dpo import train_pl_dpo
@@ -47,10 +48,7 @@ def check_rewards(project: Any, config: Any) -> None:
     """Online RL, before launch: every reward function file imports and names a callable, every
     built-in rule parses (the reward model folder is checked by the config itself)."""
     try:
-        for spec in config.reward_fn:
-            load_reward_fn(spec)
-        for spec in config.reward_rule:
-            builtin_reward(spec)
+        preflight.check_rewards(config)
     except RewardError as exc:
         raise InputError(str(exc)) from None
 
