@@ -31,6 +31,8 @@ MAX_STEPS = 10_000_000
 MAX_BATCH_SIZE = 4096
 MAX_LENGTH = 131_072
 MAX_LORA_R = 1024
+MAX_GENERATIONS = 256  # answers sampled per prompt (online RL)
+MAX_NEW_TOKENS = 4096  # as alignment.sampling allows
 
 
 def _f(default: Any, help: str, **kwargs: Any) -> Any:
@@ -307,10 +309,10 @@ class OnlineRLConfig(CommonConfig):
 
     def validate(self) -> None:
         super().validate()
-        _check_int("num_generations", self.num_generations, minimum=1)
-        _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
-        _check_int("eval_generations", self.eval_generations, minimum=1)
-        _check_int("rollouts_shown", self.rollouts_shown, minimum=0)
+        _check_int("num_generations", self.num_generations, minimum=1, maximum=MAX_GENERATIONS)
+        _check_int("max_new_tokens", self.max_new_tokens, minimum=1, maximum=MAX_NEW_TOKENS)
+        _check_int("eval_generations", self.eval_generations, minimum=1, maximum=MAX_GENERATIONS)
+        _check_int("rollouts_shown", self.rollouts_shown, minimum=0, maximum=MAX_GENERATIONS)
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
                 and self.temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
@@ -371,7 +373,7 @@ class GRPOConfig(OnlineRLConfig):
         _check_clip("epsilon", self.epsilon)
         if self.epsilon_high is not None:
             _check_clip("epsilon_high", self.epsilon_high)
-        _check_int("num_iterations", self.num_iterations, minimum=1)
+        _check_int("num_iterations", self.num_iterations, minimum=1, maximum=MAX_EPOCHS)
 
 
 @dataclass(kw_only=True)
@@ -412,8 +414,8 @@ class PPOConfig(OnlineRLConfig):
         _check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         if self.target_kl is not None and not (isinstance(self.target_kl, (int, float)) and self.target_kl > 0):
             raise ValueError(f"target_kl must be > 0 or empty, got {self.target_kl!r}")
-        _check_int("kl_horizon", self.kl_horizon, minimum=1)
-        _check_int("ppo_epochs", self.ppo_epochs, minimum=1)
+        _check_int("kl_horizon", self.kl_horizon, minimum=1, maximum=MAX_STEPS)
+        _check_int("ppo_epochs", self.ppo_epochs, minimum=1, maximum=MAX_EPOCHS)
         if self.critic_from_reward_model and not self.reward_model:
             raise ValueError("critic_from_reward_model needs reward_model")
 
