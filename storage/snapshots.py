@@ -86,7 +86,7 @@ def create_prompt_snapshot(session: Session, project: Project, out_dir: Path, se
         raise InputError(f"max_prompts must be a whole number >= 1 or empty for all, got {limit!r}")
     stmt = select(Prompt).where(Prompt.project_id == project.id).order_by(Prompt.id)
     if selection == "unlabelled":
-        stmt = stmt.where(Prompt.id.not_in(_labelled_prompt_ids()))
+        stmt = stmt.where(Prompt.id.not_in(labelled_prompt_ids()))
     prompts = session.scalars(stmt.limit(limit)).all()
     if not prompts:
         which = "prompts" if selection == "all" else "prompts without labels (every prompt has one)"
@@ -100,7 +100,7 @@ def create_prompt_snapshot(session: Session, project: Project, out_dir: Path, se
     return snapshot
 
 
-def _labelled_prompt_ids():
+def labelled_prompt_ids():
     """Ids of prompts with any label: a pairwise label, a ranking, or a rating of one of their responses."""
     return union(select(PairwiseLabel.prompt_id), select(Ranking.prompt_id),
                  select(Response.prompt_id).join(Rating, Rating.response_id == Response.id))

@@ -8,7 +8,7 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
-from annotation.services import arena, labelling
+from annotation.services import arena, catalogue, labelling
 from annotation.services.prompts import add_text_prompts
 from storage.db import transaction
 from storage.errors import InputError
@@ -266,22 +266,22 @@ def with_models(db, tiny_model_dir, tiny_adapter):
 def test_model_options_are_the_base_and_the_trained_policy_adapters(with_models, tiny_model_dir, tiny_adapter):
     from annotation.services import compare
 
-    options = compare.model_options(with_models, str(tiny_model_dir))
+    options = catalogue.model_options(with_models, str(tiny_model_dir))
     assert [(o.key, o.name, o.adapter) for o in options] == [
         (f"base:{tiny_model_dir}", tiny_model_dir.name, None), ("trained:1", "tuned-job7", str(tiny_adapter))]
-    assert compare.reward_options(with_models) == [("rm-job8 (job None)", "/nowhere/rm")]
+    assert catalogue.reward_options(with_models) == [("rm-job8 (job None)", "/nowhere/rm")]
     with pytest.raises(InputError, match="pick the models"):
-        compare.resolve_models(with_models, [], str(tiny_model_dir))
+        catalogue.resolve_models(with_models, [], str(tiny_model_dir))
     with pytest.raises(InputError, match="unknown model 'trained:99'"):
-        compare.resolve_models(with_models, ["trained:99"], str(tiny_model_dir))
+        catalogue.resolve_models(with_models, ["trained:99"], str(tiny_model_dir))
     with pytest.raises(InputError, match="picked twice"):
-        compare.resolve_models(with_models, ["trained:1", "trained:1"], str(tiny_model_dir))
+        catalogue.resolve_models(with_models, ["trained:1", "trained:1"], str(tiny_model_dir))
 
 
 def test_side_by_side_answers_with_one_seed(with_models, tiny_model_dir):
     from annotation.services import compare
 
-    options = compare.resolve_models(with_models, [f"base:{tiny_model_dir}", "trained:1"], str(tiny_model_dir))
+    options = catalogue.resolve_models(with_models, [f"base:{tiny_model_dir}", "trained:1"], str(tiny_model_dir))
     params = compare.sampling_params(1.0, 0.9, 6, 5)
     base, tuned = compare.answer(options, arena.typed_prompt("Name a colour."), params, seed=5)
     assert (base.label, tuned.label) == (tiny_model_dir.name, "tuned-job7")
@@ -335,7 +335,7 @@ def test_a_match_is_refused_before_any_model_loads(db, tiny_model_dir):
 def test_side_by_side_scores_every_answer_with_a_reward_model(with_models, tiny_model_dir, tiny_reward_dir):
     from annotation.services import compare
 
-    options = compare.resolve_models(with_models, [f"base:{tiny_model_dir}", "trained:1"], str(tiny_model_dir))
+    options = catalogue.resolve_models(with_models, [f"base:{tiny_model_dir}", "trained:1"], str(tiny_model_dir))
     answers = compare.answer(options, arena.typed_prompt("Name a colour."), compare.sampling_params(1.0, 0.9, 6, 1),
                              seed=1, reward=str(tiny_reward_dir))
     assert all(isinstance(a.rm_score, float) for a in answers)

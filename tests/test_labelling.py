@@ -203,6 +203,24 @@ def test_pointwise_ratings_and_undo(db):
     assert table_counts(db)["ratings"] == 0
 
 
+def test_an_unfinished_form_is_refused_by_the_service_and_writes_nothing(db):
+    """What the Annotate tab refuses (no choice, a card without a rank or rating), the services refuse
+    too, with the same words: the API endpoints and scripts get the same checks as the page."""
+    make_project(db, "p")
+    make_project(db, "r", mode="listwise", k=3)
+    make_project(db, "pt", mode="pointwise", k=3)
+    for name in ("p", "r", "pt"):
+        make_items(db, name, 1)
+    before = table_counts(db)
+    with pytest.raises(InputError, match=r"pick A, B, tie or both bad first"):
+        L.submit_pairwise(db, L.next_item(db, "p", "alice"), "")
+    with pytest.raises(InputError, match=r"give every response a rank \(1 = best; equal numbers = tie\)"):
+        L.groups_from_ranks(L.next_item(db, "r", "alice"), [1, None, 2])
+    with pytest.raises(InputError, match="rate every response from 1 to 5"):
+        L.submit_ratings(db, L.next_item(db, "pt", "alice"), [4, None, 5])
+    assert table_counts(db) == before
+
+
 def test_mode_mismatch_is_refused(db):
     make_project(db, "p")
     make_items(db, "p", 1)

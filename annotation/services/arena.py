@@ -23,20 +23,19 @@ leaves that set once it is voted on.
 """
 from __future__ import annotations
 
-import os
 import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
 from alignment.leaderboard import Leaderboard, Vote, leaderboard
-from alignment.run_folder import ModelKind
-from annotation.services.labelling import ARENA_SOURCE, Receipt, _idempotent
+from annotation.services import catalogue, compare
+from annotation.services.catalogue import display_name, distinct_names, model_identity, trained_adapter_names
+from annotation.services.labelling import ARENA_SOURCE, Receipt, idempotent
 from annotation.services.projects import ensure_user, find_project
 from storage.db import Database, transaction
 from storage.errors import InputError
@@ -50,10 +49,9 @@ from storage.models import (
     Project,
     Prompt,
     Response,
-    TrainedModel,
 )
 from storage.prompts import content_hash, text_prompt, validate_messages
-from storage.snapshots import _labelled_prompt_ids
+from storage.snapshots import labelled_prompt_ids
 
 SOURCE = ARENA_SOURCE
 
@@ -98,13 +96,6 @@ class ArenaMatch:
         return max(0, int((time.time() - self.shown_at) * 1000))
 
 
-def model_identity(model: str, adapter: str | None) -> tuple[str, str | None]:
-    """(base model spec, adapter folder or None), normalised so the same model compares equal."""
-    model = (model or "").strip()
-    adapter = (adapter or "").strip() or None
-    return model, os.path.normpath(adapter) if adapter else None
-
-
 def new_match(project: str, prompt_messages: list[dict[str, str]], answers: list[ArenaAnswer],
               sampling: dict[str, Any] | None = None, seed: int | None = None, is_chat: bool = False,
               rng: random.Random | None = None) -> ArenaMatch:
@@ -136,11 +127,9 @@ def start_match(db: Database, project: str, keys: list[str] | None, messages: li
                 rng: random.Random | None = None) -> ArenaMatch:
     """Two models answer the prompt with one seed (``params.seed``, or a fresh one), sides in random order.
 
-    ``keys``: the two picked models (see annotation.services.compare), or empty for a random pair.
+    ``keys``: the two picked models (see annotation.services.catalogue), or empty for a random pair.
     The project and the picks are checked before any model is loaded.
     """
-    from annotation.services import compare
-
     rng = rng or random.Random()
     with transaction(db) as s:
         proj = find_project(s, project)
@@ -152,9 +141,9 @@ def start_match(db: Database, project: str, keys: list[str] | None, messages: li
     if keys:
         if len(keys) != 2:
             raise InputError("pick two models for the arena (or none for a random pair)")
-        options = compare.resolve_models(db, keys, default_model)
+        options = catalogue.resolve_models(db, keys, default_model)
     else:
-        options = random_pair(compare.model_options(db, default_model), rng)
+        options = random_pair(catalogue.model_options(db, default_model), rng)
     answers = compare.answer(options, messages, params, seed=params.seed if params.seed is not None
                              else rng.randrange(2**31))
     sides = [ArenaAnswer(model=o.model, adapter=o.adapter, text=a.text, num_tokens=a.num_tokens,
@@ -205,7 +194,7 @@ def _project_prompt(session, project: Project, messages: list[dict[str, str]], i
     return prompt
 
 
-@_idempotent
+@idempotent
 def record_arena_vote(db: Database, match: ArenaMatch, user: str, choice: str,
                       time_taken_ms: int | None = None) -> Receipt:
     """Store a blind vote (``choice`` as shown: ``a`` = the left answer) with the whole match, in one
@@ -251,36 +240,6 @@ def record_arena_vote(db: Database, match: ArenaMatch, user: str, choice: str,
 # Reading votes back: names, votes, leaderboard
 # --------------------------------------------------------------------------------------------
 
-def base_name(spec: str) -> str:
-    """A base model's short name: a folder's own name, else the spec ('default', a hub id)."""
-    return Path(spec).name if spec and Path(spec).expanduser().is_absolute() else spec
-
-
-def display_name(model: str, adapter: str | None, trained: dict[str, str] | None = None) -> str:
-    """How a model is named at the reveal and on the leaderboard: the TrainedModel's name for a known
-    adapter, else 'base + adapter folder name', else the base model's short name."""
-    if not adapter:
-        return base_name(model)
-    known = (trained or {}).get(os.path.normpath(adapter))
-    return known or f"{base_name(model)} + {Path(adapter).name}"
-
-
-def trained_adapter_names(session) -> dict[str, str]:
-    """Adapter folder -> TrainedModel name, for the policy adapters the app trained."""
-    rows = session.execute(select(TrainedModel.path, TrainedModel.name).where(TrainedModel.kind == ModelKind.POLICY_ADAPTER))
-    return {os.path.normpath(path): name for path, name in rows}
-
-
-def _names(identities: set[tuple[str, str | None]], trained: dict[str, str]) -> dict[tuple[str, str | None], str]:
-    """A distinct display name per identity (the same adapter on two base models gets its base added)."""
-    names = {identity: display_name(*identity, trained) for identity in identities}
-    taken: dict[str, int] = {}
-    for name in names.values():
-        taken[name] = taken.get(name, 0) + 1
-    return {identity: name if taken[name] == 1 else f"{name} (on {identity[0]})" if identity[1] else identity[0]
-            for identity, name in names.items()}
-
-
 def arena_votes(db: Database, project: str | None = None) -> list[Vote]:
     """Every arena vote (all projects, or one) as (model shown as A, model shown as B, outcome), oldest first."""
     a, b = aliased(Response), aliased(Response)
@@ -294,7 +253,7 @@ def arena_votes(db: Database, project: str | None = None) -> list[Vote]:
         rows = s.execute(stmt).all()
         trained = trained_adapter_names(s)
     identities = {model_identity(m, ad) for row in rows for m, ad in (row[0:2], row[2:4])}
-    names = _names(identities, trained)
+    names = distinct_names(identities, trained)
     return [Vote(names[model_identity(ma, aa)], names[model_identity(mb, ab)], choice.value)
             for ma, aa, mb, ab, choice in rows]
 
@@ -330,7 +289,7 @@ def heldout_prompts(db: Database, project: str) -> list[DrawnPrompt]:
     with transaction(db) as s:
         proj = find_project(s, project)
         prompts = s.scalars(select(Prompt).where(Prompt.project_id == proj.id,
-                                                 Prompt.id.not_in(_labelled_prompt_ids())).order_by(Prompt.id))
+                                                 Prompt.id.not_in(labelled_prompt_ids())).order_by(Prompt.id))
         return [DrawnPrompt(p.id, p.messages, p.is_chat) for p in prompts]
 
 

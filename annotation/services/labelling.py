@@ -269,7 +269,7 @@ def _existing(s, model, view: ItemView, user_id: int):
                                             (model.item_id == view.item_id) & (model.user_id == user_id))))
 
 
-def _idempotent(submit):
+def idempotent(submit):
     """Run a submission; if a concurrent duplicate won the race on a unique constraint, report it."""
     def wrapper(db: Database, view: ItemView, *args, **kwargs) -> Receipt:
         try:
@@ -282,10 +282,12 @@ def _idempotent(submit):
     return wrapper
 
 
-@_idempotent
+@idempotent
 def submit_pairwise(db: Database, view: ItemView, choice: str, strength: int | None = None,
                     rationale: str | None = None, rewrite: str | None = None) -> Receipt:
     """Record A/B/tie/both-bad for a pairwise item (and the rewrite written after "both bad")."""
+    if not choice:
+        raise InputError("pick A, B, tie or both bad first (keys 1-4)")
     try:
         choice_enum = Choice(choice)
     except ValueError:
@@ -352,6 +354,8 @@ def groups_from_ranks(view: ItemView, ranks: list[int]) -> list[list[int]]:
     """UI helper: rank numbers per shown card (1 = best, equal numbers = tie) -> groups best first."""
     if len(ranks) != len(view.responses):
         raise InputError(f"give a rank to each of the {len(view.responses)} responses")
+    if any(rank is None for rank in ranks):
+        raise InputError("give every response a rank (1 = best; equal numbers = tie)")
     n = len(view.responses)
     by_rank: dict[int, list[int]] = {}
     for r, rank in zip(view.responses, ranks):
@@ -362,7 +366,7 @@ def groups_from_ranks(view: ItemView, ranks: list[int]) -> list[list[int]]:
     return [by_rank[k] for k in sorted(by_rank)]
 
 
-@_idempotent
+@idempotent
 def submit_ranking(db: Database, view: ItemView, groups: list[list[int]], rationale: str | None = None) -> Receipt:
     """Record a full order of the item's responses, best first, ties allowed."""
     rationale = _clean_text(rationale, "rationale", MAX_RATIONALE_CHARS)
@@ -382,12 +386,14 @@ def submit_ranking(db: Database, view: ItemView, groups: list[list[int]], ration
         return Receipt("ranking", item.id, [ranking.id])
 
 
-@_idempotent
+@idempotent
 def submit_ratings(db: Database, view: ItemView, scores: list[int], rationale: str | None = None) -> Receipt:
     """Record a 1-5 rating for each response shown (scores in shown order)."""
     rationale = _clean_text(rationale, "rationale", MAX_RATIONALE_CHARS)
     if len(scores) != len(view.responses):
         raise InputError(f"rate each of the {len(view.responses)} responses")
+    if any(score is None for score in scores):
+        raise InputError("rate every response from 1 to 5")
     scores = [whole_number(score, "every rating must be a whole number from 1 to 5") for score in scores]
     if any(score not in range(1, 6) for score in scores):
         raise InputError("every rating must be a whole number from 1 to 5")

@@ -295,8 +295,6 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
         if view is None or view.mode != "pairwise":
             return _load_next(ctx, tab, project, user, parts="pair")
         try:
-            if not choice:
-                raise InputError("pick A, B, tie or both bad first (keys 1-4)")
             # The rewrite box keeps its text while hidden: it goes with "both bad" only.
             receipt = labelling.submit_pairwise(ctx.db, view, choice, strength=strength or None, rationale=rationale,
                                                 rewrite=rewrite if choice == "both_bad" else None)
@@ -316,14 +314,10 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
         ranks, ratings = cards[:MAX_CARDS][:n], cards[MAX_CARDS:][:n]
         try:
             if view.mode == "listwise":
-                if any(r is None for r in ranks):
-                    raise InputError("give every response a rank (1 = best; equal numbers = tie)")
                 groups = labelling.groups_from_ranks(view, list(ranks))
                 receipt, said = labelling.submit_ranking(ctx.db, view, groups, rationale=rationale), "ranking"
             else:
-                if any(r is None for r in ratings):
-                    raise InputError("rate every response from 1 to 5")
-                receipt = labelling.submit_ratings(ctx.db, view, [int(r) for r in ratings], rationale=rationale)
+                receipt = labelling.submit_ratings(ctx.db, view, list(ratings), rationale=rationale)
                 said = "ratings"
         except InputError as exc:
             return {tab.notice: _md(f"⚠️ {exc}")}

@@ -15,7 +15,7 @@ import gradio as gr
 from alignment.run_folder import ModelKind
 from annotation.render import render_response
 from annotation.services import best_of_n as bon
-from annotation.services import models, projects
+from annotation.services import catalogue, projects
 from annotation.ui.context import UIContext
 from storage.errors import InputError
 
@@ -40,7 +40,7 @@ class BestOfNTab:
 
 
 def choices(ctx: UIContext, kind: str, with_base: bool = False) -> list[tuple[str, str]]:
-    rows = [(f"{r.name} (job {r.job})", r.path) for r in models.list_models(ctx.db) if r.kind == kind]
+    rows = catalogue.trained_choices(ctx.db, kind)
     return ([("base model (no adapter)", "")] if with_base else []) + rows
 
 

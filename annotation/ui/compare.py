@@ -23,7 +23,7 @@ import pandas as pd
 
 from alignment.evaluation import kl_estimate_text
 from annotation.render import render_messages, render_response
-from annotation.services import arena, compare, projects
+from annotation.services import arena, catalogue, compare, projects
 from annotation.ui.context import UIContext
 from storage.errors import InputError
 
@@ -92,7 +92,7 @@ def _keep(value, values, default=None):
 
 def model_choices(ctx: UIContext) -> list[tuple[str, str]]:
     return [(o.name if o.adapter else f"{o.name} (base)", o.key)
-            for o in compare.model_options(ctx.db, ctx.default_model)]
+            for o in catalogue.model_options(ctx.db, ctx.default_model)]
 
 
 def refresh_choices(ctx: UIContext, models=None, reward=None, project=None, arena_project=None, model_1=None,
@@ -100,7 +100,7 @@ def refresh_choices(ctx: UIContext, models=None, reward=None, project=None, aren
     """Every picker's choices from the database, keeping what is still valid."""
     options = model_choices(ctx)
     keys = [k for _, k in options]
-    rewards = [("none", "")] + compare.reward_options(ctx.db)
+    rewards = [("none", "")] + catalogue.reward_options(ctx.db)
     names = projects.project_names(ctx.db)
     first = names[0] if names else None
     picked = [k for k in (models or []) if k in keys] or keys[:2]
@@ -292,7 +292,7 @@ def _wire_side_by_side(ctx: UIContext, tab: CompareTab) -> None:
                 raise InputError("pick at least two models to compare")
             messages, _ = _prompt_messages(text, drawn)
             params = _sampling(temperature, top_p, max_new_tokens, seed)
-            options = compare.resolve_models(ctx.db, keys, ctx.default_model)
+            options = catalogue.resolve_models(ctx.db, keys, ctx.default_model)
             answers = compare.answer(options, messages, params, seed=params.seed, reward=reward or None)
         except InputError as exc:
             return {tab.status: f"⚠️ {exc}", **hidden}

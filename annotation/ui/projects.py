@@ -13,8 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from alignment.run_folder import ModelKind
-from annotation.services import data, judge, models, projects, prompts
+from annotation.services import catalogue, data, judge, projects, prompts
 from annotation.ui.context import UIContext
 from annotation.ui.forms import build_form, fill_form, read_form
 from storage.errors import InputError
@@ -27,8 +26,7 @@ NO_REWARD_MODEL = ("(none)", "")
 
 def reward_model_choices(ctx: UIContext) -> list[tuple[str, str]]:
     """The trained reward models, as the Best-of-N tab lists them; a typed folder is accepted too."""
-    rows = [(f"{r.name} (job {r.job})", r.path) for r in models.list_models(ctx.db) if r.kind == ModelKind.REWARD_MODEL]
-    return [NO_REWARD_MODEL, *rows]
+    return [NO_REWARD_MODEL, *catalogue.reward_options(ctx.db)]
 
 
 @dataclass

@@ -26,7 +26,7 @@ from alignment.training.config import DPO_LOSS_TYPES, LR_SCHEDULES
 from annotation.jobs.evaluation import SELECTIONS as EVAL_SELECTIONS
 from annotation.jobs.kinds import JOB_KINDS
 from annotation.jobs.runner import JobRequest, job_rows, log_tail, read_progress
-from annotation.services import models, projects
+from annotation.services import catalogue, models, projects
 from annotation.ui.context import UIContext
 from annotation.ui.forms import build_form, form_values, readable_error
 from annotation.ui.job_plot import plot_html
@@ -85,9 +85,8 @@ class TrainTab:
 
 def model_choices(ctx: UIContext) -> dict[str, list[tuple[str, str]]]:
     """Trained reward models and policy adapters as (label, folder) choices for the model pickers."""
-    rows = models.list_models(ctx.db)
-    pick = lambda kind: [(f"{r.name} (job {r.job})", r.path) for r in rows if r.kind == kind]  # noqa: E731
-    return {"reward": pick(ModelKind.REWARD_MODEL), "adapter": [NO_ADAPTER, *pick(ModelKind.POLICY_ADAPTER)]}
+    return {"reward": catalogue.reward_options(ctx.db),
+            "adapter": [NO_ADAPTER, *catalogue.trained_choices(ctx.db, ModelKind.POLICY_ADAPTER)]}
 
 
 def _form_prefix(kind_name: str) -> str:
