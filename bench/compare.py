@@ -5,7 +5,7 @@ first ``--prompts`` of ``../shared/data/hh-rlhf-harmless-base-test.jsonl.gz``) w
 sampling settings and ``--max-new-tokens``, through :func:`alignment.compare.answer_side_by_side`:
 
 * batched: one ``generate`` call whose two rows use different adapters (both models active, the
-  adapter's LoRA scaling masked to its row: :func:`alignment.compare._row_masked_adapters`);
+  adapter's LoRA scaling masked to its row: :func:`alignment.row_masked_lora.row_masked_adapters`);
 * one after the other: the base with its adapter disabled, then the adapter, one row each (what
   one would do without batching: ``disable_adapter()``, then ``set_adapter``).
 
@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from alignment.compare import ModelRef, get_comparison_model
+    from alignment.compare import ModelRef
+    from alignment.comparison_model import get_comparison_model
     from alignment.sampling import SamplingParams
 
     if args.threads:

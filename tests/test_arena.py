@@ -264,8 +264,6 @@ def with_models(db, tiny_model_dir, tiny_adapter):
 
 
 def test_model_options_are_the_base_and_the_trained_policy_adapters(with_models, tiny_model_dir, tiny_adapter):
-    from annotation.services import compare
-
     options = catalogue.model_options(with_models, str(tiny_model_dir))
     assert [(o.key, o.name, o.adapter) for o in options] == [
         (f"base:{tiny_model_dir}", tiny_model_dir.name, None), ("trained:1", "tuned-job7", str(tiny_adapter))]

@@ -1,6 +1,7 @@
-"""alignment.compare: one base with several LoRA adapters answering the same prompt side by side (batched in
-one mixed-adapter generate call, or one after the other), the per-token KL estimate to the base, reward
-scores, and the check that every adapter was trained on the compared base.
+"""alignment.compare and its parts (comparison_model, row_masked_lora, shared_noise, kl): one base with
+several LoRA adapters answering the same prompt side by side (batched in one mixed-adapter generate call,
+or one after the other), the per-token KL estimate to the base, reward scores, and the check that every
+adapter was trained on the compared base.
 
 Runs on the CPU with the 2-layer random Llama (real SmolLM2 tokenizer) from tests/conftest.py.
 """
@@ -13,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignment.compare import (
-    BASE, ModelRef, SharedNoiseSampling, SideBySideBackend, _policy_weights, _row_maskable, _row_masked_adapters,
-    _scaling_as_tensor_is_exact, answer_side_by_side, clear_comparison_cache, get_comparison_model,
-    k3_per_token, load_comparison_model, per_token_kl,
-)
+from alignment.adapters import BASE, policy_weights
+from alignment.compare import ModelRef, SideBySideBackend, answer_side_by_side
+from alignment.comparison_model import clear_comparison_cache, get_comparison_model, load_comparison_model
+from alignment.kl import k3_per_token, per_token_kl
+from alignment.row_masked_lora import row_maskable, row_masked_adapters, scaling_as_tensor_is_exact
+from alignment.shared_noise import SharedNoiseSampling
 from alignment.sampling import SamplingParams
 from alignment.training import DPOConfig, load_reward_model, score, train_dpo
 from tests.conftest import build_tiny_model
@@ -165,11 +167,11 @@ def test_a_row_masked_batch_gives_every_row_its_own_models_outputs(tiny_model_di
     before = lora_state(model)
 
     with torch.no_grad():
-        with _row_masked_adapters(model, names):
+        with row_masked_adapters(model, names):
             batched = model(input_ids=input_ids).logits
         assert lora_state(model) == before
         for row, name in enumerate(names):
-            with _policy_weights(model, name):
+            with policy_weights(model, name):
                 alone = model(input_ids=input_ids[:1]).logits[0]
             assert torch.allclose(batched[row], alone, atol=1e-5), (row, name)
     # Each adapter really changed its rows, and only its rows.
@@ -177,7 +179,7 @@ def test_a_row_masked_batch_gives_every_row_its_own_models_outputs(tiny_model_di
     assert not torch.allclose(batched[2], batched[1], atol=1e-3)
     assert torch.equal(batched[3], batched[1])
 
-    with pytest.raises(RuntimeError, match="interrupted"), _row_masked_adapters(model, names):
+    with pytest.raises(RuntimeError, match="interrupted"), row_masked_adapters(model, names):
         raise RuntimeError("interrupted")
     assert lora_state(model) == before
 
@@ -188,8 +190,8 @@ def test_a_scaling_tensor_multiplies_like_the_scalar_exactly_when_the_dtype_hold
                            (torch.bfloat16, 1 / 3), (torch.float16, 32 / 12 ** 0.5)]:
         t = x.to(dtype)
         same = torch.equal(t * scaling, t * torch.tensor(scaling, dtype=dtype))
-        assert _scaling_as_tensor_is_exact(scaling, dtype) == same, (dtype, scaling)
-    assert not _scaling_as_tensor_is_exact(1 / 3, torch.bfloat16)  # such an adapter is batched the PEFT way
+        assert scaling_as_tensor_is_exact(scaling, dtype) == same, (dtype, scaling)
+    assert not scaling_as_tensor_is_exact(1 / 3, torch.bfloat16)  # such an adapter is batched the PEFT way
 
 
 def test_an_adapter_whose_scaling_the_weights_cannot_hold_goes_through_peft_mixed_batches(tiny_model_dir, tmp_path):
@@ -199,7 +201,7 @@ def test_an_adapter_whose_scaling_the_weights_cannot_hold_goes_through_peft_mixe
     compared = load_comparison_model(str(tiny_model_dir), [adapter], device="cpu")  # a private copy, not the cache's
     compared.loaded.model.to(torch.bfloat16)
     name = compared.adapter_name(adapter)
-    assert not _row_maskable(compared.loaded.model, [BASE, name])
+    assert not row_maskable(compared.loaded.model, [BASE, name])
     backend = SideBySideBackend(compared.loaded)
     prompt_ids = backend.prompt_ids(PROMPT, GREEDY)
     batched = backend.generate_batched(prompt_ids, [BASE, name], GREEDY, seed=0)
