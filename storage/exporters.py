@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from storage.records import ASSISTANT_TAG, HUMAN_TAG
+from storage.hh import ASSISTANT_TAG, render_hh_dialogue
 
 X = TypeVar("X")
 
@@ -36,21 +36,6 @@ def prompt_text(messages: list[dict], is_chat: bool) -> str:
             raise ValueError("a non-chat prompt is a single user message")
         return messages[0]["content"]
     return render_hh_dialogue(messages) + ASSISTANT_TAG
-
-
-def render_hh_dialogue(messages: list[dict]) -> str:
-    """Messages as "\\n\\nHuman: a\\n\\nAssistant: b"; a system message is the text before the first turn.
-
-    The inverse of ``importers.parse_hh_dialogue``: one space after each tag, content verbatim.
-    """
-    parts = []
-    for message in messages:
-        if message["role"] == "system":
-            parts.append(message["content"])
-        else:
-            tag = HUMAN_TAG if message["role"] == "user" else ASSISTANT_TAG
-            parts.append(f"{tag} {message['content']}")
-    return "".join(parts)
 
 
 def _copy_messages(messages: list[dict]) -> list[dict]:

@@ -5,15 +5,15 @@ imported lazily when writing a datasets folder). The pieces live in:
 
 * ``storage.records``   – PromptRecord, PairRecord, RecordError, ImportReport, ImportFailed;
 * ``storage.importers`` – read_import_file and the schema detection behind it;
-* ``storage.exporters`` – prompt_text, the row builders, ranking_to_pairs, write_rows.
+* ``storage.exporters`` – prompt_text, the row builders, ranking_to_pairs, write_rows;
+* ``storage.hh``        – the HH-RLHF transcript reader and writer (parse_hh_dialogue, render_hh_dialogue).
 """
 from storage.exporters import (
-    listwise_row, prompt_text, ranking_to_pairs, rating_row, render_hh_dialogue, sft_row,
-    trl_chat_pair_row, trl_pair_row, write_rows,
+    listwise_row, prompt_text, ranking_to_pairs, rating_row, sft_row, trl_chat_pair_row, trl_pair_row, write_rows,
 )
+from storage.hh import parse_hh_dialogue, render_hh_dialogue
 from storage.importers import (
-    CONTAINER_FORMATS, DEFAULT_MAX_CHARS, SCHEMA_FORMATS, detect_container, parse_hh_dialogue,
-    read_import_file, split_hh_pair,
+    CONTAINER_FORMATS, DEFAULT_MAX_CHARS, SCHEMA_FORMATS, detect_container, read_import_file, split_hh_pair,
 )
 from storage.records import (
     ROLES, ImportFailed, ImportReport, PairRecord, PromptRecord, RecordError,

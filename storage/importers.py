@@ -27,14 +27,14 @@ import io
 import json
 import math
 import os
-import re
 import stat
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from storage.hh import ASSISTANT_TAG, HUMAN_TAG, hh_prompt_dialogue, parse_hh_dialogue
 from storage.records import (
-    ASSISTANT_TAG, FILE_LEVEL, HUMAN_TAG, ROLES, ImportReport, PairRecord, PromptRecord, RankingRecord, RecordError,
+    FILE_LEVEL, ROLES, ImportReport, PairRecord, PromptRecord, RankingRecord, RecordError,
     unpaired_surrogate,
 )
 
@@ -383,7 +383,6 @@ def _number_rows(batches) -> Iterator[Row]:
 # --------------------------------------------------------------------------------------------------
 
 _KNOWN_COLUMNS = frozenset(_PROMPT_COLUMNS + ("chosen", "rejected") + _RANKING_COLUMNS)
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
 def parse_row(row: dict, line: int, schema: str | None = None,
@@ -473,20 +472,11 @@ def _prompt_value(value, max_chars: int) -> tuple[list[dict], bool, bool]:
         return _prompt_messages(value, "'prompt'", max_chars), True, False
     if not isinstance(value, str):
         raise RowError(f"'prompt' must be a string or a list of messages, got {_type_name(value)}")
-    dialogue = _hh_prompt_dialogue(value)
+    dialogue = hh_prompt_dialogue(value)
     if dialogue is None:
         return [_user(_text(value, "'prompt'", max_chars))], False, False
     messages = _prompt_messages(parse_hh_dialogue(dialogue), "the 'prompt' HH dialogue", max_chars)
     return messages, True, not value.endswith(" ")
-
-
-def _hh_prompt_dialogue(text: str) -> str | None:
-    """The dialogue of an HH-shaped prompt string without its final Assistant tag, else None."""
-    open_turn = text.removesuffix(" ")
-    has_human = HUMAN_TAG in open_turn or open_turn.startswith("Human:")
-    if has_human and open_turn.endswith(ASSISTANT_TAG):
-        return open_turn[: -len(ASSISTANT_TAG)]
-    return None
 
 
 def _user(text: str) -> dict:
@@ -712,18 +702,3 @@ def split_hh_pair(chosen: str, rejected: str) -> tuple[str, str, str]:
             raise RowError(f"the {label} transcript continues with a Human turn after the shared dialogue: "
                            "'chosen' and 'rejected' differ before the last Assistant turn")
     return chosen[:cut], replies[0], replies[1]
-
-
-def parse_hh_dialogue(dialogue: str) -> list[dict]:
-    """"\n\nHuman: a\n\nAssistant: b" -> messages; text before the first tag becomes a system message.
-
-    Only the single space after each tag is dropped, so rendering the messages gives the text back.
-    """
-    if dialogue.startswith("Human:"):  # a transcript without the customary leading blank line
-        dialogue = "\n\n" + dialogue
-    preamble, *turns = _HH_TURN.split(dialogue)
-    messages = [{"role": "system", "content": preamble}] if preamble.strip() else []
-    for tag, content in zip(turns[::2], turns[1::2]):
-        role = "user" if tag == "Human" else "assistant"
-        messages.append({"role": role, "content": content.removeprefix(" ")})
-    return messages

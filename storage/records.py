@@ -15,11 +15,6 @@ from storage.errors import InputError
 
 ROLES = ("system", "user", "assistant")
 
-# The Anthropic HH-RLHF transcript vocabulary, shared by the HH reader and the HH renderer so that
-# a transcript read in and written out again comes back byte for byte.
-HUMAN_TAG = "\n\nHuman:"
-ASSISTANT_TAG = "\n\nAssistant:"
-
 # RecordError.line for problems with the file as a whole (empty, unreadable, unknown format).
 FILE_LEVEL = 0
 

@@ -397,3 +397,19 @@ def test_storage_never_imports_ml_stack(tmp_path):
             "bad = [m for m in ('torch', 'transformers', 'gradio', 'datasets') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code, str(folder)], check=True, cwd=PROJECT_ROOT)
+
+
+@pytest.mark.parametrize("prompt", [
+    "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: And you?\n\nAssistant:",
+    "Human: no leading blank line\n\nAssistant:",
+    "A system note\n\nHuman: with a preamble\n\nAssistant: ",
+    "Just a question, no transcript",
+])
+def test_the_training_loader_reads_an_hh_prompt_as_the_importer_does(prompt):
+    """One HH reader (storage.hh): a prompt string becomes the same messages whether it is imported into
+    a project or read by the trainer from a TRL file."""
+    from alignment.training.data import prompt_to_messages
+    from storage.importers import parse_row
+
+    record, _ = parse_row({"prompt": prompt, "chosen": "a", "rejected": "b"}, line=1)
+    assert prompt_to_messages(prompt) == record.prompt

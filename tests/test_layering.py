@@ -21,15 +21,24 @@ FORBIDDEN = {
     "annotation": {"app"},
 }
 
+# Leaf modules every layer may import: they depend on the standard library only (checked below), so
+# importing one loads nothing a layer is kept from. storage.hh is the one HH-RLHF transcript reader,
+# shared by the importers and the training data loader.
+SHARED_LEAVES = {"storage.hh"}
 
-def imported_modules(path: Path) -> set[str]:
+
+def imported_modules(path: Path, shared_ok: bool = False) -> set[str]:
+    """Top-level names of what ``path`` imports (``shared_ok``: not counting the shared leaves)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            modules = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            modules = [node.module]
+        else:
+            continue
+        names.update(m.split(".")[0] for m in modules if not (shared_ok and m in SHARED_LEAVES))
     return names
 
 
@@ -37,10 +46,18 @@ def imported_modules(path: Path) -> set[str]:
 def test_no_import_points_upwards(package):
     offenders = []
     for path in sorted((ROOT / package).rglob("*.py")):
-        bad = imported_modules(path) & FORBIDDEN[package]
+        bad = imported_modules(path, shared_ok=True) & FORBIDDEN[package]
         if bad:
             offenders.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
     assert offenders == []
+
+
+@pytest.mark.parametrize("module", sorted(SHARED_LEAVES))
+def test_a_shared_leaf_imports_the_standard_library_only(module):
+    path = ROOT / f"{module.replace('.', '/')}.py"
+    assert imported_modules(path) - set(sys.stdlib_module_names) - {"__future__"} == set()
+    assert (path.parent / "__init__.py").read_text(encoding="utf-8").strip() == "", \
+        "importing a shared leaf runs its package's __init__: keep that empty"
 
 
 def test_app_reaches_lower_layers_only_through_annotation():

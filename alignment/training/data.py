@@ -14,7 +14,7 @@ Accepted rows:
 
 * pairwise, standard: ``{"prompt": str, "chosen": str, "rejected": str}``; a string prompt is one
   user message unless it is an HH transcript (``"\\n\\nHuman: ...\\n\\nAssistant:"``), which is
-  parsed into messages;
+  parsed into messages by :mod:`storage.hh`, the reader the importers use;
 * pairwise, conversational: ``prompt`` as messages, ``chosen``/``rejected`` as
   ``[{"role": "assistant", "content": ...}]``;
 * an optional numeric ``"margin"`` on pairwise rows (used by the reward model with ``use_margin``);
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +36,10 @@ import torch
 from alignment.chat import Messages, render_prompt, validate_messages
 from alignment.logprobs import build_completion_batch
 from alignment.packing import build_shared_prefix_batch
+from storage.hh import hh_prompt_dialogue, parse_hh_dialogue  # stdlib only: the one HH reader (layering test)
 
 T = TypeVar("T")
 
-HUMAN_TAG = "\n\nHuman:"
-ASSISTANT_TAG = "\n\nAssistant:"
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
 class DataError(ValueError):
@@ -77,33 +74,14 @@ class RankingSet:
 # Prompts
 # --------------------------------------------------------------------------------------------
 
-def parse_hh_transcript(text: str) -> Messages:
-    """``"\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:"`` -> messages (last open turn dropped).
-
-    Text before the first tag becomes a system message; one space after each tag is dropped.
-    """
-    if text.startswith("Human:"):
-        text = "\n\n" + text
-    preamble, *turns = _HH_TURN.split(text)
-    messages = [{"role": "system", "content": preamble}] if preamble.strip() else []
-    for tag, content in zip(turns[::2], turns[1::2]):
-        messages.append({"role": "user" if tag == "Human" else "assistant", "content": content.removeprefix(" ")})
-    if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"].strip():
-        messages.pop()  # the open "Assistant:" turn the completion continues
-    return messages
-
-
-def _is_hh_transcript(text: str) -> bool:
-    return (text.startswith(HUMAN_TAG) or text.startswith("Human:")) and text.rstrip(" ").endswith(ASSISTANT_TAG)
-
-
 def prompt_to_messages(prompt: Any) -> Messages:
     """A row's prompt as chat messages (ValueError when it is neither a string nor messages)."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise ValueError("prompt is empty")
-        if _is_hh_transcript(prompt):
-            messages = parse_hh_transcript(prompt)
+        dialogue = hh_prompt_dialogue(prompt)
+        if dialogue is not None:
+            messages = parse_hh_dialogue(dialogue)
             if messages and messages[-1]["role"] == "user":
                 return messages
         return [{"role": "user", "content": prompt}]
