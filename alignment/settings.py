@@ -1,8 +1,12 @@
-"""What every run-settings dataclass (best-of-N, evaluation) does alike: resolve its device, save
-itself as plain JSON with its method, and rebuild from that JSON refusing unknown keys.
+"""What every settings dataclass does alike (the training configs, best-of-N, evaluation): a help
+text per field, the device check and its resolution, the plain-JSON form saved with a run (with its
+method), and the rebuild from that JSON refusing unknown keys.
 
-A mixin of methods only (no fields), so each settings class keeps its own fields, help texts and
-validation, and the job form, the saved config and the worker agree on one dataclass.
+:class:`Settings` is a mixin of methods only (no fields), so each settings class keeps its own
+fields, help texts and validation, and the job form, the CLI, the saved config and the worker agree
+on one dataclass. :class:`RunSettings` adds what the sampling runs (best-of-N, evaluation) share.
+
+It loads nothing heavy: torch only when asked whether CUDA is there.
 """
 from __future__ import annotations
 
@@ -10,18 +14,27 @@ from dataclasses import asdict, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from alignment.sampling import SamplingParams
-from alignment.training.config import DEVICES, cuda_available
+DEVICES = ("auto", "cpu", "cuda")
 
 
-def help_field(default: Any, text: str) -> Any:
-    """A dataclass field with its help text (the job form shows it)."""
-    return field(default=default, metadata={"help": text})
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
-def check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def help_field(default: Any, text: str, **kwargs: Any) -> Any:
+    """A dataclass field with a default and its help text (the job form and the CLI show it)."""
+    return field(default=default, metadata={"help": text}, **kwargs)
+
+
+def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
+    """An int (not a bool) from ``minimum`` to ``maximum`` (no upper limit when None), else ValueError."""
+    if maximum is None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be a whole number from {minimum} to {maximum:,}, got {value!r}")
 
 
 def check_optional_count(name: str, value: Any) -> None:
@@ -30,18 +43,10 @@ def check_optional_count(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be an integer >= 1 or empty for all, got {value!r}")
 
 
-class RunSettings:
-    """Needs the dataclass fields ``data``, ``out``, ``device`` (and, for :meth:`sampling_params`,
-    ``temperature``, ``top_p``, ``max_new_tokens``, ``seed``) and a class attribute ``method``."""
+class Settings:
+    """Needs a dataclass field ``device`` and a class attribute ``method``."""
 
     method: ClassVar[str]
-
-    def check_files(self) -> None:
-        """The prompt file exists and an output folder is named."""
-        if not self.data or not Path(self.data).expanduser().is_file():
-            raise ValueError(f"prompt file not found: {self.data!r}")
-        if not self.out:
-            raise ValueError("out must name an output folder")
 
     def check_device(self) -> None:
         if self.device not in DEVICES:
@@ -54,10 +59,6 @@ class RunSettings:
         if self.device == "auto":
             return "cuda" if cuda_available() else "cpu"
         return self.device
-
-    def sampling_params(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-                              seed=self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict with the method and the resolved device (the saved run config)."""
@@ -75,3 +76,22 @@ class RunSettings:
         if unknown:
             raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
         return cls(**values)
+
+
+class RunSettings(Settings):
+    """Needs the dataclass fields ``data``, ``out``, ``device`` (and, for :meth:`sampling_params`,
+    ``temperature``, ``top_p``, ``max_new_tokens``, ``seed``) and a class attribute ``method``."""
+
+    def check_files(self) -> None:
+        """The prompt file exists and an output folder is named."""
+        if not self.data or not Path(self.data).expanduser().is_file():
+            raise ValueError(f"prompt file not found: {self.data!r}")
+        if not self.out:
+            raise ValueError("out must name an output folder")
+
+    def sampling_params(self) -> Any:
+        """The run's :class:`alignment.sampling.SamplingParams`."""
+        from alignment.sampling import SamplingParams
+
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                              seed=self.seed)
