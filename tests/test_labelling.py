@@ -204,8 +204,8 @@ def test_pointwise_ratings_and_undo(db):
 
 
 def test_an_unfinished_form_is_refused_by_the_service_and_writes_nothing(db):
-    """What the Annotate tab refuses (no choice, a card without a rank or rating), the services refuse
-    too, with the same words: the API endpoints and scripts get the same checks as the page."""
+    """An unfinished Annotate form (no choice, a card without a rank or rating) is refused by the
+    services themselves (the page shows their message): API calls and scripts get the same checks."""
     make_project(db, "p")
     make_project(db, "r", mode="listwise", k=3)
     make_project(db, "pt", mode="pointwise", k=3)
@@ -214,9 +214,9 @@ def test_an_unfinished_form_is_refused_by_the_service_and_writes_nothing(db):
     before = table_counts(db)
     with pytest.raises(InputError, match=r"pick A, B, tie or both bad first"):
         L.submit_pairwise(db, L.next_item(db, "p", "alice"), "")
-    with pytest.raises(InputError, match=r"give every response a rank \(1 = best; equal numbers = tie\)"):
+    with pytest.raises(InputError, match="every response needs a rank: a whole number, got"):
         L.groups_from_ranks(L.next_item(db, "r", "alice"), [1, None, 2])
-    with pytest.raises(InputError, match="rate every response from 1 to 5"):
+    with pytest.raises(InputError, match="every rating must be a whole number from 1 to 5, got"):
         L.submit_ratings(db, L.next_item(db, "pt", "alice"), [4, None, 5])
     assert table_counts(db) == before
 

@@ -354,8 +354,6 @@ def groups_from_ranks(view: ItemView, ranks: list[int]) -> list[list[int]]:
     """UI helper: rank numbers per shown card (1 = best, equal numbers = tie) -> groups best first."""
     if len(ranks) != len(view.responses):
         raise InputError(f"give a rank to each of the {len(view.responses)} responses")
-    if any(rank is None for rank in ranks):
-        raise InputError("give every response a rank (1 = best; equal numbers = tie)")
     n = len(view.responses)
     by_rank: dict[int, list[int]] = {}
     for r, rank in zip(view.responses, ranks):
@@ -392,8 +390,6 @@ def submit_ratings(db: Database, view: ItemView, scores: list[int], rationale: s
     rationale = _clean_text(rationale, "rationale", MAX_RATIONALE_CHARS)
     if len(scores) != len(view.responses):
         raise InputError(f"rate each of the {len(view.responses)} responses")
-    if any(score is None for score in scores):
-        raise InputError("rate every response from 1 to 5")
     scores = [whole_number(score, "every rating must be a whole number from 1 to 5") for score in scores]
     if any(score not in range(1, 6) for score in scores):
         raise InputError("every rating must be a whole number from 1 to 5")
