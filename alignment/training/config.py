@@ -245,37 +245,37 @@ class OnlineRLConfig(CommonConfig):
 
     data: str = field(metadata={"help": "Prompt file: JSONL rows with 'prompt' (a string or chat messages) or "
                                         "'messages'; other columns reach the reward functions."})
-    lr: float = _f(1e-5, "AdamW learning rate for the LoRA parameters.")
-    lora_dropout: float = _f(0.0, "Dropout on the LoRA branch (0: the update scores tokens exactly as the "
+    lr: float = help_field(1e-5, "AdamW learning rate for the LoRA parameters.")
+    lora_dropout: float = help_field(0.0, "Dropout on the LoRA branch (0: the update scores tokens exactly as the "
                                   "rollout did, so the first importance ratio is 1).")
-    max_steps: int | None = _f(None, "Optimizer steps (overrides epochs: one epoch is one pass over the training "
+    max_steps: int | None = help_field(None, "Optimizer steps (overrides epochs: one epoch is one pass over the training "
                                      "prompts). A rollout serves several steps when it is reused.")
-    batch_size: int = _f(8, "Prompts per step, each sampled num_generations times.")
-    micro_batch_size: int | None = _f(None, "Prompts per forward pass (with all their completions); empty: 1 on the "
+    batch_size: int = help_field(8, "Prompts per step, each sampled num_generations times.")
+    micro_batch_size: int | None = help_field(None, "Prompts per forward pass (with all their completions); empty: 1 on the "
                                             "CPU, the whole batch on a GPU.")
-    num_generations: int = _f(1, "Completions sampled per prompt (K).")
-    max_new_tokens: int = _f(64, "Most tokens sampled per completion.")
-    temperature: float = _f(1.0, "Sampling temperature of the rollouts (> 0: RL needs samples, not greedy answers).")
-    top_p: float = _f(1.0, "Nucleus sampling of the rollouts (1: the full distribution, as the log-probs assume).")
-    reward_model: str | None = _f(None, "Reward model folder trained in the app (the --out of `train rm`).")
-    reward_model_weight: float = _f(1.0, "Weight of the reward model's score in the total reward.")
-    reward_fn: list[str] = _f((), "Reward functions FILE.py:NAME[@WEIGHT], TRL's signature: "
+    num_generations: int = help_field(1, "Completions sampled per prompt (K).")
+    max_new_tokens: int = help_field(64, "Most tokens sampled per completion.")
+    temperature: float = help_field(1.0, "Sampling temperature of the rollouts (> 0: RL needs samples, not greedy answers).")
+    top_p: float = help_field(1.0, "Nucleus sampling of the rollouts (1: the full distribution, as the log-probs assume).")
+    reward_model: str | None = help_field(None, "Reward model folder trained in the app (the --out of `train rm`).")
+    reward_model_weight: float = help_field(1.0, "Weight of the reward model's score in the total reward.")
+    reward_fn: list[str] = help_field((), "Reward functions FILE.py:NAME[@WEIGHT], TRL's signature: "
                                   "fn(prompts, completions, **columns) -> one float or None per completion.")
-    reward_rule: list[str] = _f((), "Built-in rewards NAME[:ARG][@WEIGHT]: 'regex:PATTERN' (1 on a match), "
+    reward_rule: list[str] = help_field((), "Built-in rewards NAME[:ARG][@WEIGHT]: 'regex:PATTERN' (1 on a match), "
                                     "'length:TOKENS' (1 at that length), 'eos' (1 when the answer ended itself).")
-    truncation_penalty: float = _f(0.0, "Subtracted from the reward of answers cut at max_new_tokens.")
-    init_adapter: str | None = _f(None, "Start from this LoRA adapter (e.g. a DPO or SFT run) and use it, frozen, "
+    truncation_penalty: float = help_field(0.0, "Subtracted from the reward of answers cut at max_new_tokens.")
+    init_adapter: str | None = help_field(None, "Start from this LoRA adapter (e.g. a DPO or SFT run) and use it, frozen, "
                                         "as the reference; default: a fresh adapter, the bare base as reference.")
-    eval_fraction: float = _f(0.1, "Share of the prompts held out to measure the reward before and after training.")
-    eval_generations: int = _f(2, "Completions sampled per held-out prompt for the before/after reward.")
-    rollouts_shown: int = _f(4, "Completions of each rollout written with their rewards to rollouts.jsonl.")
+    eval_fraction: float = help_field(0.1, "Share of the prompts held out to measure the reward before and after training.")
+    eval_generations: int = help_field(2, "Completions sampled per held-out prompt for the before/after reward.")
+    rollouts_shown: int = help_field(4, "Completions of each rollout written with their rewards to rollouts.jsonl.")
 
     def validate(self) -> None:
         super().validate()
-        _check_int("num_generations", self.num_generations, minimum=1, maximum=MAX_GENERATIONS)
-        _check_int("max_new_tokens", self.max_new_tokens, minimum=1, maximum=MAX_NEW_TOKENS)
-        _check_int("eval_generations", self.eval_generations, minimum=1, maximum=MAX_GENERATIONS)
-        _check_int("rollouts_shown", self.rollouts_shown, minimum=0, maximum=MAX_GENERATIONS)
+        check_int("num_generations", self.num_generations, minimum=1, maximum=MAX_GENERATIONS)
+        check_int("max_new_tokens", self.max_new_tokens, minimum=1, maximum=MAX_NEW_TOKENS)
+        check_int("eval_generations", self.eval_generations, minimum=1, maximum=MAX_GENERATIONS)
+        check_int("rollouts_shown", self.rollouts_shown, minimum=0, maximum=MAX_GENERATIONS)
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
                 and self.temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
@@ -309,19 +309,19 @@ class GRPOConfig(OnlineRLConfig):
 
     method: ClassVar[str] = "grpo"
 
-    batch_size: int = _f(2, "Prompts per step, each sampled num_generations times.")
-    num_generations: int = _f(4, "Completions sampled per prompt (K >= 2: the group is the baseline).")
-    beta: float = _f(0.04, "Weight of the k3 KL penalty to the reference (0: no reference pass at all).")
-    advantage_estimator: str = _f("grpo", f"One of {', '.join(ADVANTAGE_ESTIMATORS)}: group mean/std (GRPO), "
+    batch_size: int = help_field(2, "Prompts per step, each sampled num_generations times.")
+    num_generations: int = help_field(4, "Completions sampled per prompt (K >= 2: the group is the baseline).")
+    beta: float = help_field(0.04, "Weight of the k3 KL penalty to the reference (0: no reference pass at all).")
+    advantage_estimator: str = help_field("grpo", f"One of {', '.join(ADVANTAGE_ESTIMATORS)}: group mean/std (GRPO), "
                                           "group mean only (Dr. GRPO), leave-one-out baseline (RLOO).")
-    scale_rewards: str = _f("group", f"Divide advantages by the std of the {'/'.join(REWARD_SCALINGS[:2])} or "
+    scale_rewards: str = help_field("group", f"Divide advantages by the std of the {'/'.join(REWARD_SCALINGS[:2])} or "
                                      "not at all ('none'; Dr. GRPO uses none).")
-    loss_aggregation: str = _f("sequence", f"One of {', '.join(LOSS_AGGREGATIONS)}: mean over each answer then "
+    loss_aggregation: str = help_field("sequence", f"One of {', '.join(LOSS_AGGREGATIONS)}: mean over each answer then "
                                            "answers (GRPO), over all tokens (DAPO), or sum / max_new_tokens "
                                            "(Dr. GRPO).")
-    epsilon: float = _f(0.2, "Clip range of the importance ratio (lower side).")
-    epsilon_high: float | None = _f(None, "Upper clip range (DAPO's clip-higher, e.g. 0.28); empty: epsilon.")
-    num_iterations: int = _f(1, "Updates per rollout; above 1 the rollout is reused with the importance ratio.")
+    epsilon: float = help_field(0.2, "Clip range of the importance ratio (lower side).")
+    epsilon_high: float | None = help_field(None, "Upper clip range (DAPO's clip-higher, e.g. 0.28); empty: epsilon.")
+    num_iterations: int = help_field(1, "Updates per rollout; above 1 the rollout is reused with the importance ratio.")
 
     def validate(self) -> None:
         super().validate()
@@ -336,7 +336,7 @@ class GRPOConfig(OnlineRLConfig):
         _check_clip("epsilon", self.epsilon)
         if self.epsilon_high is not None:
             _check_clip("epsilon_high", self.epsilon_high)
-        _check_int("num_iterations", self.num_iterations, minimum=1, maximum=MAX_EPOCHS)
+        check_int("num_iterations", self.num_iterations, minimum=1, maximum=MAX_EPOCHS)
 
 
 @dataclass(kw_only=True)
@@ -346,20 +346,20 @@ class PPOConfig(OnlineRLConfig):
 
     method: ClassVar[str] = "ppo"
 
-    gamma: float = _f(1.0, "Discount factor of GAE.")
-    lam: float = _f(0.95, "GAE lambda: 1 = Monte Carlo returns, 0 = one-step TD.")
-    cliprange: float = _f(0.2, "Clip range of the policy's importance ratio.")
-    cliprange_value: float = _f(0.2, "Clip range of the critic's value updates.")
-    vf_coef: float = _f(0.1, "Weight of the value loss.")
-    kl_coef: float = _f(0.05, "Weight of the per-token KL penalty in the reward (the starting value when "
+    gamma: float = help_field(1.0, "Discount factor of GAE.")
+    lam: float = help_field(0.95, "GAE lambda: 1 = Monte Carlo returns, 0 = one-step TD.")
+    cliprange: float = help_field(0.2, "Clip range of the policy's importance ratio.")
+    cliprange_value: float = help_field(0.2, "Clip range of the critic's value updates.")
+    vf_coef: float = help_field(0.1, "Weight of the value loss.")
+    kl_coef: float = help_field(0.05, "Weight of the per-token KL penalty in the reward (the starting value when "
                               "target_kl is set).")
-    kl_estimator: str = _f("k1", f"Per-token KL estimator in the reward: one of {', '.join(KL_ESTIMATORS)}.")
-    target_kl: float | None = _f(None, "Adaptive KL controller (Ziegler et al. 2019): steer the KL towards this "
+    kl_estimator: str = help_field("k1", f"Per-token KL estimator in the reward: one of {', '.join(KL_ESTIMATORS)}.")
+    target_kl: float | None = help_field(None, "Adaptive KL controller (Ziegler et al. 2019): steer the KL towards this "
                                        "value; empty: a fixed kl_coef.")
-    kl_horizon: int = _f(10_000, "Adaptive KL controller horizon, in rollouts.")
-    ppo_epochs: int = _f(4, "Optimizer steps on each rollout (PPO epochs; the batch is one mini-batch).")
-    whiten_advantages: bool = _f(True, "Normalise advantages to mean 0, std 1 over each rollout.")
-    critic_from_reward_model: bool = _f(False, "Initialise the critic's value head from the reward model's score "
+    kl_horizon: int = help_field(10_000, "Adaptive KL controller horizon, in rollouts.")
+    ppo_epochs: int = help_field(4, "Optimizer steps on each rollout (PPO epochs; the batch is one mini-batch).")
+    whiten_advantages: bool = help_field(True, "Normalise advantages to mean 0, std 1 over each rollout.")
+    critic_from_reward_model: bool = help_field(False, "Initialise the critic's value head from the reward model's score "
                                                "head (same base model only).")
 
     def validate(self) -> None:
@@ -377,8 +377,8 @@ class PPOConfig(OnlineRLConfig):
         _check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         if self.target_kl is not None and not (isinstance(self.target_kl, (int, float)) and self.target_kl > 0):
             raise ValueError(f"target_kl must be > 0 or empty, got {self.target_kl!r}")
-        _check_int("kl_horizon", self.kl_horizon, minimum=1, maximum=MAX_STEPS)
-        _check_int("ppo_epochs", self.ppo_epochs, minimum=1, maximum=MAX_EPOCHS)
+        check_int("kl_horizon", self.kl_horizon, minimum=1, maximum=MAX_STEPS)
+        check_int("ppo_epochs", self.ppo_epochs, minimum=1, maximum=MAX_EPOCHS)
         if self.critic_from_reward_model and not self.reward_model:
             raise ValueError("critic_from_reward_model needs reward_model")
 
