@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from alignment.run_folder import TRAINING_CONFIG
-from alignment.settings import Settings, check_int, help_field
+from alignment.settings import Settings, check_int
+from alignment.settings import help_field as _f  # short: it opens every field line below
 
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
@@ -43,36 +44,36 @@ class CommonConfig(Settings):
 
     data: str = field(metadata={"help": "Path to the training JSONL file (TRL format as exported by prefstudio)."})
     out: str = field(metadata={"help": "Run folder: adapter, tokenizer, config, metrics, progress and checkpoints."})
-    model: str = help_field("default", "Base model spec: 'default' (embedded SmolLM2-135M-Instruct), a .gguf file, "
+    model: str = _f("default", "Base model spec: 'default' (embedded SmolLM2-135M-Instruct), a .gguf file, "
                                "a local HF folder or a hub id.")
-    epochs: int = help_field(1, "Passes over the training split (ignored when max_steps is set).")
-    max_steps: int | None = help_field(None, "Stop after this many optimizer steps (overrides epochs; cycles the data).")
-    lr: float = help_field(1e-4, "AdamW learning rate for the LoRA parameters.")
-    lr_schedule: str = help_field("constant", f"Learning-rate schedule: one of {', '.join(LR_SCHEDULES)}.")
-    warmup_steps: int = help_field(0, "Linear warm-up steps from 0 to lr.")
-    weight_decay: float = help_field(0.0, "AdamW weight decay.")
-    max_grad_norm: float | None = help_field(1.0, "Clip the gradient norm to this value (None: no clipping).")
-    batch_size: int = help_field(4, "Examples per batch (a pair or a ranking counts once); an optimizer step takes "
+    epochs: int = _f(1, "Passes over the training split (ignored when max_steps is set).")
+    max_steps: int | None = _f(None, "Stop after this many optimizer steps (overrides epochs; cycles the data).")
+    lr: float = _f(1e-4, "AdamW learning rate for the LoRA parameters.")
+    lr_schedule: str = _f("constant", f"Learning-rate schedule: one of {', '.join(LR_SCHEDULES)}.")
+    warmup_steps: int = _f(0, "Linear warm-up steps from 0 to lr.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float | None = _f(1.0, "Clip the gradient norm to this value (None: no clipping).")
+    batch_size: int = _f(4, "Examples per batch (a pair or a ranking counts once); an optimizer step takes "
                             "grad_accum batches.")
-    grad_accum: int = help_field(1, "Batches accumulated per optimizer step.")
-    micro_batch_size: int | None = help_field(None, "Examples per forward pass: a batch runs as forward/backward passes of "
+    grad_accum: int = _f(1, "Batches accumulated per optimizer step.")
+    micro_batch_size: int | None = _f(None, "Examples per forward pass: a batch runs as forward/backward passes of "
                                             "this many with the gradients summed (the same step, less memory). "
                                             "Empty: 1 on the CPU, the whole batch on a GPU.")
-    max_length: int = help_field(512, "Maximum tokens of prompt + completion; prompts are truncated from the left first.")
-    lora_r: int = help_field(16, "LoRA rank.")
-    lora_alpha: int = help_field(32, "LoRA scaling alpha.")
-    lora_dropout: float = help_field(0.05, "Dropout on the LoRA branch.")
-    target_modules: str | list[str] = help_field("all-linear", "Modules to adapt: 'all-linear' or a list of module names.")
-    eval_fraction: float = help_field(0.1, "Share of the data held out for evaluation (split by prompt, seeded).")
-    seed: int = help_field(0, "Seed for the split, the shuffling, LoRA initialisation and dropout.")
-    device: str = help_field("auto", "Where to train: 'auto' (CUDA when available), 'cpu' or 'cuda'.")
-    load_in_4bit: bool = help_field(False, "QLoRA: load the base model in 4-bit NF4 with bitsandbytes (CUDA only).")
-    gradient_checkpointing: bool = help_field(False, "Recompute activations in the backward pass: far less memory for "
+    max_length: int = _f(512, "Maximum tokens of prompt + completion; prompts are truncated from the left first.")
+    lora_r: int = _f(16, "LoRA rank.")
+    lora_alpha: int = _f(32, "LoRA scaling alpha.")
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA branch.")
+    target_modules: str | list[str] = _f("all-linear", "Modules to adapt: 'all-linear' or a list of module names.")
+    eval_fraction: float = _f(0.1, "Share of the data held out for evaluation (split by prompt, seeded).")
+    seed: int = _f(0, "Seed for the split, the shuffling, LoRA initialisation and dropout.")
+    device: str = _f("auto", "Where to train: 'auto' (CUDA when available), 'cpu' or 'cuda'.")
+    load_in_4bit: bool = _f(False, "QLoRA: load the base model in 4-bit NF4 with bitsandbytes (CUDA only).")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: far less memory for "
                                              "about a third more compute (for long sequences; small forward "
                                              "passes, micro_batch_size, are the cheaper saving).")
-    logging_steps: int = help_field(1, "Report a 'step' event every this many optimizer steps.")
-    save_steps: int | None = help_field(None, "Write a resumable checkpoint every this many steps (None: only the final save).")
-    resume_from: str | None = help_field(None, "Checkpoint folder (out/checkpoint-N) to continue from.")
+    logging_steps: int = _f(1, "Report a 'step' event every this many optimizer steps.")
+    save_steps: int | None = _f(None, "Write a resumable checkpoint every this many steps (None: only the final save).")
+    resume_from: str | None = _f(None, "Checkpoint folder (out/checkpoint-N) to continue from.")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -187,11 +188,11 @@ class DPOConfig(CommonConfig):
 
     method: ClassVar[str] = "dpo"
 
-    lr: float = help_field(5e-5, "AdamW learning rate for the LoRA parameters.")
-    beta: float = help_field(0.1, "DPO temperature: how far the policy may move from the reference (> 0).")
-    loss: str = help_field("sigmoid", f"DPO loss: one of {', '.join(DPO_LOSS_TYPES)} (ipo on per-token average "
+    lr: float = _f(5e-5, "AdamW learning rate for the LoRA parameters.")
+    beta: float = _f(0.1, "DPO temperature: how far the policy may move from the reference (> 0).")
+    loss: str = _f("sigmoid", f"DPO loss: one of {', '.join(DPO_LOSS_TYPES)} (ipo on per-token average "
                               f"log-ratios, as in the IPO paper and TRL).")
-    label_smoothing: float = help_field(0.0, "Conservative DPO: assumed share of flipped labels, in [0, 0.5).")
+    label_smoothing: float = _f(0.0, "Conservative DPO: assumed share of flipped labels, in [0, 0.5).")
 
     def validate(self) -> None:
         super().validate()
@@ -210,9 +211,9 @@ class PLDPOConfig(CommonConfig):
 
     method: ClassVar[str] = "pl_dpo"
 
-    lr: float = help_field(5e-5, "AdamW learning rate for the LoRA parameters.")
-    batch_size: int = help_field(2, "Rankings per micro-batch (each holds K completions; CPU default 2).")
-    beta: float = help_field(0.1, "DPO temperature for the Plackett-Luce loss (> 0). Tied ranks are used, with "
+    lr: float = _f(5e-5, "AdamW learning rate for the LoRA parameters.")
+    batch_size: int = _f(2, "Rankings per micro-batch (each holds K completions; CPU default 2).")
+    beta: float = _f(0.1, "DPO temperature for the Plackett-Luce loss (> 0). Tied ranks are used, with "
                           "Efron's treatment of ties.")
 
     def validate(self) -> None:
@@ -226,8 +227,8 @@ class RewardConfig(CommonConfig):
 
     method: ClassVar[str] = "reward"
 
-    lr: float = help_field(1e-4, "AdamW learning rate for the LoRA parameters and the score head.")
-    use_margin: bool = help_field(False, "Use each row's 'margin' field (e.g. a rating gap) in the loss; rows "
+    lr: float = _f(1e-4, "AdamW learning rate for the LoRA parameters and the score head.")
+    use_margin: bool = _f(False, "Use each row's 'margin' field (e.g. a rating gap) in the loss; rows "
                                  "without one get margin 0.")
 
 
@@ -245,30 +246,30 @@ class OnlineRLConfig(CommonConfig):
 
     data: str = field(metadata={"help": "Prompt file: JSONL rows with 'prompt' (a string or chat messages) or "
                                         "'messages'; other columns reach the reward functions."})
-    lr: float = help_field(1e-5, "AdamW learning rate for the LoRA parameters.")
-    lora_dropout: float = help_field(0.0, "Dropout on the LoRA branch (0: the update scores tokens exactly as the "
+    lr: float = _f(1e-5, "AdamW learning rate for the LoRA parameters.")
+    lora_dropout: float = _f(0.0, "Dropout on the LoRA branch (0: the update scores tokens exactly as the "
                                   "rollout did, so the first importance ratio is 1).")
-    max_steps: int | None = help_field(None, "Optimizer steps (overrides epochs: one epoch is one pass over the training "
+    max_steps: int | None = _f(None, "Optimizer steps (overrides epochs: one epoch is one pass over the training "
                                      "prompts). A rollout serves several steps when it is reused.")
-    batch_size: int = help_field(8, "Prompts per step, each sampled num_generations times.")
-    micro_batch_size: int | None = help_field(None, "Prompts per forward pass (with all their completions); empty: 1 on the "
+    batch_size: int = _f(8, "Prompts per step, each sampled num_generations times.")
+    micro_batch_size: int | None = _f(None, "Prompts per forward pass (with all their completions); empty: 1 on the "
                                             "CPU, the whole batch on a GPU.")
-    num_generations: int = help_field(1, "Completions sampled per prompt (K).")
-    max_new_tokens: int = help_field(64, "Most tokens sampled per completion.")
-    temperature: float = help_field(1.0, "Sampling temperature of the rollouts (> 0: RL needs samples, not greedy answers).")
-    top_p: float = help_field(1.0, "Nucleus sampling of the rollouts (1: the full distribution, as the log-probs assume).")
-    reward_model: str | None = help_field(None, "Reward model folder trained in the app (the --out of `train rm`).")
-    reward_model_weight: float = help_field(1.0, "Weight of the reward model's score in the total reward.")
-    reward_fn: list[str] = help_field((), "Reward functions FILE.py:NAME[@WEIGHT], TRL's signature: "
+    num_generations: int = _f(1, "Completions sampled per prompt (K).")
+    max_new_tokens: int = _f(64, "Most tokens sampled per completion.")
+    temperature: float = _f(1.0, "Sampling temperature of the rollouts (> 0: RL needs samples, not greedy answers).")
+    top_p: float = _f(1.0, "Nucleus sampling of the rollouts (1: the full distribution, as the log-probs assume).")
+    reward_model: str | None = _f(None, "Reward model folder trained in the app (the --out of `train rm`).")
+    reward_model_weight: float = _f(1.0, "Weight of the reward model's score in the total reward.")
+    reward_fn: list[str] = _f((), "Reward functions FILE.py:NAME[@WEIGHT], TRL's signature: "
                                   "fn(prompts, completions, **columns) -> one float or None per completion.")
-    reward_rule: list[str] = help_field((), "Built-in rewards NAME[:ARG][@WEIGHT]: 'regex:PATTERN' (1 on a match), "
+    reward_rule: list[str] = _f((), "Built-in rewards NAME[:ARG][@WEIGHT]: 'regex:PATTERN' (1 on a match), "
                                     "'length:TOKENS' (1 at that length), 'eos' (1 when the answer ended itself).")
-    truncation_penalty: float = help_field(0.0, "Subtracted from the reward of answers cut at max_new_tokens.")
-    init_adapter: str | None = help_field(None, "Start from this LoRA adapter (e.g. a DPO or SFT run) and use it, frozen, "
+    truncation_penalty: float = _f(0.0, "Subtracted from the reward of answers cut at max_new_tokens.")
+    init_adapter: str | None = _f(None, "Start from this LoRA adapter (e.g. a DPO or SFT run) and use it, frozen, "
                                         "as the reference; default: a fresh adapter, the bare base as reference.")
-    eval_fraction: float = help_field(0.1, "Share of the prompts held out to measure the reward before and after training.")
-    eval_generations: int = help_field(2, "Completions sampled per held-out prompt for the before/after reward.")
-    rollouts_shown: int = help_field(4, "Completions of each rollout written with their rewards to rollouts.jsonl.")
+    eval_fraction: float = _f(0.1, "Share of the prompts held out to measure the reward before and after training.")
+    eval_generations: int = _f(2, "Completions sampled per held-out prompt for the before/after reward.")
+    rollouts_shown: int = _f(4, "Completions of each rollout written with their rewards to rollouts.jsonl.")
 
     def validate(self) -> None:
         super().validate()
@@ -309,19 +310,19 @@ class GRPOConfig(OnlineRLConfig):
 
     method: ClassVar[str] = "grpo"
 
-    batch_size: int = help_field(2, "Prompts per step, each sampled num_generations times.")
-    num_generations: int = help_field(4, "Completions sampled per prompt (K >= 2: the group is the baseline).")
-    beta: float = help_field(0.04, "Weight of the k3 KL penalty to the reference (0: no reference pass at all).")
-    advantage_estimator: str = help_field("grpo", f"One of {', '.join(ADVANTAGE_ESTIMATORS)}: group mean/std (GRPO), "
+    batch_size: int = _f(2, "Prompts per step, each sampled num_generations times.")
+    num_generations: int = _f(4, "Completions sampled per prompt (K >= 2: the group is the baseline).")
+    beta: float = _f(0.04, "Weight of the k3 KL penalty to the reference (0: no reference pass at all).")
+    advantage_estimator: str = _f("grpo", f"One of {', '.join(ADVANTAGE_ESTIMATORS)}: group mean/std (GRPO), "
                                           "group mean only (Dr. GRPO), leave-one-out baseline (RLOO).")
-    scale_rewards: str = help_field("group", f"Divide advantages by the std of the {'/'.join(REWARD_SCALINGS[:2])} or "
+    scale_rewards: str = _f("group", f"Divide advantages by the std of the {'/'.join(REWARD_SCALINGS[:2])} or "
                                      "not at all ('none'; Dr. GRPO uses none).")
-    loss_aggregation: str = help_field("sequence", f"One of {', '.join(LOSS_AGGREGATIONS)}: mean over each answer then "
+    loss_aggregation: str = _f("sequence", f"One of {', '.join(LOSS_AGGREGATIONS)}: mean over each answer then "
                                            "answers (GRPO), over all tokens (DAPO), or sum / max_new_tokens "
                                            "(Dr. GRPO).")
-    epsilon: float = help_field(0.2, "Clip range of the importance ratio (lower side).")
-    epsilon_high: float | None = help_field(None, "Upper clip range (DAPO's clip-higher, e.g. 0.28); empty: epsilon.")
-    num_iterations: int = help_field(1, "Updates per rollout; above 1 the rollout is reused with the importance ratio.")
+    epsilon: float = _f(0.2, "Clip range of the importance ratio (lower side).")
+    epsilon_high: float | None = _f(None, "Upper clip range (DAPO's clip-higher, e.g. 0.28); empty: epsilon.")
+    num_iterations: int = _f(1, "Updates per rollout; above 1 the rollout is reused with the importance ratio.")
 
     def validate(self) -> None:
         super().validate()
@@ -346,20 +347,20 @@ class PPOConfig(OnlineRLConfig):
 
     method: ClassVar[str] = "ppo"
 
-    gamma: float = help_field(1.0, "Discount factor of GAE.")
-    lam: float = help_field(0.95, "GAE lambda: 1 = Monte Carlo returns, 0 = one-step TD.")
-    cliprange: float = help_field(0.2, "Clip range of the policy's importance ratio.")
-    cliprange_value: float = help_field(0.2, "Clip range of the critic's value updates.")
-    vf_coef: float = help_field(0.1, "Weight of the value loss.")
-    kl_coef: float = help_field(0.05, "Weight of the per-token KL penalty in the reward (the starting value when "
+    gamma: float = _f(1.0, "Discount factor of GAE.")
+    lam: float = _f(0.95, "GAE lambda: 1 = Monte Carlo returns, 0 = one-step TD.")
+    cliprange: float = _f(0.2, "Clip range of the policy's importance ratio.")
+    cliprange_value: float = _f(0.2, "Clip range of the critic's value updates.")
+    vf_coef: float = _f(0.1, "Weight of the value loss.")
+    kl_coef: float = _f(0.05, "Weight of the per-token KL penalty in the reward (the starting value when "
                               "target_kl is set).")
-    kl_estimator: str = help_field("k1", f"Per-token KL estimator in the reward: one of {', '.join(KL_ESTIMATORS)}.")
-    target_kl: float | None = help_field(None, "Adaptive KL controller (Ziegler et al. 2019): steer the KL towards this "
+    kl_estimator: str = _f("k1", f"Per-token KL estimator in the reward: one of {', '.join(KL_ESTIMATORS)}.")
+    target_kl: float | None = _f(None, "Adaptive KL controller (Ziegler et al. 2019): steer the KL towards this "
                                        "value; empty: a fixed kl_coef.")
-    kl_horizon: int = help_field(10_000, "Adaptive KL controller horizon, in rollouts.")
-    ppo_epochs: int = help_field(4, "Optimizer steps on each rollout (PPO epochs; the batch is one mini-batch).")
-    whiten_advantages: bool = help_field(True, "Normalise advantages to mean 0, std 1 over each rollout.")
-    critic_from_reward_model: bool = help_field(False, "Initialise the critic's value head from the reward model's score "
+    kl_horizon: int = _f(10_000, "Adaptive KL controller horizon, in rollouts.")
+    ppo_epochs: int = _f(4, "Optimizer steps on each rollout (PPO epochs; the batch is one mini-batch).")
+    whiten_advantages: bool = _f(True, "Normalise advantages to mean 0, std 1 over each rollout.")
+    critic_from_reward_model: bool = _f(False, "Initialise the critic's value head from the reward model's score "
                                                "head (same base model only).")
 
     def validate(self) -> None:
