@@ -31,16 +31,13 @@ from torch import Tensor
 
 from alignment.adapters import base_weights, policy_weights
 from alignment.logprobs import completion_token_logps
+from alignment.rl.kl import k3
 
 
 def k3_per_token(policy_logps: Tensor, base_logps: Tensor) -> Tensor:
-    """``(r - 1) - log r`` per token with ``log r = log π_base(y_t) - log π(y_t)`` (k3, non-negative).
-
-    ``expm1`` keeps ``r - 1`` exact for tiny log-ratios, where k3 ~ (log r)^2 / 2.
-    """
-    log_ratio = base_logps.double() - policy_logps.double()
-    return torch.expm1(log_ratio) - log_ratio
-
+    """``(r - 1) - log r`` per token with ``log r = log π_base(y_t) - log π(y_t)`` (k3, non-negative),
+    in float64: :func:`alignment.rl.kl.k3`, the one k3 of the project."""
+    return k3(policy_logps.double(), base_logps.double())
 
 
 @torch.no_grad()

@@ -24,9 +24,13 @@ def k1(logps: Tensor, ref_logps: Tensor) -> Tensor:
 
 
 def k3(logps: Tensor, ref_logps: Tensor) -> Tensor:
-    """``exp(log π_ref − log π) − (log π_ref − log π) − 1`` per token (Schulman 2020, k3)."""
+    """``exp(log π_ref − log π) − (log π_ref − log π) − 1`` per token (Schulman 2020, k3).
+
+    ``expm1`` keeps ``r − 1`` exact for tiny log-ratios, where k3 ≈ (log r)² / 2 would otherwise
+    drown in rounding (the Compare tab's KL to base is such a case).
+    """
     log_ratio = ref_logps - logps
-    return torch.exp(log_ratio) - log_ratio - 1
+    return torch.expm1(log_ratio) - log_ratio
 
 
 KL_ESTIMATORS = {"k1": k1, "k3": k3}
