@@ -156,16 +156,25 @@ def test_launch_watch_cancel_succeed_and_find_the_adapter(page, server, tiny_mod
     queue = page.locator("#job-queue").inner_text()
     assert re.search(r"step \d+/10000", queue) and "waiting for the device" in queue
     assert drawn_points(page, "loss") >= 1
+    # Only the actions the watched job can take look clickable (issue 12, item 9).
+    expect(page.locator("#job-cancel")).to_be_enabled()
+    expect(page.locator("#job-resume")).to_be_disabled()
+    expect(page.locator("#job-download")).to_be_disabled()
 
     page.click("#job-cancel")
     wait_status(page, f"Job {long_job} cancelled", elem_id="train-status")
     assert job_status(db, long_job) == JobStatus.cancelled
     expect(page.locator("#job-progress")).to_contain_text("cancelled")
+    expect(page.locator("#job-cancel")).to_be_disabled()
+    expect(page.locator("#job-resume")).to_be_enabled()
 
     # Picking the short job shows it run to success; the pick holds while it runs and after.
     pick_dropdown_starting(page, "job-select", f"{short_job} · ")
     expect(page.locator("#job-progress")).to_contain_text(f"job {short_job} · succeeded · step 3/3", timeout=180_000)
     expect(page.locator("#job-queue")).to_contain_text("cancelled")
+    expect(page.locator("#job-cancel")).to_be_disabled()
+    expect(page.locator("#job-resume")).to_be_disabled()
+    expect(page.locator("#job-download")).to_be_enabled()
 
     # The plot draws a point per logged step for the loss and the reward accuracy, joined by a line.
     expect(page.locator("#job-plot svg[data-series='loss'] circle")).to_have_count(3)
@@ -391,6 +400,9 @@ def test_a_missing_model_is_refused_and_a_failed_job_says_why(page, server, tiny
     row = page.locator("#job-queue tr", has_text=f"failed: {reason[:40]}")
     expect(row).to_have_count(1)
     expect(page.locator("#job-log textarea")).to_have_value(re.compile("Traceback"))
+    expect(page.locator("#job-cancel")).to_be_disabled()
+    expect(page.locator("#job-resume")).to_be_enabled()
+    expect(page.locator("#job-download")).to_be_disabled()
 
 
 def test_train_form_puts_the_usual_settings_first_keeps_values_per_method_and_words_errors(page, server):

@@ -162,3 +162,26 @@ def test_a_new_config_class_gets_its_form_with_no_ui_code():
 
     assert accordion(form["clip"]).elem_id == "new-advanced" and accordion(form["kl_estimator"]) is not None
     assert accordion(form["group_size"]) is None
+
+
+def test_cancel_resume_and_download_are_clickable_only_when_the_job_can_take_them(db):
+    import gradio as gr
+
+    from annotation.ui.context import UIContext
+    from annotation.ui.train import action_buttons, build_train_tab
+
+    ctx = UIContext(db=db, jobs=None, default_model="default")
+    with gr.Blocks():
+        tab = build_train_tab(ctx)
+
+    def clickable(row):
+        buttons = action_buttons(tab, row)
+        return [buttons[b]["interactive"] for b in (tab.cancel, tab.resume, tab.download)]
+
+    assert clickable(None) == [False, False, False]
+    assert clickable({"status": "queued", "output": None}) == [True, False, False]
+    assert clickable({"status": "running", "output": None}) == [True, False, False]
+    assert clickable({"status": "interrupted", "output": None}) == [False, True, False]
+    assert clickable({"status": "failed", "output": None}) == [False, True, False]
+    assert clickable({"status": "cancelled", "output": None}) == [False, True, False]
+    assert clickable({"status": "succeeded", "output": "/runs/1/adapter"}) == [False, False, True]

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 LOG_TAIL_CHARS = 4000
 FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+#: What cancel and resume accept (the Train tab enables its buttons by the same lists).
+CANCELLABLE = (JobStatus.queued, JobStatus.running)
+RESUMABLE = (JobStatus.interrupted, JobStatus.failed, JobStatus.cancelled)
 
 
 def _now() -> datetime:
@@ -194,7 +197,7 @@ class JobRunner:
         """Queue an interrupted (or failed/cancelled) job again, from its last checkpoint if any."""
         with transaction(self.db) as s:
             job = self._get(s, job_id)
-            if job.status not in (JobStatus.interrupted, JobStatus.failed, JobStatus.cancelled):
+            if job.status not in RESUMABLE:
                 raise InputError(f"job {job_id} is {job.status.value}: only interrupted, failed or cancelled "
                                  f"jobs can be resumed")
             config = dict(job.config)

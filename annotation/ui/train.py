@@ -25,7 +25,7 @@ from alignment.run_folder import CHECKPOINT_PREFIX, REFERENCE_FILE, ModelKind
 from alignment.training.config import DPO_LOSS_TYPES, LR_SCHEDULES
 from annotation.jobs.evaluation import SELECTIONS as EVAL_SELECTIONS
 from annotation.jobs.kinds import JOB_KINDS
-from annotation.jobs.runner import JobRequest, job_rows, log_tail, read_progress
+from annotation.jobs.runner import CANCELLABLE, RESUMABLE, JobRequest, job_rows, log_tail, read_progress
 from annotation.services import catalogue, models, projects
 from annotation.ui.context import UIContext
 from annotation.ui.forms import build_form, form_values, readable_error
@@ -123,9 +123,9 @@ def build_train_tab(ctx: UIContext) -> TrainTab:
     with gr.Row():
         # Custom values let scripts (gradio_client) name any job id: the page's choices start empty.
         job = gr.Dropdown(label="Job", choices=[], allow_custom_value=True, elem_id="job-select")
-        cancel = gr.Button("Cancel job", variant="stop", elem_id="job-cancel")
-        resume = gr.Button("Resume job", elem_id="job-resume")
-        download = gr.Button("Download output", elem_id="job-download")
+        cancel = gr.Button("Cancel job", variant="stop", elem_id="job-cancel", interactive=False)
+        resume = gr.Button("Resume job", elem_id="job-resume", interactive=False)
+        download = gr.Button("Download output", elem_id="job-download", interactive=False)
     bar = gr.HTML("", elem_id="job-progress", js_on_load=None)
     active = gr.HTML("", elem_id="jobs-active", js_on_load=None)
     plot = gr.HTML(plot_html([]), elem_id="job-plot", js_on_load=None)
@@ -262,7 +262,7 @@ def _wire(ctx: UIContext, tab: TrainTab) -> None:
     tab.launch.click(launch, [tab.job, tab.method, tab.project, tab.annotators, tab.since, tab.until, *all_fields],
                      [tab.status, tab.job], api_name="launch_job")
 
-    outputs = [tab.queue, tab.job, tab.bar, tab.active, tab.plot, tab.log]
+    outputs = [tab.queue, tab.job, tab.bar, tab.active, tab.plot, tab.log, tab.cancel, tab.resume, tab.download]
     gr.Timer(1.0).tick(lambda job_id: poll(ctx, tab, job_id), tab.job, outputs, show_progress="hidden")
     tab.job.change(lambda job_id: poll(ctx, tab, job_id), tab.job, outputs, show_progress="hidden")
 
@@ -318,7 +318,16 @@ def poll(ctx: UIContext, tab: TrainTab, job_id) -> dict:
     return {tab.queue: _queue_table(rows), tab.job: gr.update(choices=_job_choices(ctx, rows)),
             tab.bar: _progress_bar(rows, job_id), tab.active: _active_bars(rows, job_id),
             tab.plot: plot_html(read_progress(run_dir) if run_dir else []),
-            tab.log: log_tail(run_dir) if run_dir else ""}
+            tab.log: log_tail(run_dir) if run_dir else "", **action_buttons(tab, row)}
+
+
+def action_buttons(tab: TrainTab, row: dict | None) -> dict:
+    """Cancel, Resume and Download clickable only when the picked job can take that action (the
+    runner refuses the rest anyway; a button that looks enabled and then refuses misleads)."""
+    status = row["status"] if row else None
+    return {tab.cancel: gr.update(interactive=status in {s.value for s in CANCELLABLE}),
+            tab.resume: gr.update(interactive=status in {s.value for s in RESUMABLE}),
+            tab.download: gr.update(interactive=bool(row and row.get("output")))}
 
 
 def output_file(ctx: UIContext, job_id) -> Path:
