@@ -214,6 +214,11 @@ def test_enter_in_a_rank_box_submits_and_a_rank_above_k_is_refused(page, server)
     page.locator("#rank-2 input").press("Enter")
     expect(page.locator("#submit-notice")).to_contain_text("rank from 1 to 3")
     assert labels_of(server.db, Ranking, "rob") == []
+    # A fraction is refused too, not rounded by the page to a whole rank first (issue 12, item 18).
+    page.locator("#rank-1 input").fill("2.5")
+    page.locator("#rank-1 input").press("Enter")
+    expect(page.locator("#submit-notice")).to_contain_text("whole number")
+    assert labels_of(server.db, Ranking, "rob") == []
     page.locator("#rank-1 input").fill("3")
     page.locator("#rank-1 input").press("Enter")
     wait_status(page, f"ranking saved \\(item {item_id}\\)")

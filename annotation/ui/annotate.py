@@ -110,7 +110,7 @@ def build_annotate_tab(ctx: UIContext) -> AnnotateTab:
                 cards.append(gr.HTML("", elem_id=f"card-text-{i}", js_on_load=None))
                 # No minimum / maximum here: Gradio would answer a rank out of range with a bare
                 # "Error"; labelling.groups_from_ranks refuses it with the range this item takes.
-                ranks.append(gr.Number(label="Rank (1 = best; equal numbers = tie)", precision=0, value=None,
+                ranks.append(gr.Number(label="Rank (1 = best; equal numbers = tie)", value=None,
                                        elem_id=f"rank-{i}"))
                 ratings.append(gr.Radio(choices=[1, 2, 3, 4, 5], label="Rating (1 = poor, 5 = excellent)",
                                         elem_id=f"rating-{i}"))
