@@ -9,7 +9,7 @@ import torch
 from sqlalchemy import func, select
 
 from alignment.chat import render_prompt
-from alignment.judge import Verdict, judge_pair, judging_prompt, letter_token_ids
+from alignment.judge import DEFAULT_TIE_MARGIN, Verdict, judge_pair, judging_prompt, letter_token_ids
 from annotation.services import judge as J
 from annotation.services import labelling as L
 from annotation.services.projects import ProjectSettings, create_project, get_settings, update_project
@@ -38,8 +38,14 @@ def test_verdict_is_a_probability_and_deterministic(tiny_judge):
     first = judge_pair(tiny_judge.model, tiny_judge.tokenizer, CONVERSATION, "Paris.", "London, I think.")
     again = judge_pair(tiny_judge.model, tiny_judge.tokenizer, CONVERSATION, "Paris.", "London, I think.")
     assert isinstance(first, Verdict) and first == again
-    assert 0.0 <= first.prob_a <= 1.0 and 0.0 <= first.prob_a_first <= 1.0 and 0.0 <= first.prob_a_swapped <= 1.0
-    assert first.choice in ("a", "b", "tie")
+    # The verdict is the mean of both presentation orders, and the swapped order judged alone is
+    # the same pair shown the other way round (b as A): its P("A") is 1 - prob_a_swapped.
+    assert first.prob_a == pytest.approx((first.prob_a_first + first.prob_a_swapped) / 2, abs=1e-12)
+    swapped = judge_pair(tiny_judge.model, tiny_judge.tokenizer, CONVERSATION, "London, I think.", "Paris.")
+    assert swapped.prob_a_first == pytest.approx(1 - first.prob_a_swapped, abs=1e-6)
+    assert swapped.prob_a == pytest.approx(1 - first.prob_a, abs=1e-6)
+    expected = "tie" if abs(first.prob_a - 0.5) < DEFAULT_TIE_MARGIN else ("a" if first.prob_a > 0.5 else "b")
+    assert first.choice == expected
     assert "Paris." in first.prompt and "London, I think." in first.prompt and "a shown as A" in first.raw
 
 
