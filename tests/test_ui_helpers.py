@@ -185,3 +185,15 @@ def test_cancel_resume_and_download_are_clickable_only_when_the_job_can_take_the
     assert clickable({"status": "failed", "output": None}) == [False, True, False]
     assert clickable({"status": "cancelled", "output": None}) == [False, True, False]
     assert clickable({"status": "succeeded", "output": "/runs/1/adapter"}) == [False, False, True]
+
+
+def test_the_queue_table_cuts_a_long_failure_reason():
+    from annotation.ui.train import TABLE_REASON_CHARS, _queue_table
+
+    reason = "OSError: " + "x" * 300
+    row = {"id": 1, "kind": "dpo", "status": "failed", "reason": reason, "output": None, "step": 0, "total_steps": 3}
+    status = _queue_table([row])[0][2]
+    assert status.startswith("failed: OSError: xxx") and status.endswith("…")
+    assert len(status) == len("failed: ") + TABLE_REASON_CHARS
+    short = {**row, "reason": "ValueError: no weights"}
+    assert _queue_table([short])[0][2] == "failed: ValueError: no weights"

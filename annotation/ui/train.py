@@ -200,9 +200,18 @@ def _queue_table(rows: list[dict]) -> list[list]:
     for r in rows:
         loss = f"{r['loss']:.4f}" if isinstance(r.get("loss"), (int, float)) else ""
         eta = f"{_eta(r):.0f} s" if _eta(r) is not None else ""
-        status = f"{r['status']}: {r['reason']}" if r.get("reason") else r["status"]
+        status = f"{r['status']}: {_shorten(r['reason'])}" if r.get("reason") else r["status"]
         table.append([r["id"], r["kind"], status, progress_text(r), loss, eta, _input_text(r), r.get("output") or ""])
     return table
+
+
+#: Longest failure reason the queue table shows; the panel next to the picked job shows it whole.
+TABLE_REASON_CHARS = 80
+
+
+def _shorten(reason: str) -> str:
+    """A failure reason cut for the table (a long one used to widen its status column off the page)."""
+    return reason if len(reason) <= TABLE_REASON_CHARS else reason[:TABLE_REASON_CHARS - 1].rstrip() + "…"
 
 
 def _input_text(row: dict) -> str:
