@@ -153,6 +153,14 @@ def wait_status(page, pattern: str, elem_id: str = "status", timeout: float = 60
     expect(page.locator(f"#{elem_id}")).to_contain_text(re.compile(pattern), timeout=timeout)
 
 
+def wait_item(page, timeout: float = 90_000) -> int:
+    """Wait until the status names the item on screen and return its id. The id is read from the
+    status's textContent, which is what the wait matched (its innerText can lack the words while
+    Gradio draws its pending overlay, as after a reload)."""
+    wait_status(page, r"Item \d+\.", timeout=timeout)
+    return int(re.search(r"Item (\d+)\.", page.locator("#status").text_content()).group(1))
+
+
 def start_annotating(page, name: str, project: str, key: str = "Tab") -> None:
     """Pick the project, then type the name and leave the field with `key`: with no name yet
     nothing is served, so the first item shown is from `project`."""

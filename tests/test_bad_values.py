@@ -75,11 +75,11 @@ def test_the_train_form_refuses_fractional_and_infinite_numbers_instead_of_round
     assert epochs == 1.5
     with pytest.raises(ValueError, match="^Epochs must be a whole number, not 1.5$"):
         form_values(DPOConfig, {"epochs": epochs})
-    with pytest.raises(ValueError, match="^Lora r must be a whole number, not inf$"):
+    with pytest.raises(ValueError, match="^LoRA rank must be a whole number, not inf$"):
         form_values(DPOConfig, {"lora_r": math.inf})
     with pytest.raises(ValueError, match="^Weight decay must be a finite number, not inf$"):
         form_values(DPOConfig, {"weight_decay": math.inf})
-    with pytest.raises(ValueError, match="^Max grad norm must be a finite number, not nan$"):
+    with pytest.raises(ValueError, match=r"^Gradient clipping \(max norm\) must be a finite number, not nan$"):
         form_values(DPOConfig, {"max_grad_norm": "nan"})
     assert form_values(DPOConfig, {"epochs": form["epochs"].preprocess(3.0), "lr": 1e-4}) == {"epochs": 3, "lr": 1e-4}
 

@@ -24,6 +24,7 @@ from tests.browser_support import (
     new_page,
     pick_dropdown,
     start_annotating,
+    wait_item,
     wait_status,
 )
 
@@ -92,11 +93,6 @@ def page(browser, server):
     yield page
     page.context.close()
     assert page.external_requests == [], f"the page reached outside localhost: {page.external_requests}"
-
-
-def wait_item(page, timeout=90_000) -> int:
-    wait_status(page, r"Item \d+\.", timeout=timeout)
-    return int(re.search(r"Item (\d+)\.", page.locator("#status").inner_text()).group(1))
 
 
 def user_labels(db, model, name):
@@ -181,7 +177,7 @@ def test_pointwise_ratings(page, server):
     start_annotating(page, "carol", "rate")
     item_id = wait_item(page, timeout=20_000)
     page.click("#submit-list")
-    wait_status(page, "rate every response", elem_id="submit-notice")
+    wait_status(page, "every rating must be a whole number from 1 to 5", elem_id="submit-notice")
     for i, score in enumerate([5, 2, 4]):
         page.locator(f"#rating-{i} label", has_text=str(score)).click()
     page.click("#submit-list")
