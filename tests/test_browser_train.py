@@ -18,7 +18,8 @@ from sqlalchemy import select
 from annotation.services import labelling
 from storage.db import open_database, transaction
 from storage.models import Job, JobStatus, PairwiseLabel, Response, TrainedModel, User
-from tests.browser_support import ServerProcess, browser_page, fill_number, goto_tab, pick_dropdown, wait_status
+from tests.browser_support import (ServerProcess, browser_page, fill_number, goto_tab, pick_dropdown, wait_idle,
+                                   wait_status)
 from tests.factories import make_items, make_project
 
 pytestmark = pytest.mark.browser
@@ -427,9 +428,14 @@ def test_train_form_puts_the_usual_settings_first_keeps_values_per_method_and_wo
     expect(page.locator("#dpo-max_steps textarea")).to_have_value("5")
 
     # Errors name what the user sees, not the code's field names or None.
+    # The method change's reply (it re-shows the DPO form) must land before the field is emptied,
+    # or a slow reply can race the typing (CI once launched a job here under load).
+    wait_idle(page)
     open_advanced(page, "dpo-")
     page.locator("#dpo-batch_size input[type=number]").fill("")
     page.locator("#dpo-batch_size input[type=number]").press("Tab")
+    wait_idle(page)
+    expect(page.locator("#dpo-batch_size input[type=number]")).to_have_value("")
     page.click("#train-launch")
     wait_status(page, "Batch size", elem_id="train-status")
     message = page.locator("#train-status").inner_text()
