@@ -251,10 +251,6 @@ def test_question_mark_shows_the_keys_and_escape_hides_them(page, server):
     expect(help_box).to_be_hidden()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known race, issue 12 item 11 left open: after a reload the project dropdown's change event can "
-    "reach the server with the name box still empty, and 'Enter your name' flashes for about 2 s "
-    "(seen in 2 of 3 runs on 2026-12-02) before the item comes back"))
 def test_after_a_reload_the_status_never_asks_for_a_name_it_has(page, server):
     start_annotating(page, "remy", "pairs")
     wait_item(page)

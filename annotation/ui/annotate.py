@@ -282,8 +282,17 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
             labelling.release(ctx.db, view)
         return _load_next(ctx, tab, project, user)
 
+    def project_changed(project, user, view):
+        # The page-load handler sets the project and the remembered name in one reply, but the
+        # browser can send the project's change event before it has applied the name: a blank name
+        # here is then a stale snapshot, not the annotator clearing it (the name box's own events
+        # handle that). The item on screen already belongs to this project, so it stays.
+        if view is not None and view.project == project:
+            return {tab.progress: _progress_text(ctx, project, view.user)}
+        return start(project, user, view)
+
     tab.start = start
-    tab.project.change(start, item_inputs, outputs)
+    tab.project.change(project_changed, item_inputs, outputs)
     tab.annotator.submit(start, item_inputs, outputs)
     tab.annotator.blur(start, item_inputs, outputs)
 
