@@ -91,9 +91,28 @@ def upgrade_schema(engine: Engine) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        # SQLite batch migrations rebuild a table (copy, DROP, rename); with foreign keys on, the DROP
+        # would first run every referencing row's ON DELETE action (labels would lose their user,
+        # skips would vanish). SQLite's documented procedure: keys off outside the transaction (a
+        # PRAGMA inside one is ignored), migrate, check the keys still hold, keys back on.
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            _foreign_keys(conn, on=False)
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                    raise RuntimeError("the migration broke a foreign key; nothing was changed")
+        finally:
+            if sqlite:
+                _foreign_keys(conn, on=True)
+
+
+def _foreign_keys(conn, on: bool) -> None:
+    # Straight on the DBAPI connection (autocommit): through SQLAlchemy it would open a transaction.
+    conn.connection.dbapi_connection.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
 
 
 def open_database(db: str | Path | None = None, migrate: bool = True) -> Database:

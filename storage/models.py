@@ -54,6 +54,7 @@ class Base(DeclarativeBase):
 class Role(str, enum.Enum):
     admin = "admin"
     annotator = "annotator"
+    reviewer = "reviewer"  # an annotator who also reviews the labels of the projects they are members of
 
 
 class Mode(str, enum.Enum):
@@ -104,6 +105,12 @@ class User(TimestampMixin, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
     role: Mapped[Role] = mapped_column(_enum(Role, "role"), default=Role.annotator, nullable=False)
+    # An argon2id hash (annotation.auth.passwords). None: the user cannot log in (a name that only
+    # appears on old or imported labels, or one typed in single-user local mode).
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+
+    memberships: Mapped[list[ProjectMember]] = relationship(back_populates="user", cascade="all, delete-orphan",
+                                                            passive_deletes=True)
 
 
 class Project(TimestampMixin, Base):
@@ -141,6 +148,37 @@ class Project(TimestampMixin, Base):
 
     prompts: Mapped[list[Prompt]] = relationship(back_populates="project", cascade="all, delete-orphan",
                                                  passive_deletes=True)
+    members: Mapped[list[ProjectMember]] = relationship(back_populates="project", cascade="all, delete-orphan",
+                                                        passive_deletes=True)
+
+
+class ProjectMember(TimestampMixin, Base):
+    """A user who works on a project (annotators label it, reviewers review it; admins need none)."""
+
+    __tablename__ = "project_members"
+    __table_args__ = (UniqueConstraint("project_id", "user_id", name="uq_project_members_project_user"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
+
+    project: Mapped[Project] = relationship(back_populates="members")
+    user: Mapped[User] = relationship(back_populates="memberships")
+
+
+class LoginSession(TimestampMixin, Base):
+    """A signed-in browser: the cookie holds a random token, the database only its sha256, so a
+    leaked database opens no session. Deleting the row logs that browser out (logout, a password
+    change, a removed user); rows outlive restarts, so a restart logs nobody out."""
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    user: Mapped[User] = relationship()
 
 
 class Prompt(TimestampMixin, Base):

@@ -1,0 +1,56 @@
+"""User administration (the `users` CLI, later an admin page): one transaction per action."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from annotation.auth.passwords import hash_password
+from storage import accounts
+from storage.db import Database, reading, transaction
+from storage.models import Role
+
+
+@dataclass(frozen=True)
+class UserRow:
+    name: str
+    role: str
+    can_log_in: bool  # has a password (names from old labels or local mode have none)
+    projects: tuple[str, ...]  # the projects they are a member of
+
+
+def add_user(db: Database, name: str, role: Role | str, password: str, projects: tuple[str, ...] = ()) -> None:
+    """A new account (and its memberships), all or nothing. The hash is computed before the
+    transaction: argon2 takes a few hundred milliseconds, the write lock should not."""
+    password_hash = hash_password(password)
+    with transaction(db) as s:
+        user = accounts.create_user(s, name, role, password_hash)
+        for project in projects:
+            accounts.add_member(s, user.name, project)
+
+
+def set_password(db: Database, name: str, password: str) -> None:
+    """Give an existing user (an account, or a name from old labels) a new password; this ends
+    every session they had."""
+    password_hash = hash_password(password)
+    with transaction(db) as s:
+        accounts.set_password_hash(s, name, password_hash)
+
+
+def set_role(db: Database, name: str, role: Role | str) -> None:
+    with transaction(db) as s:
+        accounts.set_role(s, name, role)
+
+
+def add_membership(db: Database, name: str, project: str) -> bool:
+    with transaction(db) as s:
+        return accounts.add_member(s, name, project)
+
+
+def remove_membership(db: Database, name: str, project: str) -> bool:
+    with transaction(db) as s:
+        return accounts.remove_member(s, name, project)
+
+
+def user_rows(db: Database) -> list[UserRow]:
+    with reading(db) as s:
+        return [UserRow(u.name, u.role.value, u.password_hash is not None,
+                        tuple(accounts.member_projects(s, u.id))) for u in accounts.list_users(s)]
