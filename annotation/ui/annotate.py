@@ -23,6 +23,7 @@ from annotation.render import markdown_to_safe_html, render_messages, render_res
 from annotation.services import judge, labelling
 from annotation.services.labelling import ItemView
 from annotation.services.projects import get_settings
+from annotation.ui.access import Permission, caller, check
 from annotation.ui.context import UIContext
 from storage.errors import InputError
 
@@ -268,11 +269,24 @@ def _load_next(ctx: UIContext, tab: AnnotateTab, project: str | None, user: str 
     return _show(ctx, tab, view, project, user, message, parts)
 
 
+def _annotator(ctx: UIContext, request: gr.Request, project, user, view: ItemView | None,
+               permission: Permission = Permission.label) -> str:
+    """Who is labelling: the login's name (with accounts) or the typed one (local mode), once they may
+    do ``permission`` on the project picked and on the project of the item on screen."""
+    actor = caller(ctx, request, permission, project, user)
+    if view is not None and view.project != project:
+        check(ctx, actor, permission, view.project)
+    if view is not None and not actor.local and view.user != actor.name:
+        # The session's item was served to another login: never label or skip it under this one.
+        raise gr.Error("this page was opened by another user: reload it", print_exception=False)
+    return actor.name or ""
+
+
 def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
     outputs = tab.all_outputs()
     item_inputs = [tab.project, tab.annotator, tab.view]
 
-    def start(project, user, view):
+    def show(project, user, view):
         # Keep the item on screen if it still belongs to this project and annotator.
         if view is not None and view.project == project and view.user == (user or "").strip():
             return {tab.progress: _progress_text(ctx, project, user)}
@@ -282,25 +296,31 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
             labelling.release(ctx.db, view)
         return _load_next(ctx, tab, project, user)
 
-    def project_changed(project, user, view):
+    tab.start = show
+
+    def start(project, user, view, request: gr.Request):
+        return show(project, _annotator(ctx, request, project, user, view), view)
+
+    def project_changed(project, user, view, request: gr.Request):
+        user = _annotator(ctx, request, project, user, view)
         # The page-load handler sets the project and the remembered name in one reply, but the
         # browser can send the project's change event before it has applied the name: a blank name
         # here is then a stale snapshot, not the annotator clearing it (the name box's own events
         # handle that). The item on screen already belongs to this project, so it stays.
         if view is not None and view.project == project:
             return {tab.progress: _progress_text(ctx, project, view.user)}
-        return start(project, user, view)
+        return show(project, user, view)
 
-    tab.start = start
-    tab.project.change(project_changed, item_inputs, outputs)
-    tab.annotator.submit(start, item_inputs, outputs)
-    tab.annotator.blur(start, item_inputs, outputs)
+    tab.project.change(project_changed, item_inputs, outputs, api_name="annotate_pick_project")
+    tab.annotator.submit(start, item_inputs, outputs, api_name="annotate_name_entered")
+    tab.annotator.blur(start, item_inputs, outputs, api_name="annotate_name_left")
 
     def recorded(receipt: labelling.Receipt, said: str) -> str:
         note = "already saved" if receipt.duplicate else "saved"
         return f"✅ {said} {note} (item {receipt.item_id})."
 
-    def submit_pair(project, user, view, choice, strength, rewrite, rationale):
+    def submit_pair(project, user, view, choice, strength, rewrite, rationale, request: gr.Request):
+        user = _annotator(ctx, request, project, user, view)
         if view is None or view.mode != "pairwise":
             return _load_next(ctx, tab, project, user, parts="pair")
         try:
@@ -316,7 +336,8 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
                           tab.common_outputs() + tab.pair_outputs(), api_name="submit_pairwise", queue=False,
                           show_progress="hidden")
 
-    def submit_list(project, user, view, rationale, *cards):
+    def submit_list(request: gr.Request, project, user, view, rationale, *cards):
+        user = _annotator(ctx, request, project, user, view)
         if view is None or view.mode not in ("listwise", "pointwise"):
             return _load_next(ctx, tab, project, user, parts="cards")
         n = len(view.responses)
@@ -336,14 +357,17 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
                           tab.common_outputs() + tab.card_outputs(), api_name="submit_list", queue=False,
                           show_progress="hidden")
 
-    def skip(project, user, view):
+    def skip(project, user, view, request: gr.Request):
+        user = _annotator(ctx, request, project, user, view)
         if view is not None:
             labelling.skip(ctx.db, view)
         return _load_next(ctx, tab, project, user, "Skipped.")
 
     tab.skip.click(skip, item_inputs, outputs, api_name="skip_item")
 
-    def undo(project, user, view):
+    def undo(project, user, view, request: gr.Request):
+        # Only the caller's own labels: the name is the login's, never one the client sends.
+        user = _annotator(ctx, request, project, user, view, Permission.undo_own)
         try:
             undone = labelling.undo_last(ctx.db, project, (user or "").strip()) if project and user else None
         except InputError as exc:
@@ -359,15 +383,24 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
     tab.undo.click(undo, item_inputs, outputs, api_name="undo_last")
 
     # .input, not .change: only a click by the annotator, not the reset when the next item loads.
-    tab.choice.input(lambda c: (gr.update(visible=c in ("a", "b")), gr.update(visible=c == "both_bad")), tab.choice,
-                     [tab.strength, tab.rewrite], queue=False, show_progress="hidden")
+    def choice_fields(c, request: gr.Request):
+        caller(ctx, request, Permission.label)
+        return gr.update(visible=c in ("a", "b")), gr.update(visible=c == "both_bad")
 
-    def wait_for_items(project, user, view):
+    tab.choice.input(choice_fields, tab.choice, [tab.strength, tab.rewrite], queue=False, show_progress="hidden",
+                     api_name="annotate_choice_fields")
+
+    def wait_for_items(project, user, view, request: gr.Request):
         # Active only while nothing is on screen: shows a new item as soon as one is generated.
+        user = _annotator(ctx, request, project, user, view)
         if view is None and project and (user or "").strip():
             return _load_next(ctx, tab, project, user)
         return {tab.waiting: gr.Timer(active=False)}
 
-    tab.waiting.tick(wait_for_items, item_inputs, outputs, show_progress="hidden")
-    gr.Timer(5.0).tick(lambda project, user: _progress_text(ctx, project, user), [tab.project, tab.annotator],
-                       tab.progress, show_progress="hidden", queue=False)
+    tab.waiting.tick(wait_for_items, item_inputs, outputs, show_progress="hidden", api_name="annotate_wait_for_items")
+
+    def progress(project, user, request: gr.Request):
+        return _progress_text(ctx, project, _annotator(ctx, request, project, user, None))
+
+    gr.Timer(5.0).tick(progress, [tab.project, tab.annotator], tab.progress, show_progress="hidden", queue=False,
+                       api_name="annotate_progress")

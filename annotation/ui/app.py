@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from annotation.services import projects
+from annotation.ui.access import Actor, Permission, caller, has, project_choices
 from annotation.ui.annotate import build_annotate_tab
 from annotation.ui.best_of_n import build_best_of_n_tab
 from annotation.ui.best_of_n import refresh as best_of_n_choices
@@ -136,39 +137,87 @@ def build_app(ctx: UIContext) -> gr.Blocks:
         # The annotator name persists in the browser, so a reload picks up where it left off.
         # A fixed secret: the default is random per process, which would forget the name on restart.
         saved_name = gr.BrowserState("", storage_key="prefstudio-annotator", secret="prefstudio-annotator-name")
-        annotate.annotator.change(lambda name: name, annotate.annotator, saved_name)
+        def remember_name(name, request: gr.Request):
+            caller(ctx, request, Permission.label)
+            return name
 
-        def names_update(current=None):
-            names = projects.project_names(ctx.db)
+        annotate.annotator.change(remember_name, annotate.annotator, saved_name, api_name="remember_name")
+
+        def names_update(actor: Actor, current=None):
+            names = project_choices(ctx, actor, projects.project_names(ctx.db))
             return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
 
-        def on_load(saved, typed, project, view):
+        def export_names(actor: Actor, current=None):
+            return names_update(actor, current) if has(actor, Permission.import_export) else gr.update(choices=[])
+
+        # What each tab needs: the UI shows a role what it may do (the handlers refuse the rest).
+        tab_permissions = {projects_tab: Permission.manage_projects, train_tab: Permission.run_jobs,
+                           models_tab: Permission.manage_models, bon_tab: Permission.run_inference,
+                           compare_tab: Permission.vote_arena, data_tab: Permission.view_own_stats}
+        controls = {data.export: Permission.import_export, comparing.run: Permission.run_inference,
+                    comparing.draw: Permission.run_inference}
+        name_boxes = [annotate.annotator, comparing.annotator, best.annotator]
+
+        def role_view(actor: Actor) -> dict:
+            shown = {c: gr.update(visible=has(actor, p)) for c, p in {**tab_permissions, **controls}.items()}
+            # With accounts the annotator is the login: the name fields show it and cannot be edited.
+            names = {} if actor.local else {box: gr.update(value=actor.name, interactive=False) for box in name_boxes}
+            return {**shown, **names, train.poller: gr.Timer(active=has(actor, Permission.run_jobs))}
+
+        def on_load(saved, typed, project, view, request: gr.Request):
+            # Every role labels: this refuses only a caller who is not logged in.
+            actor = caller(ctx, request, Permission.label, typed_name=typed or saved)
             # The inputs are a snapshot from when the page asked: never blank a name or a project the
             # annotator picked meanwhile, only fill in what was remembered.
             name = gr.update(value=saved) if saved and not typed else gr.update()
-            picked = names_update(project)
+            picked = names_update(actor, project)
             # The item comes with the name and project it is for, so the status line never asks
             # for a name it already has.
-            item = annotate.start(picked["value"], typed or saved, view)
-            return {**item, annotate.annotator: name, annotate.project: picked,
-                    data.project: names_update(), setup.project: setup.refresh_choices(ctx),
-                    **data_views(ctx, data)}
+            item = annotate.start(picked["value"], actor.name if not actor.local else typed or saved, view)
+            setup_choices = setup.refresh_choices(ctx) if has(actor, Permission.manage_projects) else gr.update()
+            return {**item, annotate.annotator: name, annotate.project: picked, data.project: export_names(actor),
+                    setup.project: setup_choices, **data_views(ctx, data, actor), **role_view(actor)}
 
         demo.load(on_load, [saved_name, annotate.annotator, annotate.project, annotate.view],
-                  [annotate.annotator, annotate.project, data.project, setup.project, *data.views(),
-                   *annotate.all_outputs()])
-        annotate_tab.select(names_update, annotate.project, annotate.project)
-        data_tab.select(lambda current: {data.project: names_update(current), **data_views(ctx, data)}, data.project,
-                        [data.project, *data.views()])
-        projects_tab.select(lambda current: setup.refresh_choices(ctx, current), setup.project, setup.project)
-        train_tab.select(lambda current, job: train_choices(ctx, train, current, job), [train.project, train.job],
-                         [train.project, train.job, *train.pickers])
-        models_tab.select(lambda current: show_models(ctx, current), trained.model,
-                          [trained.table, trained.model, trained.evaluations, trained.eval_plot])
-        bon_tab.select(lambda *current: best_of_n_choices(ctx, *current), [best.project, best.reward, best.policy],
-                       [best.project, best.reward, best.policy])
-        compare_tab.select(lambda *current: compare_choices(ctx, *current), comparing.select_inputs,
-                           comparing.select_outputs)
+                  [annotate.project, data.project, setup.project, *data.views(), *annotate.all_outputs(),
+                   *tab_permissions, *controls, *name_boxes, train.poller], api_name="page_load")
+
+        def annotate_opened(current, request: gr.Request):
+            return names_update(caller(ctx, request, Permission.label), current)
+
+        def data_opened(current, request: gr.Request):
+            actor = caller(ctx, request, Permission.view_own_stats)
+            return {data.project: export_names(actor, current), **data_views(ctx, data, actor)}
+
+        def projects_opened(current, request: gr.Request):
+            caller(ctx, request, Permission.manage_projects)
+            return setup.refresh_choices(ctx, current)
+
+        def train_opened(current, job, request: gr.Request):
+            caller(ctx, request, Permission.run_jobs)
+            return train_choices(ctx, train, current, job)
+
+        def models_opened(current, request: gr.Request):
+            return show_models(ctx, request, current)
+
+        def bon_opened(project, reward, policy, request: gr.Request):
+            return best_of_n_choices(ctx, request, project, reward, policy)
+
+        def compare_opened(request: gr.Request, *current):
+            return compare_choices(ctx, request, *current)
+
+        annotate_tab.select(annotate_opened, annotate.project, annotate.project, api_name="annotate_opened")
+        data_tab.select(data_opened, data.project, [data.project, *data.views()], api_name="data_opened")
+        projects_tab.select(projects_opened, setup.project, setup.project, api_name="projects_opened")
+        train_tab.select(train_opened, [train.project, train.job], [train.project, train.job, *train.pickers],
+                         api_name="train_opened")
+        models_tab.select(models_opened, trained.model,
+                          [trained.table, trained.model, trained.evaluations, trained.eval_plot],
+                          api_name="models_opened")
+        bon_tab.select(bon_opened, [best.project, best.reward, best.policy], [best.project, best.reward, best.policy],
+                       api_name="bon_opened")
+        compare_tab.select(compare_opened, comparing.select_inputs, comparing.select_outputs,
+                           api_name="compare_opened")
     return demo
 
 

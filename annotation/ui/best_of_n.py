@@ -16,6 +16,7 @@ from alignment.run_folder import ModelKind
 from annotation.render import render_response
 from annotation.services import best_of_n as bon
 from annotation.services import catalogue, projects
+from annotation.ui.access import Permission, caller, check
 from annotation.ui.context import UIContext
 from storage.errors import InputError
 
@@ -44,7 +45,8 @@ def choices(ctx: UIContext, kind: str, with_base: bool = False) -> list[tuple[st
     return ([("base model (no adapter)", "")] if with_base else []) + rows
 
 
-def refresh(ctx: UIContext, project=None, reward=None, policy=None):
+def refresh(ctx: UIContext, request: gr.Request, project=None, reward=None, policy=None):
+    caller(ctx, request, Permission.run_inference)
     names = projects.project_names(ctx.db)
     rewards, policies = choices(ctx, ModelKind.REWARD_MODEL), choices(ctx, ModelKind.POLICY_ADAPTER, with_base=True)
     keep = lambda value, options: value if value in [v for _, v in options] else (options[0][1] if options else None)  # noqa: E731
@@ -79,7 +81,9 @@ def build_best_of_n_tab(ctx: UIContext) -> BestOfNTab:
 
 
 def _wire(ctx: UIContext, tab: BestOfNTab) -> None:
-    def sample(project, reward, policy, prompt, n, max_new_tokens):
+    def sample(project, reward, policy, prompt, n, max_new_tokens, request: gr.Request):
+        # The reward model and the policy are folders on the server.
+        check(ctx, caller(ctx, request, Permission.run_inference), Permission.use_server_paths)
         try:
             if not project or not reward:
                 raise InputError("pick a project and a reward model (train one in the Train tab)")
@@ -116,7 +120,9 @@ def _wire(ctx: UIContext, tab: BestOfNTab) -> None:
     tab.run.click(sample, [tab.project, tab.reward, tab.policy, tab.prompt, tab.n, tab.max_new_tokens],
                   [tab.state, tab.status, *tab.cards, tab.pick, tab.verdict], api_name="best_of_n")
 
-    def record(project, user, state, picked):
+    def record(project, user, state, picked, request: gr.Request):
+        # The verdict is a label: stored under the login's name (the typed one in local mode).
+        user = caller(ctx, request, Permission.label, project, user).name
         try:
             if state is None:
                 raise InputError("sample and score first")

@@ -24,6 +24,8 @@ import pandas as pd
 from alignment.evaluation import kl_estimate_text
 from annotation.render import render_messages, render_response
 from annotation.services import arena, catalogue, compare, projects
+from annotation.auth.permissions import PermissionDenied, require
+from annotation.ui.access import Actor, Permission, caller, check, has, project_choices
 from annotation.ui.context import UIContext
 from storage.errors import InputError
 
@@ -95,14 +97,16 @@ def model_choices(ctx: UIContext) -> list[tuple[str, str]]:
             for o in catalogue.model_options(ctx.db, ctx.default_model)]
 
 
-def refresh_choices(ctx: UIContext, models=None, reward=None, project=None, arena_project=None, model_1=None,
-                    model_2=None, board_project=None) -> list:
-    """Every picker's choices from the database, keeping what is still valid."""
+def refresh_choices(ctx: UIContext, actor: Actor, models=None, reward=None, project=None, arena_project=None,
+                    model_1=None, model_2=None, board_project=None) -> list:
+    """Every picker's choices from the database, keeping what is still valid: the projects the actor
+    works on, reward models to those who may generate on demand, all projects' votes to admins."""
     options = model_choices(ctx)
     keys = [k for _, k in options]
-    rewards = [("none", "")] + catalogue.reward_options(ctx.db)
-    names = projects.project_names(ctx.db)
+    rewards = [("none", "")] + (catalogue.reward_options(ctx.db) if has(actor, Permission.run_inference) else [])
+    names = project_choices(ctx, actor, projects.project_names(ctx.db))
     first = names[0] if names else None
+    boards = [ALL_PROJECTS, *names] if has(actor, Permission.view_team_stats) else names
     picked = [k for k in (models or []) if k in keys] or keys[:2]
     arena_options = [("random pair", "")] + options
     return [
@@ -112,8 +116,13 @@ def refresh_choices(ctx: UIContext, models=None, reward=None, project=None, aren
         gr.update(choices=names, value=_keep(arena_project, names, first)),
         gr.update(choices=arena_options, value=_keep(model_1, keys, "")),
         gr.update(choices=arena_options, value=_keep(model_2, keys, "")),
-        gr.update(choices=[ALL_PROJECTS, *names], value=_keep(board_project, names, ALL_PROJECTS)),
+        gr.update(choices=boards, value=_keep(board_project, names, boards[0] if boards else None)),
     ]
+
+
+def board_permission(project: str | None) -> tuple[Permission, str | None]:
+    """Everyone's votes are for admins; a project's, for those who vote in it."""
+    return (Permission.view_team_stats, None) if project in (None, "", ALL_PROJECTS) else (Permission.vote_arena, project)
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:
@@ -259,10 +268,14 @@ def build_compare_tab(ctx: UIContext) -> CompareTab:
     return tab
 
 
-def on_select(ctx: UIContext, *current) -> list:
+def on_select(ctx: UIContext, request: gr.Request, *current) -> list:
     """Opening the tab: fresh model / project choices and the leaderboard."""
-    updates = refresh_choices(ctx, *current)
-    return [*updates, *leaderboard_tables(ctx, current[-1])]
+    actor = caller(ctx, request, Permission.vote_arena)
+    updates = refresh_choices(ctx, actor, *current)
+    board_project = updates[-1]["value"]
+    if board_project is None:  # no project to show the votes of
+        return [*updates, [], pd.DataFrame(), ""]
+    return [*updates, *leaderboard_tables(ctx, board_project)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,16 +289,24 @@ def _sampling(temperature, top_p, max_new_tokens, seed):
 
 
 def _wire_side_by_side(ctx: UIContext, tab: CompareTab) -> None:
-    def draw(project):
+    def draw(project, request: gr.Request):
+        caller(ctx, request, Permission.run_inference)
         try:
             text, drawn = _draw(ctx, project)
         except InputError as exc:
             return {tab.status: f"⚠️ {exc}"}
         return {tab.prompt: text, tab.drawn: drawn, tab.status: f"Drawn from {project}'s held-out prompts."}
 
-    tab.draw.click(draw, tab.project, [tab.prompt, tab.drawn, tab.status])
+    tab.draw.click(draw, tab.project, [tab.prompt, tab.drawn, tab.status], api_name="compare_draw")
 
-    def answer(keys, reward, text, drawn, temperature, top_p, max_new_tokens, seed):
+    def starting(request: gr.Request):
+        caller(ctx, request, Permission.run_inference)
+        return GENERATING
+
+    def answer(keys, reward, text, drawn, temperature, top_p, max_new_tokens, seed, request: gr.Request):
+        actor = caller(ctx, request, Permission.run_inference)
+        if reward:  # a reward model is a folder on the server
+            check(ctx, actor, Permission.use_server_paths)
         hidden = {column: gr.update(value="", visible=False) for column in tab.columns}
         try:
             if len([k for k in keys or [] if k]) < 2:
@@ -305,30 +326,35 @@ def _wire_side_by_side(ctx: UIContext, tab: CompareTab) -> None:
         return updates
 
     inputs = [tab.models, tab.reward, tab.prompt, tab.drawn, tab.temperature, tab.top_p, tab.max_new_tokens, tab.seed]
-    tab.run.click(lambda: GENERATING, None, tab.status).then(
+    tab.run.click(starting, None, tab.status, api_name="compare_starting").then(
         answer, inputs, [tab.status, *tab.columns], api_name="compare_side_by_side")
 
 
 def _wire_arena(ctx: UIContext, tab: CompareTab) -> None:
     disabled = [gr.update(interactive=False) for _ in tab.votes]
 
-    def draw(project):
+    def draw(project, request: gr.Request):
+        caller(ctx, request, Permission.vote_arena, project)
         try:
             text, drawn = _draw(ctx, project)
         except InputError as exc:
             return {tab.arena_status: f"⚠️ {exc}"}
         return {tab.arena_prompt: text, tab.arena_drawn: drawn, tab.arena_status: ""}
 
-    tab.arena_draw.click(draw, tab.arena_project, [tab.arena_prompt, tab.arena_drawn, tab.arena_status])
+    tab.arena_draw.click(draw, tab.arena_project, [tab.arena_prompt, tab.arena_drawn, tab.arena_status],
+                         api_name="arena_draw")
 
-    def starting():
+    def starting(request: gr.Request):
+        caller(ctx, request, Permission.vote_arena)
         # Names and answers of the previous match go away before the next one is generated.
         return [GENERATING, None, "", "", "", "", *disabled]
 
     clear_outputs = [tab.arena_status, tab.match, tab.prompt_view, *tab.cards, tab.reveal, *tab.votes]
-    start_event = tab.new_match.click(starting, None, clear_outputs)
+    start_event = tab.new_match.click(starting, None, clear_outputs, api_name="arena_starting")
 
-    def start(project, model_1, model_2, text, drawn, temperature, top_p, max_new_tokens):
+    def start(project, model_1, model_2, text, drawn, temperature, top_p, max_new_tokens, request: gr.Request):
+        # The models are picked by catalogue key (never a path), so a member may start a match.
+        caller(ctx, request, Permission.vote_arena, project)
         try:
             if not project:
                 raise InputError("pick a project to store the votes in")
@@ -359,16 +385,17 @@ def _wire_arena(ctx: UIContext, tab: CompareTab) -> None:
                      [tab.match, tab.arena_prompt, tab.arena_drawn, tab.arena_status, tab.prompt_view, *tab.cards,
                       *tab.votes], api_name="arena_new_match")
 
-    def vote(choice, match, user, board_project):
+    def vote(choice, match, user, board_project, request: gr.Request):
+        # The vote is a label of the match's project, under the login's name (the typed one in local mode).
+        actor = caller(ctx, request, Permission.vote_arena, match.project if match is not None else None, user)
         try:
             if match is None:
                 raise InputError("start a match first")
-            receipt = arena.record_arena_vote(ctx.db, match, user, choice)
+            receipt = arena.record_arena_vote(ctx.db, match, actor.name, choice)
         except InputError as exc:
             return {tab.arena_status: f"⚠️ {exc}"}
         a, b = match.shown
         said = {"a": "A is better", "b": "B is better", "tie": "a tie", "both_bad": "both bad"}[choice]
-        rows, matrix, note = leaderboard_tables(ctx, board_project)
         updates = {
             tab.arena_status: f"✅ Vote saved (label {receipt.label_ids[0]}): {said}. Start a new match for more.",
             tab.reveal: ('<div class="ps-reveal">'
@@ -376,8 +403,12 @@ def _wire_arena(ctx: UIContext, tab: CompareTab) -> None:
                          f'<b>B</b> was <b class="arena-name-b">{html.escape(b.label or "")}</b></div>'),
             tab.cards[0]: render_response(a.text, f"A · {a.label}"),
             tab.cards[1]: render_response(b.text, f"B · {b.label}"),
-            tab.board: rows, tab.win_rates: matrix, tab.board_note: note,
         }
+        try:  # the leaderboard on screen, when the voter may see it
+            require(actor, *board_permission(board_project), db=ctx.db)
+            updates.update(zip([tab.board, tab.win_rates, tab.board_note], leaderboard_tables(ctx, board_project)))
+        except PermissionDenied:
+            pass
         for button in tab.votes:
             updates[button] = gr.update(interactive=False)
         return updates
@@ -385,11 +416,18 @@ def _wire_arena(ctx: UIContext, tab: CompareTab) -> None:
     outputs = [tab.arena_status, tab.reveal, *tab.cards, *tab.votes, tab.board, tab.win_rates, tab.board_note]
     for (choice, _, _), button in zip(VOTES, tab.votes):
         # One handler; the choice is the only difference between the buttons.
-        button.click(lambda match, user, board_project, choice=choice: vote(choice, match, user, board_project),
-                     [tab.match, tab.annotator, tab.board_project], outputs, api_name=f"arena_vote_{choice}")
+        def vote_for(match, user, board_project, request: gr.Request, choice=choice):
+            return vote(choice, match, user, board_project, request)
+
+        button.click(vote_for, [tab.match, tab.annotator, tab.board_project], outputs, api_name=f"arena_vote_{choice}")
 
 
 def _wire_board(ctx: UIContext, tab: CompareTab) -> None:
     outputs = [tab.board, tab.win_rates, tab.board_note]
-    tab.board_refresh.click(lambda project: leaderboard_tables(ctx, project), tab.board_project, outputs)
-    tab.board_project.change(lambda project: leaderboard_tables(ctx, project), tab.board_project, outputs)
+
+    def board(project, request: gr.Request):
+        check(ctx, caller(ctx, request, Permission.vote_arena), *board_permission(project))
+        return leaderboard_tables(ctx, project)
+
+    tab.board_refresh.click(board, tab.board_project, outputs, api_name="leaderboard_refresh")
+    tab.board_project.change(board, tab.board_project, outputs, api_name="leaderboard_project")

@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from annotation.services import annotators, data, projects
+from annotation.ui.access import Actor, Permission, caller, has, project_choices
 from annotation.ui.context import UIContext
 from storage.errors import InputError
 
@@ -57,11 +58,22 @@ def _annotator_rows(ctx: UIContext, names: list[str]) -> list[list]:
     return rows
 
 
-def data_views(ctx: UIContext, tab: DataTab) -> dict:
-    """Everything the tab shows about the projects, fresh from the database."""
+def data_views(ctx: UIContext, tab: DataTab, actor: Actor) -> dict:
+    """Everything the tab shows about the projects, fresh from the database: to an annotator, the
+    projects they work on and, of the annotators, only themselves."""
     counts = projects.project_counts(ctx.db)
+    team = has(actor, Permission.view_team_stats)
+    if not team:
+        mine = set(project_choices(ctx, actor, [c.name for c in counts]))
+        counts = [c for c in counts if c.name in mine]
+    rows = [row for row in _annotator_rows(ctx, [c.name for c in counts]) if team or row[1] == actor.name]
     return {tab.bars: _progress_bars(counts), tab.counts: [list(asdict(c).values()) for c in counts],
-            tab.annotators: _annotator_rows(ctx, [c.name for c in counts])}
+            tab.annotators: rows}
+
+
+def stats_views(ctx: UIContext, tab: DataTab, request: gr.Request) -> dict:
+    """data_views for the caller, once they may see label statistics."""
+    return data_views(ctx, tab, caller(ctx, request, Permission.view_own_stats))
 
 
 def build_data_tab(ctx: UIContext) -> DataTab:
@@ -81,9 +93,13 @@ def build_data_tab(ctx: UIContext) -> DataTab:
     status = gr.Markdown("", elem_id="export-status")
     tab = DataTab(bars, counts, annotator_table, refresh, project, fmt, as_datasets, export, file, status)
 
-    refresh.click(lambda: data_views(ctx, tab), None, tab.views())
+    def refresh_views(request: gr.Request):
+        return stats_views(ctx, tab, request)
 
-    def do_export(name, fmt, as_datasets):
+    refresh.click(refresh_views, None, tab.views(), api_name="refresh_counts")
+
+    def do_export(name, fmt, as_datasets, request: gr.Request):
+        caller(ctx, request, Permission.import_export)
         try:
             if not name:
                 raise InputError("pick a project to export")

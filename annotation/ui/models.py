@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from annotation.services import models
+from annotation.ui.access import Permission, caller
 from annotation.ui.context import UIContext
 from storage.errors import InputError
 
@@ -49,8 +50,9 @@ def evaluation_views(ctx: UIContext):
     return models.evaluation_table(rows), frame
 
 
-def show_models(ctx: UIContext, current=None):
+def show_models(ctx: UIContext, request: gr.Request, current=None):
     """Everything the tab shows, fresh from the database."""
+    caller(ctx, request, Permission.manage_models)
     table, plot = evaluation_views(ctx)
     return model_table(ctx), model_choices(ctx, current), table, plot
 
@@ -71,16 +73,21 @@ def build_models_tab(ctx: UIContext) -> ModelsTab:
                            title="Win rate vs base (reward model)", elem_id="evaluations-plot")
     tab = ModelsTab(table, refresh, model, lineage, prompt, try_button, answer, evaluations, eval_plot)
 
-    refresh.click(lambda current: show_models(ctx, current), model, [table, model, evaluations, eval_plot])
+    def refresh_models(current, request: gr.Request):
+        return show_models(ctx, request, current)
 
-    def lineage_of(model_id):
+    refresh.click(refresh_models, model, [table, model, evaluations, eval_plot], api_name="refresh_models")
+
+    def lineage_of(model_id, request: gr.Request):
+        caller(ctx, request, Permission.manage_models)
         if model_id is None:
             return ""
         return json.dumps(models.model_config(ctx.db, int(model_id)), indent=2)
 
-    model.change(lineage_of, model, lineage)
+    model.change(lineage_of, model, lineage, api_name="model_lineage")
 
-    def try_it(model_id, text):
+    def try_it(model_id, text, request: gr.Request):
+        caller(ctx, request, Permission.run_inference)
         try:
             if model_id is None:
                 raise InputError("pick a model first")

@@ -14,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from annotation.services import catalogue, data, judge, projects, prompts
+from annotation.ui.access import Permission, caller, check
 from annotation.ui.context import UIContext
 from annotation.ui.forms import build_form, fill_form, read_form
 from storage.errors import InputError
@@ -114,7 +115,8 @@ def judge_summary(ctx: UIContext, threads: judge.JudgingThreads, name: str | Non
 
 
 def _wire_judge(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> None:
-    def start(name):
+    def start(name, request: gr.Request):
+        caller(ctx, request, Permission.manage_projects)
         try:
             if not name or name == NEW:
                 raise InputError("pick a project first")
@@ -125,13 +127,20 @@ def _wire_judge(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads)
 
     tab.judge_existing.click(start, tab.project, [tab.judge_report, tab.judge_poll], api_name="judge_existing")
 
-    def poll(name):
+    def poll(name, request: gr.Request):
+        caller(ctx, request, Permission.manage_projects)
         run = threads.progress(name) if name and name != NEW else None
         return {tab.judge_report: judge_summary(ctx, threads, name),
                 tab.judge_poll: gr.Timer(active=bool(run and run.running))}
 
-    tab.judge_poll.tick(poll, tab.project, [tab.judge_report, tab.judge_poll], show_progress="hidden")
-    tab.project.change(lambda name: judge_summary(ctx, threads, name), tab.project, tab.judge_report)
+    tab.judge_poll.tick(poll, tab.project, [tab.judge_report, tab.judge_poll], show_progress="hidden",
+                        api_name="judge_progress")
+
+    def summary(name, request: gr.Request):
+        caller(ctx, request, Permission.manage_projects)
+        return judge_summary(ctx, threads, name)
+
+    tab.project.change(summary, tab.project, tab.judge_report, api_name="judge_summary")
 
 
 def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> None:
@@ -140,7 +149,8 @@ def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> No
 
     reward_index = names.index("queue_reward_model")
 
-    def select(name):
+    def select(name, request: gr.Request):
+        caller(ctx, request, Permission.manage_projects)
         if not name or name == NEW:
             values = fill_form(projects.ProjectSettings(name="", model=ctx.default_model))
         else:
@@ -149,7 +159,7 @@ def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> No
         values[reward_index] = gr.update(choices=reward_model_choices(ctx), value=values[reward_index] or "")
         return values
 
-    tab.project.change(select, tab.project, fields)
+    tab.project.change(select, tab.project, fields, api_name="project_settings")
 
     def settings_from(values) -> projects.ProjectSettings:
         try:
@@ -157,7 +167,12 @@ def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> No
         except (TypeError, ValueError) as exc:
             raise InputError(f"invalid setting: {exc}") from None
 
-    def create(*values):
+    def allowed_to_set(request: gr.Request) -> None:
+        # The settings name models, a judge and a reward model, which may be folders on the server.
+        check(ctx, caller(ctx, request, Permission.manage_projects), Permission.use_server_paths)
+
+    def create(request: gr.Request, *values):
+        allowed_to_set(request)
         try:
             settings = projects.create_project(ctx.db, settings_from(values))
         except InputError as exc:
@@ -169,7 +184,8 @@ def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> No
 
     tab.create.click(create, fields, [tab.settings_report, tab.project], api_name="create_project")
 
-    def save(*values):
+    def save(request: gr.Request, *values):
+        allowed_to_set(request)
         try:
             settings = projects.update_project(ctx.db, settings_from(values))
         except InputError as exc:
@@ -180,7 +196,8 @@ def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> No
 
     tab.save.click(save, fields, [tab.settings_report, tab.judge_report], api_name="save_project")
 
-    def add(name, text):
+    def add(name, text, request: gr.Request):
+        caller(ctx, request, Permission.manage_projects)
         try:
             if not name or name == NEW:
                 raise InputError("pick or create a project first")
@@ -194,7 +211,8 @@ def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> No
     tab.add_prompts.click(add, [tab.project, tab.prompt_text], [tab.prompts_report, tab.prompt_text],
                           api_name="add_prompts")
 
-    def do_import(name, file, fmt):
+    def do_import(name, file, fmt, request: gr.Request):
+        caller(ctx, request, Permission.import_export)
         try:
             if not name or name == NEW:
                 raise InputError("pick or create a project first")

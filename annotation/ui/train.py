@@ -27,6 +27,7 @@ from annotation.jobs.evaluation import SELECTIONS as EVAL_SELECTIONS
 from annotation.jobs.kinds import JOB_KINDS
 from annotation.jobs.runner import CANCELLABLE, RESUMABLE, JobRequest, job_rows, log_tail, read_progress
 from annotation.services import catalogue, models, projects
+from annotation.ui.access import Permission, caller, check
 from annotation.ui.context import UIContext
 from annotation.ui.forms import build_form, form_values, readable_error
 from annotation.ui.job_plot import plot_html
@@ -76,6 +77,8 @@ class TrainTab:
     resume: gr.Button
     download: gr.Button
     output: gr.File
+    # Ticks once a second while active; the page's load starts it for those who may watch jobs.
+    poller: gr.Timer | None = None
 
     @property
     def pickers(self) -> list[gr.Dropdown]:
@@ -223,7 +226,8 @@ def _input_text(row: dict) -> str:
 def _wire(ctx: UIContext, tab: TrainTab) -> None:
     kinds = list(JOB_KINDS)
 
-    def show_method(method):
+    def show_method(method, request: gr.Request):
+        caller(ctx, request, Permission.run_jobs)
         # Training reads labels (with filters); best-of-N reads the project's prompts.
         trains = JOB_KINDS[method].trains
         return {**{tab.form_groups[k]: gr.update(visible=method == k) for k in kinds},
@@ -233,12 +237,14 @@ def _wire(ctx: UIContext, tab: TrainTab) -> None:
                 **refresh_model_choices(ctx, tab)}
 
     tab.method.change(show_method, tab.method, [*tab.form_groups.values(), tab.labels, tab.project, tab.launch,
-                                                *tab.pickers])
+                                                *tab.pickers], api_name="train_method")
     _wire_adapter_base_model(ctx, tab)
 
     all_fields = [c for k in kinds for c in tab.forms[k].values()]
 
-    def launch(watched, method, project, annotators, since, until, *values):
+    def launch(request: gr.Request, watched, method, project, annotators, since, until, *values):
+        # The forms name models, adapters and reward models, which may be folders on the server.
+        check(ctx, caller(ctx, request, Permission.run_jobs), Permission.use_server_paths)
         try:
             if ctx.jobs is None:
                 raise InputError("this server runs without a job runner")
@@ -272,10 +278,17 @@ def _wire(ctx: UIContext, tab: TrainTab) -> None:
                      [tab.status, tab.job], api_name="launch_job")
 
     outputs = [tab.queue, tab.job, tab.bar, tab.active, tab.plot, tab.log, tab.cancel, tab.resume, tab.download]
-    gr.Timer(1.0).tick(lambda job_id: poll(ctx, tab, job_id), tab.job, outputs, show_progress="hidden")
-    tab.job.change(lambda job_id: poll(ctx, tab, job_id), tab.job, outputs, show_progress="hidden")
 
-    def act(action, job_id):
+    def watch(job_id, request: gr.Request):
+        caller(ctx, request, Permission.run_jobs)
+        return poll(ctx, tab, job_id)
+
+    tab.poller = gr.Timer(1.0, active=False)
+    tab.poller.tick(watch, tab.job, outputs, show_progress="hidden", api_name="job_poll")
+    tab.job.change(watch, tab.job, outputs, show_progress="hidden", api_name="job_picked")
+
+    def act(action, job_id, request: gr.Request):
+        caller(ctx, request, Permission.run_jobs)
         try:
             job_id = parse_job_id(job_id)
             getattr(ctx.jobs, action)(job_id)
@@ -283,10 +296,17 @@ def _wire(ctx: UIContext, tab: TrainTab) -> None:
             return f"⚠️ {exc}"
         return f"✅ Job {job_id} {'cancelled' if action == 'cancel' else 'queued again from its last checkpoint'}."
 
-    tab.cancel.click(lambda j: act("cancel", j), tab.job, tab.status, api_name="cancel_job")
-    tab.resume.click(lambda j: act("resume", j), tab.job, tab.status, api_name="resume_job")
+    def cancel(job_id, request: gr.Request):
+        return act("cancel", job_id, request)
 
-    def download(job_id):
+    def resume(job_id, request: gr.Request):
+        return act("resume", job_id, request)
+
+    tab.cancel.click(cancel, tab.job, tab.status, api_name="cancel_job")
+    tab.resume.click(resume, tab.job, tab.status, api_name="resume_job")
+
+    def download(job_id, request: gr.Request):
+        caller(ctx, request, Permission.run_jobs)
         try:
             path = output_file(ctx, job_id)
         except InputError as exc:
@@ -409,15 +429,16 @@ def on_select(ctx: UIContext, tab: TrainTab, project: str | None, job_id: int | 
 
 def _wire_adapter_base_model(ctx: UIContext, tab: TrainTab) -> None:
     """Picking a trained adapter fills in the base model it was trained on: any other base would not fit."""
-    for form in tab.forms.values():
+    for kind_name, form in tab.forms.items():
         if "adapter" not in form or "model" not in form:
             continue
 
-        def base_of(adapter):
+        def base_of(adapter, request: gr.Request):
+            caller(ctx, request, Permission.run_jobs)
             base = next((r.base_model for r in models.list_models(ctx.db) if r.path == adapter), None)
             return gr.update(value=base) if adapter and base else gr.update()
 
-        form["adapter"].change(base_of, form["adapter"], form["model"])
+        form["adapter"].change(base_of, form["adapter"], form["model"], api_name=f"train_adapter_base_{kind_name}")
 
 
 def _job_choices(ctx: UIContext, rows: list[dict] | None = None) -> list[tuple[str, int]]:
