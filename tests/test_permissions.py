@@ -106,11 +106,11 @@ def test_every_event_handler_of_the_app_takes_the_request(tmp_path):
     what each one then allows)."""
     import gradio as gr
 
-    from annotation.server import create_context
     from annotation.ui.app import build_app
+    from annotation.ui.context import UIContext
+    from storage.db import open_database
 
-    ctx = create_context(str(tmp_path / "app.db"), worker=False, seed=False, jobs=False)
-    demo = build_app(ctx)
+    demo = build_app(UIContext(db=open_database(tmp_path / "app.db")))
     missing = []
     for block_fn in demo.fns.values():
         if block_fn.fn is None:
