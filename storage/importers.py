@@ -354,20 +354,52 @@ def _read_arrow_shard(shard: Path):
 
 
 def _dataset_shards(path: Path) -> list[Path]:
+    """The Arrow shards of a ``save_to_disk`` folder, each checked to lie inside that folder.
+
+    ``state.json`` and ``dataset_dict.json`` are data from the uploader: a file name there such as
+    ``/etc/passwd`` or ``../../secrets.arrow`` (or a symlink pointing out) would import a file of the
+    server's, so every name is resolved and must stay inside the folder being imported.
+    """
+    root = path.resolve()
     splits_file = path / "dataset_dict.json"
     if splits_file.exists():
-        splits = json.loads(splits_file.read_text())["splits"]
+        splits = json.loads(_inside(root, splits_file, "dataset_dict.json").read_text())["splits"]
         if len(splits) != 1:
-            raise ValueError(f"the folder holds a DatasetDict with splits {', '.join(splits)}; "
+            raise ValueError(f"the folder holds a DatasetDict with splits {', '.join(map(str, splits))}; "
                              "import one split folder (e.g. .../train)")
-        path = path / splits[0]
+        path = _inside(root, path / _listed_name(splits[0], "dataset_dict.json"), "dataset_dict.json")
     state = path / "state.json"
     if state.exists():
-        return [path / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+        files = json.loads(_inside(root, state, "state.json").read_text())["_data_files"]
+        return [_regular_shard(root, path / _listed_name(f["filename"], "state.json")) for f in files]
     shards = sorted(path.glob("*.arrow"))
     if not shards:
         raise ValueError("not a folder written by datasets.save_to_disk (no state.json, no .arrow files)")
-    return shards
+    return [_regular_shard(root, shard) for shard in shards]
+
+
+def _listed_name(name, listed_in: str) -> str:
+    """A file or folder name as ``datasets`` writes it: a plain relative name, never an absolute path."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(f"{listed_in} names {name!r}, which is not a file of this dataset folder: "
+                         "only names inside the folder are read")
+    return name
+
+
+def _inside(root: Path, path: Path, listed_in: str) -> Path:
+    """``path`` with its symlinks resolved, if it stays inside ``root``; else ValueError."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"{listed_in} leads to {path.name!r}, which points outside the dataset folder: "
+                         "only files inside the folder are read")
+    return resolved
+
+
+def _regular_shard(root: Path, shard: Path) -> Path:
+    resolved = _inside(root, shard, "state.json")
+    if not resolved.is_file():
+        raise ValueError(f"shard {shard.name!r} is not a regular file of the dataset folder")
+    return resolved
 
 
 def _number_rows(batches) -> Iterator[Row]:

@@ -161,11 +161,11 @@ def test_cli_writes_n_completions_per_prompt(prompts_file, reward_dir, adapter_d
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing-reward", "reward model folder not found"),
-    ("not-a-reward", "is not a saved reward model"),
+    ("missing-reward", "is not a model this server can use"),
+    ("not-a-reward", "is not a model this server can use"),
     ("missing-prompts", "prompts file not found"),
-    ("missing-model", "model folder not found"),
-    ("missing-adapter", "adapter folder not found"),
+    ("missing-model", "is not a model this server can use"),
+    ("missing-adapter", "is not a model this server can use"),
     ("bad-n", "--n must be a positive integer"),
     ("bad-temperature", "temperature must be"),
 ])

@@ -102,9 +102,10 @@ def test_too_few_labels_or_bad_settings_launch_nothing(db, runner, tiny_model_di
     # Models are checked at launch, not a minute into the job.
     with pytest.raises(InputError, match="'no/such-model' is not a file or folder on this machine"):
         runner.submit(JobRequest("dpo", "q", tiny_config("no/such-model")))
-    with pytest.raises(InputError, match="holds no model"):
+    # A typed path that is not a model gets one message, whether it exists or not (annotation.services.paths).
+    with pytest.raises(InputError, match="is not a model this server can use"):
         runner.submit(JobRequest("dpo", "q", tiny_config(tmp_path)))
-    with pytest.raises(InputError, match="model folder not found"):
+    with pytest.raises(InputError, match="is not a model this server can use"):
         runner.submit(JobRequest("dpo", "q", tiny_config(tmp_path / "gone")))
     with transaction(db) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 0
@@ -267,8 +268,8 @@ def test_bad_bon_settings_are_refused_at_submit_and_launch_nothing(db, tmp_path,
     held = JobRunner(db, tmp_path / "runs")
     refused = [
         ("pairs", {"reward": ""}, "pick a reward model"),
-        ("pairs", {"reward": str(tmp_path / "nowhere")}, "reward model folder not found"),
-        ("pairs", {"reward": str(tiny_model_dir)}, "not a saved reward model"),
+        ("pairs", {"reward": str(tmp_path / "nowhere")}, "is not a model this server can use"),
+        ("pairs", {"reward": str(tiny_model_dir)}, "is a base model folder, which cannot be used as the reward"),
         ("pairs", {"n": 0}, "n must be an integer >= 1"),
         ("pairs", {"temperature": -1.0}, "temperature must be"),
         ("pairs", {"n": 3, "store_as_items": True}, "3 candidates, but pairwise project 'pairs' labels exactly 2"),

@@ -177,7 +177,7 @@ def test_judging_needs_a_judge_model_and_writes_nothing_otherwise(db):
 @pytest.mark.parametrize("settings, match", [
     (dict(mode="listwise", k=3, judge_model="default"), "only pairwise projects"),
     (dict(judge_suggestions=True), "judge suggestions need a judge model"),
-    (dict(judge_model="/no/such/judge-folder"), "judge model: model folder not found"),
+    (dict(judge_model="/no/such/judge-folder"), "judge model '/no/such/judge-folder' is not a model this server can use"),
 ])
 def test_judge_settings_are_validated_and_nothing_is_saved(db, settings, match):
     with pytest.raises(InputError, match=match):

@@ -198,7 +198,7 @@ def test_disagreement_for_rankings_and_ratings(db):
 
 @pytest.mark.parametrize("settings, match", [
     (dict(queue_order="uncertainty"), "needs a reward model"),
-    (dict(queue_order="uncertainty", queue_reward_model="/no/such/rm"), "reward model folder not found"),
+    (dict(queue_order="uncertainty", queue_reward_model="/no/such/rm"), "is not a model this server can use"),
     (dict(queue_order="disagreement"), "overlap >= 2"),
     (dict(queue_order="loudest"), "unknown queue order"),
     (dict(queue_order="uncertainty", queue_reward_model="RM", mode="pointwise", k=1), "K must be >= 2"),

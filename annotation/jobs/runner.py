@@ -31,6 +31,7 @@ from alignment.run_folder import CHECKPOINT_PREFIX, PROGRESS_FILE, STATE_FILE
 from alignment.training.memory import with_jemalloc
 from annotation.jobs.kinds import JOB_KINDS
 from annotation.jobs.worker import FAILURE_FILE
+from annotation.services.paths import check_job_paths
 from annotation.services.projects import find_project
 from storage.db import Database, transaction
 from storage.errors import InputError
@@ -141,6 +142,7 @@ class JobRunner:
         kind = JOB_KINDS.get(request.kind)
         if kind is None:
             raise InputError(f"unknown job kind {request.kind!r}: use {', '.join(JOB_KINDS)}")
+        check_job_paths(request.config)  # first: the config's own checks would name the paths they miss
         run_dir = None
         try:
             with transaction(self.db) as s:

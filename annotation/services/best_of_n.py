@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from annotation.services.labelling import Receipt
+from annotation.services.paths import check_adapter, check_model, check_reward_model
 from annotation.services.projects import ensure_user, find_project
 from storage.db import Database, transaction
 from storage.errors import InputError
@@ -103,16 +104,6 @@ def read_prompts(path: str | Path, fmt: str | None = None) -> tuple[list[list[di
     return messages, [r.is_chat for r in report.records], [dict(r.meta or {}) for r in report.records]
 
 
-def _check_reward_dir(reward: str | Path) -> Path:
-    path = Path(reward).expanduser()
-    if not path.is_dir():
-        raise InputError(f"reward model folder not found: {path} (train one with `app.py train rm`)")
-    if not (path / "adapter_config.json").is_file():
-        raise InputError(f"{path} is not a saved reward model (no adapter_config.json); "
-                         f"give the --out folder of `app.py train rm`")
-    return path
-
-
 def _check_out(out: str | Path) -> Path:
     path = Path(out).expanduser()
     if path.is_dir():
@@ -144,20 +135,21 @@ def run_best_of_n(prompts_file: str | Path, reward: str | Path, *, model: str | 
         raise InputError(f"--n must be a positive integer, got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
-    reward_dir = _check_reward_dir(reward)
+    reward_dir = check_reward_model(str(reward))
     out_path = _check_out(out) if out is not None else None
     prompts, is_chat, meta = read_prompts(prompts_file, fmt)
+    adapter_dir = str(check_adapter(str(adapter)).resolve()) if adapter is not None else None
 
     # Only now the heavy imports (torch, transformers): the checks above answer in a second.
-    from alignment.best_of_n import adapter_base_model, best_of_n, check_adapter_dir, policy_backend
+    from alignment.best_of_n import adapter_base_model, best_of_n, policy_backend
     from alignment.models import resolve_model_spec
     from alignment.sampling import SamplingParams
     from alignment.training.reward import load_reward_model
 
     try:
         params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-        adapter_dir = str(check_adapter_dir(adapter).resolve()) if adapter is not None else None
         spec = model or (adapter_base_model(adapter_dir) if adapter_dir else None) or "default"
+        check_model(spec)
         resolve_model_spec(spec)
     except ValueError as exc:
         raise InputError(str(exc)) from None

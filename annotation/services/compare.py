@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 from annotation.services.catalogue import ModelOption
+from annotation.services.paths import check_reward_model
 from storage.errors import InputError
 
 MAX_MODELS = 6
@@ -46,8 +47,9 @@ def answer(options: list[ModelOption], messages: list[dict[str, str]], params: A
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise InputError(f"seed must be a whole number >= 0 (or empty for a random one), got {seed!r}")
     refs = [ModelRef(model=o.model, adapter=o.adapter, label=o.name) for o in options]
+    reward_dir = check_reward_model(str(reward)) if reward else None
     try:
-        loaded_reward = _reward_model(str(reward)) if reward else None
+        loaded_reward = _reward_model(str(reward_dir)) if reward_dir else None
     except (ValueError, RuntimeError, OSError) as exc:
         raise InputError(f"cannot load the reward model {reward}: {exc}") from None
     try:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from sqlalchemy import func, select, update
 
+from annotation.services.paths import check_model, check_reward_model
 from storage.db import Database, reading, transaction
 from storage.errors import InputError
 from storage.models import (
@@ -82,7 +83,7 @@ class ProjectSettings:
             raise InputError("queue target must be between 0 and 1000")
         if not (self.model or "").strip():
             raise InputError("model is empty: use 'default' for the embedded model")
-        self._validate_remote_model()
+        check_model(self.model, "model")
         self._validate_queue_order()
         self._validate_judge()
         return self
@@ -100,22 +101,8 @@ class ProjectSettings:
         if self.queue_order == QueueOrder.disagreement.value and self.overlap < 2:
             raise InputError("ordering by disagreement needs overlap >= 2: with one label per item nobody can disagree")
         if self.queue_reward_model:
-            from alignment.best_of_n import check_reward_dir  # lazy: torch only when a reward model is set
-
-            try:
-                # Absolute: the generator process may run from another working directory.
-                self.queue_reward_model = os.path.abspath(check_reward_dir(self.queue_reward_model))
-            except ValueError as exc:
-                raise InputError(f"queue reward model: {exc}") from None
-
-    def _validate_remote_model(self) -> None:
-        from alignment.remote import RemoteModel, is_remote_spec  # no torch: plain HTTP
-
-        if is_remote_spec(self.model):
-            try:
-                RemoteModel.parse(self.model)  # a malformed URL fails here, not in the generator
-            except ValueError as exc:
-                raise InputError(f"model: {exc}") from None
+            # Absolute: the generator process may run from another working directory.
+            self.queue_reward_model = os.path.abspath(check_reward_model(self.queue_reward_model, "queue reward model"))
 
     def _validate_judge(self) -> None:
         self.judge_model = (self.judge_model or "").strip() or None
@@ -128,12 +115,7 @@ class ProjectSettings:
             raise InputError("the LLM judge compares two responses: only pairwise projects can have a judge model")
         if len(self.judge_model) > 512:
             raise InputError("judge model is longer than 512 characters")
-        from alignment.models import resolve_model_spec  # lazy: torch only when a judge is set
-
-        try:
-            resolve_model_spec(self.judge_model)  # a mistyped folder or .gguf file fails here, not in the generator
-        except (ValueError, RuntimeError) as exc:
-            raise InputError(f"judge model: {exc}") from None
+        check_model(self.judge_model, "judge model")  # a mistyped folder or .gguf file fails here, not in the generator
 
 
 def check_printable(text: str, what: str) -> None:
