@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-seed", action="store_true", help="do not create the starter project on an empty database")
     serve.add_argument("--runs", default=None,
                        help="folder for training run folders (default: runs/ next to the SQLite file)")
+    serve.add_argument("--max-upload-mb", type=float, default=None,
+                       help="largest file the web UI accepts for import (default 200)")
+    serve.add_argument("--max-unzipped-mb", type=float, default=None,
+                       help="most an imported .zip may unpack to (default 2048)")
+    serve.add_argument("--min-label-seconds", type=float, default=None,
+                       help="refuse a label given sooner after its item was shown (default 0.3: nobody reads faster; "
+                            "scripts chaining submits do)")
 
     imp = sub.add_parser("import", help="import prompts or preference pairs",
                          description="Import a file into a project. All-or-nothing: any bad record and nothing "
@@ -271,7 +278,8 @@ def cmd_serve(args) -> int:
     from annotation.server import serve
 
     serve(db=args.db, model=args.model, host=args.host, port=args.port, worker=not args.no_worker,
-          seed=not args.no_seed, runs=args.runs)
+          seed=not args.no_seed, runs=args.runs, max_upload_mb=args.max_upload_mb,
+          max_unzipped_mb=args.max_unzipped_mb, min_label_seconds=args.min_label_seconds)
     return 0
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from annotation.generator_process import GeneratorProcess
 from annotation.jobs.runner import JobRunner
+from annotation.services.data import UploadLimits
 from annotation.services.prompts import seed_starter_project
 from annotation.ui.app import build_app, launch_kwargs
 from annotation.ui.context import UIContext
@@ -37,14 +38,18 @@ def create_context(db: str | None, model: str = "default", worker: bool = True, 
 
 
 def serve(db: str | None = None, model: str = "default", host: str = "127.0.0.1", port: int = 7860,
-          worker: bool = True, seed: bool = True, runs: str | None = None) -> None:
+          worker: bool = True, seed: bool = True, runs: str | None = None, max_upload_mb: float | None = None,
+          max_unzipped_mb: float | None = None, min_label_seconds: float | None = None) -> None:
     ctx = create_context(db, model=model, worker=worker, seed=seed, runs=runs)
+    ctx.limits = UploadLimits.from_megabytes(max_upload_mb, max_unzipped_mb)
+    if min_label_seconds is not None:
+        ctx.min_label_ms = int(min_label_seconds * 1000)
     log.info("database: %s", ctx.db.url)
     demo = build_app(ctx)
     print(f"prefstudio is starting on http://{host}:{port}", flush=True)
     try:
         demo.queue(default_concurrency_limit=8).launch(server_name=host, server_port=port, show_error=True,
-                                                       **launch_kwargs())
+                                                       max_file_size=ctx.limits.max_upload_bytes, **launch_kwargs())
     finally:
         if ctx.worker is not None:
             ctx.worker.stop()

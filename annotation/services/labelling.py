@@ -42,6 +42,11 @@ from storage.models import (
 ARENA_SOURCE = "arena"  # responses of blind-arena votes (annotation.services.arena.SOURCE)
 
 LEASE = timedelta(minutes=10)
+# Nobody reads an item and decides in less: a submit sooner after the item was served is a script
+# chaining submits (the drill labelled items that were on screen for 40 ms), refused with a message.
+# The UI passes its own minimum (`serve --min-label-seconds`); the services' callers (the CLI, tests,
+# imports) pass none.
+DEFAULT_MIN_DWELL_MS = 300
 MAX_RATIONALE_CHARS = 10_000
 MAX_REWRITE_CHARS = 100_000
 
@@ -235,8 +240,37 @@ def disputed_item_ids(session, project: Project) -> list[int]:
                   if any(_rankings_disagree(rows[0], other) for other in rows[1:]))
 
 
+class ItemClosed(InputError):
+    """The item already has every label its project asks for: this one is refused, not stored."""
+
+
+class TooFast(InputError):
+    """The submit came sooner after the item was shown than anyone can read it."""
+
+
+def check_dwell(view: ItemView, min_dwell_ms: int) -> None:
+    """Refuse a label given less than ``min_dwell_ms`` after the item was served (``shown_at`` is set
+    on the server and kept in server-side session state: a client cannot set it)."""
+    elapsed = view.elapsed_ms()
+    if elapsed < min_dwell_ms:
+        raise TooFast(f"item {view.item_id} was on screen for only {elapsed} ms: read it before submitting "
+                      "(your answer is still in the form; submit again)")
+
+
+def _check_open(s, item: Item, project: Project) -> None:
+    """An item that has reached its overlap takes no more labels (an annotator who kept it on screen
+    while others finished it is told, and keeps what they typed)."""
+    labels = _label_count(s, item, project.mode)
+    if labels >= project.overlap or item.status == ItemStatus.done:
+        raise ItemClosed(f"item {item.id} already has all the labels it needs ({labels} of {project.overlap}), "
+                         "so yours was not saved. Your text is still in the form if you want to keep it; "
+                         "Skip moves on to the next item.")
+
+
 def _load_for_submit(s, view: ItemView, mode: Mode) -> tuple[Item, Project, User]:
-    item = s.get(Item, view.item_id)
+    # Locked (PostgreSQL; SQLite writes one at a time anyway), so two annotators cannot both take
+    # an item's last place.
+    item = s.get(Item, view.item_id, with_for_update=True)
     if item is None:
         raise InputError(f"unknown item {view.item_id}")
     project = s.get(Project, item.project_id)
@@ -305,6 +339,7 @@ def submit_pairwise(db: Database, view: ItemView, choice: str, strength: int | N
         found = _existing(s, PairwiseLabel, view, user.id)
         if found is not None:
             return Receipt("pairwise", item.id, [found.id], duplicate=True)
+        _check_open(s, item, project)
         label = PairwiseLabel(
             prompt_id=item.prompt_id, item_id=item.id, user_id=user.id,
             response_a_id=view.responses[0].id, response_b_id=view.responses[1].id,
@@ -376,6 +411,7 @@ def submit_ranking(db: Database, view: ItemView, groups: list[list[int]], ration
         found = _existing(s, Ranking, view, user.id)
         if found is not None:
             return Receipt("ranking", item.id, [found.id], duplicate=True)
+        _check_open(s, item, project)
         ranking = Ranking(prompt_id=item.prompt_id, item_id=item.id, user_id=user.id, groups=groups,
                           shown_order=view.shown_order, rationale=rationale, source=LabelSource.human,
                           time_taken_ms=view.elapsed_ms(), client_token=view.token)
@@ -400,6 +436,7 @@ def submit_ratings(db: Database, view: ItemView, scores: list[int], rationale: s
                                                    (Rating.item_id == item.id) & (Rating.user_id == user.id)))).all()
         if found:
             return Receipt("ratings", item.id, [r.id for r in found], duplicate=True)
+        _check_open(s, item, project)
         ratings = [Rating(response_id=r.id, item_id=item.id, user_id=user.id, score=int(score),
                           rationale=rationale, source=LabelSource.human, time_taken_ms=view.elapsed_ms(),
                           client_token=token)

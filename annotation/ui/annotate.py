@@ -62,11 +62,14 @@ class AnnotateTab:
     undo: gr.Button
     waiting: gr.Timer
     start: Callable | None = None  # (project, name, view) -> updates: what opening the tab shows
+    # The id of the item the page shows, sent back with a submit: a submit answers that item only, so
+    # parallel submits from one session cannot run on into the items served after it.
+    shown_item: gr.Textbox | None = None
 
     def common_outputs(self) -> list:
         return [self.view, self.guidelines, self.status, self.progress, self.prompt, self.pair_panel,
                 self.list_panel, self.actions, self.skip, self.rationale, self.notice, self.pair_submit,
-                self.list_submit, self.waiting]
+                self.list_submit, self.waiting, self.shown_item]
 
     def pair_outputs(self) -> list:
         return [self.resp_a, self.resp_b, self.suggestion, self.choice, self.strength, self.rewrite]
@@ -84,6 +87,7 @@ def build_annotate_tab(ctx: UIContext) -> AnnotateTab:
         project = gr.Dropdown(label="Project", choices=[], elem_id="annotate-project", scale=1)
         progress = gr.HTML("", elem_id="progress", js_on_load=None)
     view = gr.State(None)
+    shown_item = gr.Textbox("", visible=False, elem_id="shown-item")
     guidelines = gr.HTML("", elem_id="guidelines", js_on_load=None)
     # Status and progress are gr.HTML fed with server-rendered safe markdown: cheaper for the browser
     # to update on every label than gr.Markdown, and messages may quote user input.
@@ -130,7 +134,7 @@ def build_annotate_tab(ctx: UIContext) -> AnnotateTab:
     waiting = gr.Timer(2.0, active=False)
     tab = AnnotateTab(annotator, project, view, guidelines, progress, status, prompt, pair_panel, resp_a, resp_b,
                       suggestion, choice, strength, rewrite, list_panel, cards, card_boxes, ranks, ratings, rationale,
-                      notice, actions, pair_submit, list_submit, skip, undo, waiting)
+                      notice, actions, pair_submit, list_submit, skip, undo, waiting, shown_item=shown_item)
     _wire(ctx, tab)
     return tab
 
@@ -160,7 +164,7 @@ def _show(ctx: UIContext, tab: AnnotateTab, view: ItemView | None, project: str 
     project, and so the guidelines and the mode, stay the same) or "cards" (a list-mode submit).
     """
     mode = view.mode if view else None
-    updates: dict = {tab.view: view, tab.status: _md(message), tab.progress: _progress_text(ctx, project, user),
+    updates: dict = {tab.view: view, tab.shown_item: str(view.item_id) if view else "", tab.status: _md(message), tab.progress: _progress_text(ctx, project, user),
                      tab.rationale: gr.update(value="", visible=view is not None), tab.notice: "",
                      tab.waiting: gr.Timer(active=view is None),
                      tab.prompt: render_messages(view.prompt_messages, view.is_chat) if view else ""}
@@ -315,15 +319,23 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
     tab.annotator.submit(start, item_inputs, outputs, api_name="annotate_name_entered")
     tab.annotator.blur(start, item_inputs, outputs, api_name="annotate_name_left")
 
+    def check_submit(view: ItemView, shown_item) -> None:
+        """A submit answers the item this session was shown, and not sooner than anyone can read it."""
+        if str(shown_item or "").strip() != str(view.item_id):
+            raise InputError(f"this answer was for item {shown_item or '(none)'}, but item {view.item_id} is the one on screen: "
+                             "nothing was saved")
+        labelling.check_dwell(view, ctx.min_label_ms)
+
     def recorded(receipt: labelling.Receipt, said: str) -> str:
         note = "already saved" if receipt.duplicate else "saved"
         return f"✅ {said} {note} (item {receipt.item_id})."
 
-    def submit_pair(project, user, view, choice, strength, rewrite, rationale, request: gr.Request):
+    def submit_pair(project, user, view, shown_item, choice, strength, rewrite, rationale, request: gr.Request):
         user = _annotator(ctx, request, project, user, view)
         if view is None or view.mode != "pairwise":
             return _load_next(ctx, tab, project, user, parts="pair")
         try:
+            check_submit(view, shown_item)
             # The rewrite box keeps its text while hidden: it goes with "both bad" only.
             receipt = labelling.submit_pairwise(ctx.db, view, choice, strength=strength or None, rationale=rationale,
                                                 rewrite=rewrite if choice == "both_bad" else None)
@@ -332,17 +344,18 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
         said = dict((value, text) for text, value in CHOICES)[choice]
         return _load_next(ctx, tab, project, user, recorded(receipt, said), parts="pair")
 
-    tab.pair_submit.click(submit_pair, [*item_inputs, tab.choice, tab.strength, tab.rewrite, tab.rationale],
+    tab.pair_submit.click(submit_pair, [*item_inputs, tab.shown_item, tab.choice, tab.strength, tab.rewrite, tab.rationale],
                           tab.common_outputs() + tab.pair_outputs(), api_name="submit_pairwise", queue=False,
                           show_progress="hidden")
 
-    def submit_list(request: gr.Request, project, user, view, rationale, *cards):
+    def submit_list(request: gr.Request, project, user, view, shown_item, rationale, *cards):
         user = _annotator(ctx, request, project, user, view)
         if view is None or view.mode not in ("listwise", "pointwise"):
             return _load_next(ctx, tab, project, user, parts="cards")
         n = len(view.responses)
         ranks, ratings = cards[:MAX_CARDS][:n], cards[MAX_CARDS:][:n]
         try:
+            check_submit(view, shown_item)
             if view.mode == "listwise":
                 groups = labelling.groups_from_ranks(view, list(ranks))
                 receipt, said = labelling.submit_ranking(ctx.db, view, groups, rationale=rationale), "ranking"
@@ -353,7 +366,7 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
             return {tab.notice: _md(f"⚠️ {exc}")}
         return _load_next(ctx, tab, project, user, recorded(receipt, said), parts="cards")
 
-    tab.list_submit.click(submit_list, [*item_inputs, tab.rationale, *tab.ranks, *tab.ratings],
+    tab.list_submit.click(submit_list, [*item_inputs, tab.shown_item, tab.rationale, *tab.ranks, *tab.ratings],
                           tab.common_outputs() + tab.card_outputs(), api_name="submit_list", queue=False,
                           show_progress="hidden")
 
@@ -404,3 +417,17 @@ def _wire(ctx: UIContext, tab: AnnotateTab) -> None:
 
     gr.Timer(5.0).tick(progress, [tab.project, tab.annotator], tab.progress, show_progress="hidden", queue=False,
                        api_name="annotate_progress")
+
+
+def release_on_close(ctx: UIContext, tab: AnnotateTab, demo: gr.Blocks) -> None:
+    """When a browser session ends (tab closed or reloaded: Gradio's heartbeat stops), give back the
+    lease on the item it showed, so others may take it now instead of when the lease runs out."""
+
+    def closed(request: gr.Request) -> None:
+        # Gradio keeps a closed session's state for an hour; read the item it showed from there.
+        session = demo.state_holder.session_data.get(request.session_hash)
+        view = session.state_data.get(tab.view._id) if session is not None else None
+        if isinstance(view, ItemView):
+            labelling.release(ctx.db, view)
+
+    demo.unload(closed)

@@ -5,7 +5,7 @@ import gradio as gr
 
 from annotation.services import projects
 from annotation.ui.access import Actor, Permission, caller, has, project_choices
-from annotation.ui.annotate import build_annotate_tab
+from annotation.ui.annotate import build_annotate_tab, release_on_close
 from annotation.ui.best_of_n import build_best_of_n_tab
 from annotation.ui.best_of_n import refresh as best_of_n_choices
 from annotation.ui.compare import build_compare_tab
@@ -121,6 +121,7 @@ def build_app(ctx: UIContext) -> gr.Blocks:
         with gr.Tabs(elem_id="main-tabs"):
             with gr.Tab("Annotate", id="annotate") as annotate_tab:
                 annotate = build_annotate_tab(ctx)
+                release_on_close(ctx, annotate, demo)
             with gr.Tab("Projects", id="projects") as projects_tab:
                 setup = build_projects_tab(ctx)
             with gr.Tab("Data", id="data") as data_tab:

@@ -2,12 +2,14 @@
 wires the tabs, instead of module globals)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from typing import Protocol
 
 from annotation.generation import WorkerStatus
 from annotation.jobs.runner import JobRunner
+from annotation.services.data import UploadLimits
+from annotation.services.labelling import DEFAULT_MIN_DWELL_MS
 from storage.db import Database
 
 
@@ -26,6 +28,8 @@ class UIContext:
     default_model: str = "default"
     worker: Worker | None = None
     jobs: JobRunner | None = None
+    limits: UploadLimits = field(default_factory=UploadLimits)  # what a web upload may hold
+    min_label_ms: int = DEFAULT_MIN_DWELL_MS  # the least time an item is on screen before its label
 
     def wake_worker(self) -> None:
         if self.worker is not None:

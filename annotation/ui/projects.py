@@ -218,7 +218,7 @@ def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> No
                 raise InputError("pick or create a project first")
             if not file:
                 raise InputError("choose a file to import first")
-            result = data.import_file(ctx.db, file, name, fmt=None if fmt == "auto" else fmt)
+            result = data.import_file(ctx.db, file, name, fmt=None if fmt == "auto" else fmt, limits=ctx.limits)
         except InputError as exc:
             # The server's copy of an upload lives in a temporary folder: name the file as the user knows it.
             return {tab.report: _failure_report(exc).replace(str(file), Path(file).name)}
