@@ -5,6 +5,7 @@ was an HTTP one."""
 from __future__ import annotations
 
 import json
+import time
 import os
 import zipfile
 from pathlib import Path
@@ -256,3 +257,24 @@ def test_a_path_probe_over_http_gets_identical_answers(tmp_path, probes):
             assert "is not a model this server can use" in next(iter(messages.values()))
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Export temp files
+# --------------------------------------------------------------------------------------------------
+
+def test_repeated_exports_do_not_accumulate_folders():
+    """The Data tab writes each export into the process's download folder; an export older than
+    DOWNLOAD_MAX_AGE_S (Gradio copied it long before) is removed when the next one is written."""
+    from annotation.ui import downloads
+
+    made = []
+    for _ in range(5):
+        folder = downloads.new_download_dir("export")
+        made.append(folder)
+        (folder / "p.jsonl").write_text("{}\n")
+        past = time.time() - downloads.DOWNLOAD_MAX_AGE_S - 1
+        os.utime(folder, (past, past))  # as if served ten minutes ago
+    downloads.new_download_dir("export")
+    left = list(downloads.download_folder().iterdir())
+    assert all(not folder.exists() for folder in made) and len(left) == 1

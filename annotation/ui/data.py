@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import gradio as gr
 from annotation.services import annotators, data, projects
 from annotation.ui.access import Actor, Permission, caller, has, project_choices
 from annotation.ui.context import UIContext
+from annotation.ui.downloads import new_download_dir
 from storage.errors import InputError
 
 COUNT_COLUMNS = ["project", "mode", "prompts", "items ready", "items done", "pairwise labels", "rankings",
@@ -103,7 +103,7 @@ def build_data_tab(ctx: UIContext) -> DataTab:
         try:
             if not name:
                 raise InputError("pick a project to export")
-            out_dir = Path(tempfile.mkdtemp(prefix="prefstudio-export-"))
+            out_dir = new_download_dir("export")  # removed once Gradio has long copied it
             stem = f"{name}-{fmt}".replace("/", "_")
             if as_datasets:
                 result = data.export_labels(ctx.db, name, fmt, out_dir / stem, as_datasets=True)

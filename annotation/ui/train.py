@@ -10,10 +10,7 @@ reload (or a second browser) re-attaches to running jobs with nothing kept in th
 """
 from __future__ import annotations
 
-import atexit
 import shutil
-import tempfile
-import time
 import zipfile
 from dataclasses import dataclass
 from html import escape
@@ -29,6 +26,7 @@ from annotation.jobs.runner import CANCELLABLE, RESUMABLE, JobRequest, job_rows,
 from annotation.services import catalogue, models, projects
 from annotation.ui.access import Permission, caller, check
 from annotation.ui.context import UIContext
+from annotation.ui.downloads import download_folder
 from annotation.ui.forms import build_form, form_values, readable_error
 from annotation.ui.job_plot import plot_html
 from storage.errors import InputError
@@ -41,7 +39,6 @@ QUEUE_COLUMNS = ["job", "method", "status", "progress", "loss", "ETA", "input", 
 ACTIVE = ("running", "queued")
 # Not part of a downloaded model: resumable checkpoints (optimizer state) and the reference-pass cache.
 NOT_DOWNLOADED = (f"{CHECKPOINT_PREFIX}*", REFERENCE_FILE)
-DOWNLOAD_MAX_AGE_S = 600  # Gradio has copied a download into its own cache long before this
 CHOICES = {"loss": list(DPO_LOSS_TYPES), "lr_schedule": list(LR_SCHEDULES), "device": ["auto", "cpu", "cuda"],
            "prompts": list(PROMPT_SELECTIONS)}
 # Where a kind's field of the same name takes other values.
@@ -395,21 +392,6 @@ def zip_folder(folder: Path, target: Path) -> Path:
                 archive.write(path, f"{root}/{relative.as_posix()}")
     partial.replace(target)
     return target
-
-
-_downloads: Path | None = None
-
-
-def download_folder() -> Path:
-    """This process's download folder (removed at exit), cleared of downloads Gradio has long copied."""
-    global _downloads
-    if _downloads is None:
-        _downloads = Path(tempfile.mkdtemp(prefix="prefstudio-downloads-"))
-        atexit.register(shutil.rmtree, _downloads, True)
-    for old in _downloads.iterdir():
-        if time.time() - old.stat().st_mtime > DOWNLOAD_MAX_AGE_S:
-            old.unlink(missing_ok=True)
-    return _downloads
 
 
 def refresh_model_choices(ctx: UIContext, tab: TrainTab) -> dict:
