@@ -6,6 +6,7 @@
     python app.py export OUT --project P     # labels as TRL / listwise / ratings / SFT data
     python app.py generate --project P       # sample K responses for prompts, headless
     python app.py train dpo --project P --out runs/dpo   # LoRA DPO / reward model / listwise DPO
+    python app.py users add NAME --role admin   # accounts: from then on every page needs a login
 
 Every subcommand takes --db (a file path or an SQLAlchemy URL; default data/prefstudio.db).
 """
@@ -215,7 +216,84 @@ def build_parser() -> argparse.ArgumentParser:
                                          "if it holds any row. Stop `serve` on the source first.")
     copy.add_argument("--from", dest="source", required=True, help="source database: a file path or an SQLAlchemy URL")
     copy.add_argument("--to", dest="target", required=True, help="target database: a file path or an SQLAlchemy URL")
+    add_users_parser(sub)
     return parser
+
+
+def add_users_parser(sub) -> None:
+    users = sub.add_parser("users", help="accounts: add users, set passwords, project membership",
+                           description="Accounts. Once one user has a password, `serve` asks everyone to log in "
+                                       "(on any host); before that it is single-user local mode on 127.0.0.1. "
+                                       "Passwords are prompted for, or read from standard input (one line) when "
+                                       "that is not a terminal.")
+    users.add_argument("--db", default=None, help=DB_HELP)
+    actions = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="add a user with a password", description="Add a user with a password.")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, help="admin, annotator or reviewer")
+    add.add_argument("--project", action="append", default=[], metavar="PROJECT",
+                     help="make the user a member of this project (repeat for several)")
+    listing = actions.add_parser("list", help="list users, their roles and projects")
+    passwd = actions.add_parser("passwd", help="set a user's password (ends their sessions)")
+    passwd.add_argument("name")
+    role = actions.add_parser("role", help="change a user's role")
+    role.add_argument("name")
+    role.add_argument("role", help="admin, annotator or reviewer")
+    member = actions.add_parser("member", help="add a user to a project (or --remove them)")
+    member.add_argument("name")
+    member.add_argument("project")
+    member.add_argument("--remove", action="store_true", help="end the membership instead")
+    for action in (add, listing, passwd, role, member):
+        action.add_argument("--db", default=argparse.SUPPRESS, help=DB_HELP)
+
+
+def read_password(confirm: bool = True) -> str:
+    """From the terminal without echo (twice), or the first line of standard input (scripts, CI)."""
+    import getpass
+
+    from annotation.services import InputError
+
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass("Password: ")
+    if confirm and password and getpass.getpass("Password again: ") != password:
+        raise InputError("the two passwords differ; nothing was changed")
+    return password
+
+
+def cmd_users(args) -> int:
+    from annotation.auth import accounts
+    from annotation.services import open_database
+
+    db = open_database(args.db)
+    if args.users_command == "list":
+        rows = accounts.user_rows(db)
+        if not rows:
+            print("no users yet: `python app.py users add NAME --role admin` creates the first admin")
+            return 0
+        width = max(len("name"), *(len(r.name) for r in rows))
+        print(f"{'name':<{width}}  {'role':<9}  {'login':<5}  projects")
+        for r in rows:
+            print(f"{r.name:<{width}}  {r.role:<9}  {'yes' if r.can_log_in else 'no':<5}  {', '.join(r.projects) or '-'}")
+    elif args.users_command == "add":
+        accounts.check_new_user(db, args.name, args.role, tuple(args.project))
+        accounts.add_user(db, args.name, args.role, read_password(), tuple(args.project))
+        member = f", member of {', '.join(args.project)}" if args.project else ""
+        print(f"added {args.role} {args.name.strip()!r}{member}")
+    elif args.users_command == "passwd":
+        accounts.check_user(db, args.name)
+        accounts.set_password(db, args.name, read_password())
+        print(f"password of {args.name.strip()!r} changed; their sessions were ended")
+    elif args.users_command == "role":
+        accounts.set_role(db, args.name, args.role)
+        print(f"{args.name.strip()!r} is now {args.role}")
+    elif args.remove:
+        gone = accounts.remove_membership(db, args.name, args.project)
+        print(f"{args.name.strip()!r} {'left' if gone else 'was not a member of'} {args.project!r}")
+    else:
+        added = accounts.add_membership(db, args.name, args.project)
+        print(f"{args.name.strip()!r} {'is now' if added else 'already was'} a member of {args.project!r}")
+    return 0
 
 
 def cmd_db(args) -> int:
@@ -377,7 +455,7 @@ def cmd_eval(args) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "import": cmd_import, "export": cmd_export, "generate": cmd_generate,
-            "train": cmd_train, "bon": cmd_bon, "eval": cmd_eval, "db": cmd_db}
+            "train": cmd_train, "bon": cmd_bon, "eval": cmd_eval, "db": cmd_db, "users": cmd_users}
 
 
 def main(argv: list[str] | None = None) -> int:

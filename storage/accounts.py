@@ -50,12 +50,20 @@ def create_user(session: Session, name: str, role: Role | str, password_hash: st
     """A new user; a name already taken is refused (an existing name from old labels included)."""
     name = check_user_name(name)
     role = parse_role(role)
-    if session.scalar(select(exists().where(User.name == name))):
-        raise InputError(f"a user named {name!r} already exists (`users passwd` changes a password)")
+    if user_exists(session, name):
+        raise taken(name)
     user = User(name=name, role=role, password_hash=password_hash)
     session.add(user)
     session.flush()
     return user
+
+
+def user_exists(session: Session, name: str) -> bool:
+    return bool(session.scalar(select(exists().where(User.name == name))))
+
+
+def taken(name: str) -> InputError:
+    return InputError(f"a user named {name!r} already exists (`users passwd` changes a password)")
 
 
 def set_password_hash(session: Session, name: str, password_hash: str) -> User:
@@ -81,7 +89,7 @@ def accounts_exist(session: Session) -> bool:
     return bool(session.scalar(select(exists().where(User.password_hash.is_not(None)))))
 
 
-def _project(session: Session, name: str) -> Project:
+def find_project(session: Session, name: str) -> Project:
     project = session.scalar(select(Project).where(Project.name == name, Project.staging.is_(False)))
     if project is None:
         raise InputError(f"no project named {name!r}")
@@ -90,7 +98,7 @@ def _project(session: Session, name: str) -> Project:
 
 def add_member(session: Session, user_name: str, project_name: str) -> bool:
     """Make the user a member of the project; False when they already were."""
-    user, project = find_user(session, user_name), _project(session, project_name)
+    user, project = find_user(session, user_name), find_project(session, project_name)
     if is_member(session, user.id, project.id):
         return False
     session.add(ProjectMember(project_id=project.id, user_id=user.id))
@@ -100,7 +108,7 @@ def add_member(session: Session, user_name: str, project_name: str) -> bool:
 
 def remove_member(session: Session, user_name: str, project_name: str) -> bool:
     """End the user's membership of the project; False when they were not a member."""
-    user, project = find_user(session, user_name), _project(session, project_name)
+    user, project = find_user(session, user_name), find_project(session, project_name)
     gone = session.execute(delete(ProjectMember).where(ProjectMember.user_id == user.id,
                                                        ProjectMember.project_id == project.id))
     return gone.rowcount > 0
@@ -117,7 +125,7 @@ def member_projects(session: Session, user_id: int) -> list[str]:
 
 
 def project_members(session: Session, project_name: str) -> list[User]:
-    project = _project(session, project_name)
+    project = find_project(session, project_name)
     return list(session.scalars(select(User).join(ProjectMember, ProjectMember.user_id == User.id)
                                 .where(ProjectMember.project_id == project.id).order_by(User.name)))
 

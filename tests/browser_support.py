@@ -78,11 +78,13 @@ class HttpProcess:
 class ServerProcess(HttpProcess):
     """`python app.py serve ...` on a free port, with its log in a file."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict | None = None, timeout: float = 180):
+    def __init__(self, args: list[str], log_path: Path, env: dict | None = None, timeout: float = 180,
+                 ready_path: str = ""):
+        # ready_path: "login" for a server with accounts, whose other pages ask for a login first.
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         super().__init__([sys.executable, str(ROOT / "app.py"), "serve", "--port", str(self.port), *args], log_path,
-                         self.url, env=env, timeout=timeout, ready_marker="Running on local URL")
+                         self.url + ready_path, env=env, timeout=timeout, ready_marker="Running on local URL")
 
 
 def launch_browser(playwright):

@@ -153,3 +153,26 @@ def test_migrating_to_0005_keeps_every_row_that_points_at_a_user(tmp_path):
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # back on for the app
         conn.exec_driver_sql("UPDATE users SET role = 'reviewer'")
     engine.dispose()
+
+
+def test_local_mode_answers_loopback_only_even_behind_a_proxy(db):
+    """serve binds loopback in local mode; a proxy or tunnel forwarding outside callers in is
+    still refused, by the gate every request passes (real app, called through ASGI)."""
+    import asyncio
+
+    import httpx
+
+    from annotation.auth.web import build_web_app
+    from annotation.ui.app import build_app, launch_kwargs
+
+    app = build_web_app(db, build_app(UIContext(db=db)).queue(), **launch_kwargs())
+
+    async def get(client_host: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=(client_host, 5555))
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            return await client.get("/gradio_api/info")
+
+    outside = asyncio.run(get("203.0.113.7"))
+    assert outside.status_code == 403
+    assert "users add NAME --role admin" in outside.json()["error"]
+    assert asyncio.run(get("127.0.0.1")).status_code == 200

@@ -11,6 +11,8 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 
+from annotation.auth.accounts import add_user
+from annotation.auth.sessions import log_in
 from annotation.services import labelling as L
 from annotation.services.data import export_labels
 from storage.copying import row_counts
@@ -25,7 +27,7 @@ from tests.test_cli import app
 
 def populate(db, tmp_path) -> None:
     """Every table gets rows: three label modes, skips, a rewrite, a job with its snapshot,
-    trained model and evaluation, a judge verdict."""
+    trained model and evaluation, a judge verdict, an account with a membership and a session."""
     rng = random.Random(0)
     make_project(db, "pairs")
     make_items(db, "pairs", 6)
@@ -43,6 +45,8 @@ def populate(db, tmp_path) -> None:
     make_items(db, "rates", 2)
     view = L.next_item(db, "rates", "ann-1", rng=rng)
     L.submit_ratings(db, view, [5, 2])
+    add_user(db, "lead", "reviewer", "a good password", projects=("pairs",))
+    assert log_in(db, "lead", "a good password")
     with transaction(db) as s:
         project = s.scalar(select(Project).where(Project.name == "pairs"))
         snapshot = create_snapshot(s, project, "pairs", tmp_path / "snapshot")

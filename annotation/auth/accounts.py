@@ -17,6 +17,22 @@ class UserRow:
     projects: tuple[str, ...]  # the projects they are a member of
 
 
+def check_new_user(db: Database, name: str, role: Role | str, projects: tuple[str, ...] = ()) -> None:
+    """Refuse a taken name, an unknown role or project before anyone types a password for it
+    (add_user checks again in its own transaction)."""
+    with reading(db) as s:
+        name, _ = accounts.check_user_name(name), accounts.parse_role(role)
+        if accounts.user_exists(s, name):
+            raise accounts.taken(name)
+        for project in projects:
+            accounts.find_project(s, project)
+
+
+def check_user(db: Database, name: str) -> None:
+    with reading(db) as s:
+        accounts.find_user(s, name)
+
+
 def add_user(db: Database, name: str, role: Role | str, password: str, projects: tuple[str, ...] = ()) -> None:
     """A new account (and its memberships), all or nothing. The hash is computed before the
     transaction: argon2 takes a few hundred milliseconds, the write lock should not."""

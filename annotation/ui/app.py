@@ -1,6 +1,8 @@
 """The Gradio app: tabs composed, keyboard shortcuts and styling. One module per tab beside this one."""
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 
 from annotation.services import projects
@@ -118,6 +120,7 @@ CSS = """
 def build_app(ctx: UIContext) -> gr.Blocks:
     with gr.Blocks(title="prefstudio", analytics_enabled=False) as demo:
         gr.Markdown("## prefstudio · preference annotation")
+        signed_in = gr.HTML("", elem_id="signed-in", visible=False)  # accounts mode: who, and Log out
         with gr.Tabs(elem_id="main-tabs"):
             with gr.Tab("Annotate", id="annotate") as annotate_tab:
                 annotate = build_annotate_tab(ctx)
@@ -163,7 +166,10 @@ def build_app(ctx: UIContext) -> gr.Blocks:
             shown = {c: gr.update(visible=has(actor, p)) for c, p in {**tab_permissions, **controls}.items()}
             # With accounts the annotator is the login: the name fields show it and cannot be edited.
             names = {} if actor.local else {box: gr.update(value=actor.name, interactive=False) for box in name_boxes}
-            return {**shown, **names, train.poller: gr.Timer(active=has(actor, Permission.run_jobs))}
+            if not actor.local:  # the Annotate tab says who is signed in instead (and how to log out)
+                names[annotate.annotator] = gr.update(value=actor.name, visible=False)
+            return {**shown, **names, signed_in: signed_in_line(actor),
+                    train.poller: gr.Timer(active=has(actor, Permission.run_jobs))}
 
         def on_load(saved, typed, project, view, request: gr.Request):
             # Every role labels: this refuses only a caller who is not logged in.
@@ -181,7 +187,7 @@ def build_app(ctx: UIContext) -> gr.Blocks:
 
         demo.load(on_load, [saved_name, annotate.annotator, annotate.project, annotate.view],
                   [annotate.project, data.project, setup.project, *data.views(), *annotate.all_outputs(),
-                   *tab_permissions, *controls, *name_boxes, train.poller], api_name="page_load")
+                   *tab_permissions, *controls, *name_boxes, signed_in, train.poller], api_name="page_load")
 
         def annotate_opened(current, request: gr.Request):
             return names_update(caller(ctx, request, Permission.label), current)
@@ -220,6 +226,14 @@ def build_app(ctx: UIContext) -> gr.Blocks:
         compare_tab.select(compare_opened, comparing.select_inputs, comparing.select_outputs,
                            api_name="compare_opened")
     return demo
+
+
+def signed_in_line(actor: Actor) -> dict:
+    """Accounts mode: who is signed in, and the way out; hidden in local mode."""
+    if actor.local or not actor.name:
+        return gr.update(visible=False)
+    return gr.update(visible=True, value=f'Signed in as <b>{html.escape(actor.name)}</b> · '
+                                         '<a href="/logout" id="log-out">Log out</a>')
 
 
 def launch_kwargs() -> dict:
