@@ -8,6 +8,8 @@ Formats:
 - ``sft``: rewrites written after "both bad", as TRL prompt/completion rows;
 - ``pairs-from-rankings``: every ranking expanded into its K(K-1)/2 (chosen, rejected) pairs.
 Ties and "both bad" carry no preference and are left out of the pairwise formats.
+A label a reviewer corrected is exported with the correction (the original stays in the database);
+`LabelFilter.accepted_only` keeps only labels a reviewer accepted or corrected.
 """
 from __future__ import annotations
 
@@ -29,7 +31,18 @@ from storage.exporters import (
     trl_pair_row,
     write_rows,
 )
-from storage.models import Choice, PairwiseLabel, Project, Prompt, Ranking, Rating, Response, Rewrite, User
+from storage.models import (
+    ACCEPTED_STATUSES,
+    Choice,
+    PairwiseLabel,
+    Project,
+    Prompt,
+    Ranking,
+    Rating,
+    Response,
+    Rewrite,
+    User,
+)
 
 EXPORT_FORMATS = ("trl", "trl-chat", "listwise", "ratings", "sft", "pairs-from-rankings")
 
@@ -47,14 +60,22 @@ class ExportResult:
 
 @dataclass
 class LabelFilter:
-    """Which labels to export: by annotator name and creation time (None = no restriction).
+    """Which labels to export: by annotator name and creation time (None = no restriction), and
+    whether only labels a reviewer accepted (or corrected) count.
     Imported labels have no annotator and are left out when annotators are named."""
 
     annotators: list[str] | None = None
     since: datetime | None = None
     until: datetime | None = None
+    accepted_only: bool = False
 
     def apply(self, stmt, model):
+        if self.accepted_only:
+            # A rewrite is as good as the "both bad" label it was written after.
+            reviewed = PairwiseLabel if model is Rewrite else model
+            accepted = reviewed.review_status.in_(ACCEPTED_STATUSES)
+            stmt = stmt.where(Rewrite.pairwise_label_id.in_(select(PairwiseLabel.id).where(accepted))
+                              if model is Rewrite else accepted)
         if self.annotators:
             stmt = stmt.where(model.user_id.in_(select(User.id).where(User.name.in_(self.annotators))))
         if self.since:
@@ -70,13 +91,16 @@ NO_FILTER = LabelFilter()
 def _pairwise_rows(session: Session, project: Project, flt: LabelFilter, conversational: bool) -> Iterator[dict]:
     build = trl_chat_pair_row if conversational else trl_pair_row
     stmt = (select(PairwiseLabel).join(Prompt, PairwiseLabel.prompt_id == Prompt.id)
-            .where(Prompt.project_id == project.id, PairwiseLabel.choice.in_([Choice.a, Choice.b]))
+            .where(Prompt.project_id == project.id)
             .options(selectinload(PairwiseLabel.prompt), selectinload(PairwiseLabel.response_a),
                      selectinload(PairwiseLabel.response_b))
             .order_by(PairwiseLabel.id))
     labels = session.scalars(flt.apply(stmt, PairwiseLabel))
     for label in labels:
-        chosen, rejected = ((label.response_a, label.response_b) if label.choice == Choice.a
+        choice = label.effective_choice  # a reviewer's correction may turn a tie into a preference, or back
+        if choice not in (Choice.a, Choice.b):
+            continue
+        chosen, rejected = ((label.response_a, label.response_b) if choice == Choice.a
                             else (label.response_b, label.response_a))
         yield build(label.prompt.messages, label.prompt.is_chat, chosen.text, rejected.text)
 
@@ -88,7 +112,7 @@ def _rankings(session: Session, project: Project, flt: LabelFilter) -> Iterator[
     ids = {rid for r in rankings for g in r.groups for rid in g}
     responses = {r.id: r for r in session.scalars(select(Response).where(Response.id.in_(ids)))}
     for ranking in rankings:
-        yield ranking.prompt, [[responses[rid] for rid in group] for group in ranking.groups]
+        yield ranking.prompt, [[responses[rid] for rid in group] for group in ranking.effective_groups]
 
 
 def _conversational(prompts: list[Prompt]) -> bool:
@@ -122,7 +146,7 @@ def _rating_rows(session: Session, project: Project, flt: LabelFilter) -> Iterat
     ratings = ratings.all()
     chat = _conversational([r.response.prompt for r in ratings])
     for rating in ratings:
-        yield rating_row(rating.response.prompt.messages, chat, rating.response.text, rating.score)
+        yield rating_row(rating.response.prompt.messages, chat, rating.response.text, rating.effective_score)
 
 
 def _sft_rows(session: Session, project: Project, flt: LabelFilter) -> Iterator[dict]:
@@ -155,7 +179,7 @@ def export_rows(session: Session, project: Project, fmt: str, flt: LabelFilter =
 
 
 def export_project(session: Session, project: Project, fmt: str, out: str | Path,
-                   as_datasets: bool = False) -> ExportResult:
+                   as_datasets: bool = False, flt: LabelFilter = NO_FILTER) -> ExportResult:
     path = Path(out)
     # A clear message instead of an OSError (and a traceback in the CLI) from the rename at the end.
     if as_datasets and path.exists() and not path.is_dir():
@@ -163,8 +187,9 @@ def export_project(session: Session, project: Project, fmt: str, out: str | Path
     if not as_datasets and path.is_dir():
         raise InputError(f"{path} is a folder: a JSONL export writes a file, give a file path "
                          "(or export as a datasets folder)")
-    rows = export_rows(session, project, fmt)
+    rows = export_rows(session, project, fmt, flt)
     if not rows:
-        raise InputError(f"project {project.name!r} has no labels to export as {fmt} yet")
+        which = "accepted labels" if flt.accepted_only else "labels"
+        raise InputError(f"project {project.name!r} has no {which} to export as {fmt} yet")
     write_rows(rows, path, as_datasets=as_datasets)
     return ExportResult(project=project.name, format=fmt, rows=len(rows), path=path)

@@ -3,7 +3,9 @@
 Provenance is the point of this schema: every response records the model, adapter, sampling
 parameters and seed that produced it; every label records who gave it, what they were shown and in
 which order, how long it took and where it came from (a human in the UI, an import, ...). Labels are
-never edited in place; undo deletes the annotator's own last label in one transaction.
+never edited in place; undo deletes the annotator's own last label in one transaction. A reviewer's
+verdict (accepted, rejected, corrected) is stored beside the label, and a correction beside the
+original answer, which stays as the annotator gave it.
 
 Duplicate protection lives in the schema, not in the UI: a named unique constraint allows one label
 per (item, annotator), and a client token (one per item shown) makes a retried submission idempotent.
@@ -83,6 +85,19 @@ class QueueOrder(str, enum.Enum):
     disagreement = "disagreement"  # items whose annotators disagree first, then the rest
 
 
+class ReviewStatus(str, enum.Enum):
+    """Where a label stands in review. Corrected labels count, with the reviewer's answer."""
+
+    submitted = "submitted"  # not reviewed yet
+    accepted = "accepted"
+    rejected = "rejected"
+    corrected = "corrected"
+
+
+#: The review statuses a snapshot or export "restricted to accepted labels" keeps.
+ACCEPTED_STATUSES = (ReviewStatus.accepted, ReviewStatus.corrected)
+
+
 class ItemStatus(str, enum.Enum):
     ready = "ready"  # responses generated, waiting for annotators
     done = "done"  # has as many labels as the project's overlap asks for
@@ -119,6 +134,7 @@ class Project(TimestampMixin, Base):
         CheckConstraint("k >= 1 AND k <= 16", name="k_range"),
         CheckConstraint("overlap >= 1", name="overlap_positive"),
         CheckConstraint("queue_target >= 0", name="queue_target_nonnegative"),
+        CheckConstraint("gold_share >= 0 AND gold_share <= 1", name="gold_share_range"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -145,6 +161,9 @@ class Project(TimestampMixin, Base):
     # A hidden project that holds an import while it is written in short batches (storage.importing):
     # nobody sees its rows until the import commits them into the target project in one step.
     staging: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), nullable=False)
+    # The share of an annotator's queue served from gold items (items with a known answer), while
+    # they have gold items left to label.
+    gold_share: Mapped[float] = mapped_column(Float, default=0.1, server_default="0.1", nullable=False)
 
     prompts: Mapped[list[Prompt]] = relationship(back_populates="project", cascade="all, delete-orphan",
                                                  passive_deletes=True)
@@ -216,6 +235,11 @@ class Item(TimestampMixin, Base):
     # A short lease so two annotators are not shown the same item when one label is enough.
     leased_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A gold item's known answer, set by an admin (annotation.services.gold): every annotator is
+    # served it once, whatever the overlap, and their answers measure their accuracy.
+    # In the item's own response order: {"choice": "a" | "b" | "tie" | "both_bad"} (a = position 0),
+    # {"ranks": [rank of position 0, ...]} (1 = best), or {"scores": [score of position 0, ...]}.
+    gold_answer: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
     prompt: Mapped[Prompt] = relationship()
     responses: Mapped[list[Response]] = relationship(back_populates="item", order_by="Response.position")
@@ -253,6 +277,14 @@ class LabelMixin(TimestampMixin):
     time_taken_ms: Mapped[int | None] = mapped_column(Integer)
     # One token per item shown in the UI: a retried submission with the same token is a no-op.
     client_token: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Review (annotation.services.review): who decided what, when, and for "corrected" the answer the
+    # reviewer gave instead, in the label's own terms (see each model's `effective_*`).
+    review_status: Mapped[ReviewStatus] = mapped_column(_enum(ReviewStatus, "review_status"),
+                                                        default=ReviewStatus.submitted,
+                                                        server_default=ReviewStatus.submitted.value, nullable=False)
+    reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    correction: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class PairwiseLabel(LabelMixin, Base):
@@ -280,9 +312,14 @@ class PairwiseLabel(LabelMixin, Base):
     response_a: Mapped[Response] = relationship(foreign_keys=[response_a_id])
     response_b: Mapped[Response] = relationship(foreign_keys=[response_b_id])
     prompt: Mapped[Prompt] = relationship()
-    user: Mapped[User | None] = relationship()
+    user: Mapped[User | None] = relationship(foreign_keys="PairwiseLabel.user_id")
     rewrite: Mapped[Rewrite | None] = relationship(back_populates="pairwise_label", cascade="all, delete-orphan",
                                                    passive_deletes=True)
+
+    @property
+    def effective_choice(self) -> Choice:
+        """The choice that counts (sides as shown): the reviewer's correction ({"choice": ...}) when there is one."""
+        return Choice(self.correction["choice"]) if self.review_status == ReviewStatus.corrected else self.choice
 
 
 class Ranking(LabelMixin, Base):
@@ -300,7 +337,12 @@ class Ranking(LabelMixin, Base):
     rationale: Mapped[str | None] = mapped_column(Text)
 
     prompt: Mapped[Prompt] = relationship()
-    user: Mapped[User | None] = relationship()
+    user: Mapped[User | None] = relationship(foreign_keys="Ranking.user_id")
+
+    @property
+    def effective_groups(self) -> list[list[int]]:
+        """The ranking that counts: the reviewer's correction ({"groups": ...}) when there is one."""
+        return self.correction["groups"] if self.review_status == ReviewStatus.corrected else self.groups
 
 
 class Rating(LabelMixin, Base):
@@ -321,7 +363,12 @@ class Rating(LabelMixin, Base):
     client_token: Mapped[str | None] = mapped_column(String(80), unique=True)
 
     response: Mapped[Response] = relationship()
-    user: Mapped[User | None] = relationship()
+    user: Mapped[User | None] = relationship(foreign_keys="Rating.user_id")
+
+    @property
+    def effective_score(self) -> int:
+        """The score that counts: the reviewer's correction ({"score": ...}) when there is one."""
+        return self.correction["score"] if self.review_status == ReviewStatus.corrected else self.score
 
 
 class Rewrite(TimestampMixin, Base):

@@ -1,6 +1,7 @@
 """Frozen label snapshots: the exact rows a training job reads, written once and never changed.
 
-A snapshot selects a project's labels (optionally by annotator and date range), writes them in the
+A snapshot selects a project's labels (optionally by annotator, date range, and only those a
+reviewer accepted), writes them in the
 format the method trains on, and records the filters and counts, so a trained model can always be
 traced back to the labels behind it (label -> snapshot -> adapter). Pairwise methods read
 `pairs.jsonl`: pairwise labels without ties or "both bad", plus every ranking expanded into all its
@@ -39,6 +40,7 @@ class SnapshotFilters:
     annotators: list[str] | None = None
     since: str | None = None  # ISO dates, inclusive
     until: str | None = None
+    accepted_only: bool = False  # only labels a reviewer accepted or corrected (with the correction)
 
     def label_filter(self) -> LabelFilter:
         try:
@@ -46,7 +48,8 @@ class SnapshotFilters:
             until = datetime.fromisoformat(self.until) if self.until else None
         except ValueError as exc:
             raise InputError(f"dates must be ISO dates like 2026-11-24: {exc}") from None
-        return LabelFilter(annotators=self.annotators or None, since=since, until=until)
+        return LabelFilter(annotators=self.annotators or None, since=since, until=until,
+                           accepted_only=bool(self.accepted_only))
 
 
 def create_snapshot(session: Session, project: Project, kind: str, out_dir: Path,

@@ -28,7 +28,7 @@ def test_migrating_an_empty_database_twice_is_a_no_op(new_db_url):
     open_database(url).engine.dispose()
     db = open_database(url)
     with db.engine.connect() as conn:
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0005"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0006"
     db.engine.dispose()
 
 

@@ -23,7 +23,7 @@ from storage import copying
 from storage.copying import CopyResult
 from storage.db import Database, reading, transaction
 from storage.errors import InputError
-from storage.exporting import EXPORT_FORMATS, ExportResult, export_project
+from storage.exporting import EXPORT_FORMATS, ExportResult, LabelFilter, export_project
 from storage.importing import ImportResult, import_report, read_checked
 from storage.models import Mode, Project
 
@@ -183,10 +183,13 @@ def _created_mode(report) -> dict:
 
 
 def export_labels(db: Database, project_name: str, fmt: str, out: str | Path,
-                  as_datasets: bool = False) -> ExportResult:
+                  as_datasets: bool = False, accepted_only: bool = False) -> ExportResult:
+    """Write the project's labels in `fmt` (only those a reviewer accepted or corrected, with
+    `accepted_only`)."""
     with reading(db) as s:
         project = find_project(s, project_name)
-        return export_project(s, project, fmt, out, as_datasets=as_datasets)
+        return export_project(s, project, fmt, out, as_datasets=as_datasets,
+                              flt=LabelFilter(accepted_only=accepted_only))
 
 
 def copy_database(source: str, target: str) -> CopyResult:

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import case, delete, exists, func, or_, select
+from sqlalchemy import and_, case, delete, exists, func, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -34,6 +34,7 @@ from storage.models import (
     Ranking,
     Rating,
     Response,
+    ReviewStatus,
     Rewrite,
     Skip,
     User,
@@ -124,9 +125,10 @@ def next_item(db: Database, project_name: str, user_name: str, rng: random.Rando
             select(Item)
             .where(*_eligible(project, user, now))
             # Resume an item this annotator was already shown before taking a new one (a CASE, not
-            # `leased_by == user` DESC: engines sort its NULLs differently); then the project's queue
-            # order; oldest first among equals.
-            .order_by(case((Item.leased_by == user.id, 0), else_=1), *_queue_order(s, project), Item.id)
+            # `leased_by == user` DESC: engines sort its NULLs differently); then a gold item or not
+            # (Project.gold_share); then the project's queue order; oldest first among equals.
+            .order_by(case((Item.leased_by == user.id, 0), else_=1), *_gold_order(s, project, rng),
+                      *_queue_order(s, project), Item.id)
             .limit(1)
         )
         if project.overlap == 1:
@@ -146,14 +148,28 @@ def next_item(db: Database, project_name: str, user_name: str, rng: random.Rando
 
 
 def _eligible(project: Project, user: User, now: datetime) -> list:
-    """The items `next_item` may serve this annotator: ready, not labelled or skipped by them, and
-    with overlap 1 not leased to someone else."""
+    """The items `next_item` may serve this annotator: not labelled or skipped by them, and either
+    a gold item (every annotator labels each one, whatever the overlap) or ready and, with overlap
+    1, not leased to someone else."""
     lease_free = or_(Item.leased_by.is_(None), Item.leased_by == user.id, Item.lease_expires < now)
-    return [Item.project_id == project.id, Item.status == ItemStatus.ready,
+    # With overlap 1 a lease keeps two annotators off the same item; with more, all may see it.
+    regular = and_(Item.gold_answer.is_(None), Item.status == ItemStatus.ready,
+                   lease_free if project.overlap == 1 else true())
+    return [Item.project_id == project.id, or_(regular, Item.gold_answer.is_not(None)),
             ~_labelled_by(project.mode, user.id),
-            ~exists().where(Skip.item_id == Item.id, Skip.user_id == user.id),
-            # With overlap 1 a lease keeps two annotators off the same item; with more, all may see it.
-            lease_free if project.overlap == 1 else True]
+            ~exists().where(Skip.item_id == Item.id, Skip.user_id == user.id)]
+
+
+def _gold_order(session, project: Project, rng: random.Random) -> list:
+    """Gold items first with probability Project.gold_share, else last: about that share of an
+    annotator's items are gold while they have gold items left. No draw when the project has none,
+    so a seeded queue without gold is served as before."""
+    has_gold = session.scalar(select(Item.id).where(Item.project_id == project.id,
+                                                    Item.gold_answer.is_not(None)).limit(1))
+    if has_gold is None:
+        return []
+    gold_first = rng.random() < project.gold_share
+    return [case((Item.gold_answer.is_not(None), 0 if gold_first else 1), else_=1 if gold_first else 0)]
 
 
 def release(db: Database, view: ItemView) -> None:
@@ -387,16 +403,30 @@ def validate_groups(groups: list[list[int]], response_ids: set[int]) -> list[lis
 
 def groups_from_ranks(view: ItemView, ranks: list[int]) -> list[list[int]]:
     """UI helper: rank numbers per shown card (1 = best, equal numbers = tie) -> groups best first."""
-    if len(ranks) != len(view.responses):
-        raise InputError(f"give a rank to each of the {len(view.responses)} responses")
-    n = len(view.responses)
+    return ranks_to_groups([r.id for r in view.responses], ranks)
+
+
+def ranks_to_groups(response_ids: list[int], ranks: list[int]) -> list[list[int]]:
+    """Rank numbers per response (1 = best, equal numbers = tie) -> groups of response ids, best first."""
+    if len(ranks) != len(response_ids):
+        raise InputError(f"give a rank to each of the {len(response_ids)} responses")
+    n = len(response_ids)
     by_rank: dict[int, list[int]] = {}
-    for r, rank in zip(view.responses, ranks):
+    for rid, rank in zip(response_ids, ranks):
         rank = whole_number(rank, "every response needs a rank: a whole number")
         if not 1 <= rank <= n:
             raise InputError(f"every response needs a rank from 1 to {n} (1 = best; equal numbers = tie)")
-        by_rank.setdefault(rank, []).append(r.id)
+        by_rank.setdefault(rank, []).append(rid)
     return [by_rank[k] for k in sorted(by_rank)]
+
+
+def competition_ranks(groups: list[list[int]]) -> dict[int, int]:
+    """Response id -> rank as typed in the UI (1 = best): a group of two at the top is rank 1, the next rank 3."""
+    rank_of, rank = {}, 1
+    for group in groups:
+        rank_of.update({rid: rank for rid in group})
+        rank += len(group)
+    return rank_of
 
 
 @idempotent
@@ -497,11 +527,7 @@ def _undone(project: Project, item: Item, last, ratings: list[Rating]) -> Undone
         undone.strength = last.strength
         undone.rewrite = last.rewrite.text if last.rewrite is not None else None
     elif project.mode == Mode.listwise:
-        # Competition ranks, as typed in the UI: a group of two at the top is rank 1, the next rank 3.
-        rank = 1
-        for group in last.groups:
-            undone.rank_of.update({rid: rank for rid in group})
-            rank += len(group)
+        undone.rank_of = competition_ranks(last.groups)
     else:
         undone.score_of = {r.response_id: r.score for r in ratings}
     return undone
@@ -523,6 +549,10 @@ def undo_last(db: Database, project_name: str, user_name: str) -> Undone | None:
                         .order_by(model.created_at.desc(), model.id.desc()).limit(1))
         if last is None:
             return None
+        if last.review_status != ReviewStatus.submitted:
+            # The reviewer's verdict is about this label: deleting it would silently drop the review.
+            raise InputError(f"your last label was already reviewed ({last.review_status.value}): "
+                             "it can no longer be undone")
         item = s.get(Item, last.item_id)
         ratings = []
         if project.mode == Mode.pointwise:

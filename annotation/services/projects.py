@@ -55,6 +55,9 @@ class ProjectSettings:
         "help": "LLM judge of pairs: 'default', an HF id or a folder; empty for none. Pairwise projects only."})
     judge_suggestions: bool = field(default=False, metadata={
         "help": "Show annotators the judge's suggestion (off by default: blind labelling)."})
+    gold_share: float = field(default=0.1, metadata={
+        "help": "Share of each annotator's items drawn from gold items (known answers, marked in the Team "
+                "tab) while they have some left, 0 to 1."})
 
     def validate(self) -> ProjectSettings:
         self.name = (self.name or "").strip()
@@ -81,6 +84,8 @@ class ProjectSettings:
             raise InputError("overlap must be at least 1")
         if not 0 <= self.queue_target <= 1000:
             raise InputError("queue target must be between 0 and 1000")
+        if not 0 <= self.gold_share <= 1:
+            raise InputError("gold share must be between 0 and 1 (0.1 = one item in ten is a gold item)")
         if not (self.model or "").strip():
             raise InputError("model is empty: use 'default' for the embedded model")
         check_model(self.model, "model")
