@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "ordered completions; ratings; sft: rewrites as prompt/completion; "
                           "pairs-from-rankings: rankings expanded into pairs (default: trl)")
     exp.add_argument("--datasets", action="store_true", help="write a `datasets` folder instead of JSONL")
+    exp.add_argument("--accepted-only", action="store_true",
+                     help="only labels a reviewer accepted or corrected (corrected ones with the correction)")
 
     gen = sub.add_parser("generate", help="sample responses for a project's prompts",
                          description="Sample K responses for prompts that have none yet, and store them as "
@@ -150,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--db", default=None, help=DB_HELP)
     train.add_argument("--project", default=None, help="train on this project's labels (snapshotted into OUT)")
     train.add_argument("--data", default=None, help="or a TRL-format JSONL (listwise JSONL for pl-dpo)")
+    train.add_argument("--accepted-only", action="store_true",
+                       help="with --project: train only on labels a reviewer accepted or corrected")
     train.add_argument("--out", required=True, help="output folder")
     train.add_argument("--model", default=None, help=f"base model: {MODEL_HELP} (default: default)")
     train.add_argument("--epochs", type=int, default=None, help="passes over the data (default 1)")
@@ -309,7 +313,7 @@ def cmd_train(args) -> int:
     if sys.argv and sys.argv[0].endswith("app.py"):
         rerun_with_jemalloc([sys.executable, *sys.argv])  # returns only when jemalloc is absent or loaded
     from annotation.services import open_database
-    from annotation.services.training import train_headless
+    from annotation.services.training import SnapshotFilters, train_headless
 
     values = {"out": args.out, "data": args.data, "model": args.model, "epochs": args.epochs,
               "max_steps": args.max_steps, "lr": args.lr, "lora_r": args.lora_r, "batch_size": args.batch_size,
@@ -324,7 +328,8 @@ def cmd_train(args) -> int:
     if args.method == "dpo":
         values["loss"] = args.loss
     db = open_database(args.db) if args.project else None
-    result = train_headless(args.method, values, db=db, project=args.project)
+    result = train_headless(args.method, values, db=db, project=args.project,
+                            filters=SnapshotFilters(accepted_only=args.accepted_only))
     print(f"trained {args.method}: {result.steps} steps; adapter in {result.out_dir}")
     for name, value in sorted((result.eval_metrics or {}).items()):
         print(f"  held-out {name}: {value:.4f}")
@@ -377,7 +382,8 @@ def cmd_export(args) -> int:
     from annotation.services import open_database
 
     db = open_database(args.db)
-    result = export_labels(db, args.project, args.format, args.out, as_datasets=args.datasets)
+    result = export_labels(db, args.project, args.format, args.out, as_datasets=args.datasets,
+                           accepted_only=args.accepted_only)
     print(result.summary())
     return 0
 

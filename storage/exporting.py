@@ -14,7 +14,7 @@ A label a reviewer corrected is exported with the correction (the original stays
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -53,9 +53,11 @@ class ExportResult:
     format: str
     rows: int
     path: Path
+    datasheet: list[Path] = field(default_factory=list)  # written beside the data (annotation.services.datasheet)
 
     def summary(self) -> str:
-        return f"wrote {self.rows} {self.format} rows from project {self.project!r} to {self.path}"
+        line = f"wrote {self.rows} {self.format} rows from project {self.project!r} to {self.path}"
+        return line + (f" (datasheet: {self.datasheet[0]})" if self.datasheet else "")
 
 
 @dataclass

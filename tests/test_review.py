@@ -222,3 +222,62 @@ def test_listwise_and_pointwise_gold_answers_are_checked_and_compared_per_respon
     gold.unmark_gold(db, "r", item)
     with reading(db) as s:
         assert s.scalar(select(func.count()).select_from(Item).where(Item.gold_answer.is_not(None))) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Team figures and the datasheet
+# ---------------------------------------------------------------------------------------------
+
+def test_team_report_and_datasheet_beside_an_export(db, tmp_path):
+    from annotation.services.team import team_report
+
+    make_project(db, "t", overlap=2)
+    ids = make_items(db, "t", 3)
+    gold.mark_gold(db, "t", ids[2], "a")
+    # Both annotators label every item, always the response at position 0: they agree throughout.
+    for name in ("ann", "bob"):
+        rng = random.Random(1)
+        view = L.next_item(db, "t", name, rng=rng)
+        while view is not None:
+            L.submit_pairwise(db, view, "a" if view.responses[0].position == 0 else "b")
+            view = L.next_item(db, "t", name, rng=rng)
+    first = review.review_queue(db, "t", reviewer="rev")[0]
+    review.accept(db, "t", first.label_id, "rev")
+
+    report = team_report(db, "t", samples=50)
+    rows = {r.annotator: r for r in report.annotators}
+    assert rows["ann"].labels == 3 and rows["ann"].with_majority == 1.0 and rows["ann"].gold_accuracy == 1.0
+    assert report.agreement.units == 3 and report.agreement.pairs[0].agreement == 1.0
+    assert sum(r.reviews["accepted"] for r in rows.values()) == 1
+
+    out = tmp_path / "t.jsonl"
+    result = export_labels(db, "t", "trl", out, accepted_only=True)
+    assert result.rows == 1
+    sheet = json.loads((tmp_path / "t.datasheet.json").read_text())
+    assert sheet["filters"] == {"accepted_only": True} and sheet["rows"] == 1 and sheet["gold_items"] == 1
+    assert {a["annotator"]: a["labels"] for a in sheet["annotators"]} == {"ann": 3, "bob": 3}
+    markdown = (tmp_path / "t.DATASHEET.md").read_text()
+    assert "| ann | 3 |" in markdown and "Krippendorff's alpha" in markdown and "accepted_only: True" in markdown
+    assert result.datasheet == [tmp_path / "t.DATASHEET.md", tmp_path / "t.datasheet.json"]
+
+
+def test_cli_export_accepted_only_writes_the_datasheet(tmp_path):
+    from storage.db import open_database
+    from tests.test_cli import app
+
+    path = tmp_path / "cli.db"
+    db = open_database(path)
+    make_project(db, "p")
+    make_items(db, "p", 2)
+    keep, drop = label_pairs(db, "p", "ann", ["a", "b"])
+    review.accept(db, "p", keep, "rev")
+    review.reject(db, "p", drop, "rev")
+    db.engine.dispose()
+    out = tmp_path / "accepted.jsonl"
+    done = app("export", out, "--db", path, "--project", "p", "--accepted-only")
+    assert done.returncode == 0, done.stderr
+    assert "wrote 1 trl rows" in done.stdout and "accepted.DATASHEET.md" in done.stdout
+    assert len(out.read_text().splitlines()) == 1
+    sheet = json.loads((tmp_path / "accepted.datasheet.json").read_text())
+    (ann,) = sheet["annotators"]
+    assert ann["reviews"] == {"submitted": 0, "accepted": 1, "rejected": 1, "corrected": 0}

@@ -18,6 +18,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from annotation.services.datasheet import write_datasheet
 from annotation.services.projects import ProjectSettings, find_project
 from storage import copying
 from storage.copying import CopyResult
@@ -185,11 +186,13 @@ def _created_mode(report) -> dict:
 def export_labels(db: Database, project_name: str, fmt: str, out: str | Path,
                   as_datasets: bool = False, accepted_only: bool = False) -> ExportResult:
     """Write the project's labels in `fmt` (only those a reviewer accepted or corrected, with
-    `accepted_only`)."""
+    `accepted_only`), and the datasheet beside them."""
     with reading(db) as s:
         project = find_project(s, project_name)
-        return export_project(s, project, fmt, out, as_datasets=as_datasets,
-                              flt=LabelFilter(accepted_only=accepted_only))
+        result = export_project(s, project, fmt, out, as_datasets=as_datasets,
+                                flt=LabelFilter(accepted_only=accepted_only))
+    result.datasheet = write_datasheet(db, result, {"accepted_only": accepted_only})
+    return result
 
 
 def copy_database(source: str, target: str) -> CopyResult:

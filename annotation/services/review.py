@@ -55,6 +55,7 @@ class ReviewRow:
     seconds: float | None  # time the item was on screen before the label
     created_at: datetime
     prompt: list[dict[str, str]]
+    is_chat: bool
     responses: list[str]
     reviewer: str | None = None
     correction: str | None = None  # the reviewer's answer, in words
@@ -107,7 +108,7 @@ def _row(s, project: Project, label, reviewer_names: dict[int, str]) -> ReviewRo
     common = dict(label_id=first.id, item_id=item.id, annotator=first.user.name if first.user else None,
                   status=first.review_status.value, rationale=first.rationale,
                   seconds=None if first.time_taken_ms is None else first.time_taken_ms / 1000,
-                  created_at=first.created_at, prompt=item.prompt.messages,
+                  created_at=first.created_at, prompt=item.prompt.messages, is_chat=item.prompt.is_chat,
                   reviewer=reviewer_names.get(first.reviewer_id), gold=item.gold_answer is not None)
     if project.mode == Mode.pairwise:
         shown = [label.response_a_id, label.response_b_id]

@@ -29,6 +29,7 @@ class DataTab:
     project: gr.Dropdown
     format: gr.Dropdown
     as_datasets: gr.Checkbox
+    accepted_only: gr.Checkbox
     export: gr.Button
     file: gr.File
     status: gr.Markdown
@@ -88,32 +89,36 @@ def build_data_tab(ctx: UIContext) -> DataTab:
                           info="trl: prompt/chosen/rejected; trl-chat: conversational; listwise: ranked completions; "
                                "ratings; sft: rewrites; pairs-from-rankings: rankings expanded into pairs")
         as_datasets = gr.Checkbox(label="datasets folder (zipped)", value=False, elem_id="export-datasets")
+        accepted_only = gr.Checkbox(label="accepted labels only (reviewed)", value=False, elem_id="export-accepted")
     export = gr.Button("Export", variant="primary", elem_id="export-button")
-    file = gr.File(label="Download", interactive=False, elem_id="export-file")
+    # The data, then its datasheet (label counts, agreement, gold accuracy) as Markdown and JSON.
+    file = gr.File(label="Download", interactive=False, file_count="multiple", elem_id="export-file")
     status = gr.Markdown("", elem_id="export-status")
-    tab = DataTab(bars, counts, annotator_table, refresh, project, fmt, as_datasets, export, file, status)
+    tab = DataTab(bars, counts, annotator_table, refresh, project, fmt, as_datasets, accepted_only, export, file,
+                  status)
 
     def refresh_views(request: gr.Request):
         return stats_views(ctx, tab, request)
 
     refresh.click(refresh_views, None, tab.views(), api_name="refresh_counts")
 
-    def do_export(name, fmt, as_datasets, request: gr.Request):
+    def do_export(name, fmt, as_datasets, accepted_only, request: gr.Request):
         caller(ctx, request, Permission.import_export)
         try:
             if not name:
                 raise InputError("pick a project to export")
             out_dir = new_download_dir("export")  # removed once Gradio has long copied it
             stem = f"{name}-{fmt}".replace("/", "_")
-            if as_datasets:
-                result = data.export_labels(ctx.db, name, fmt, out_dir / stem, as_datasets=True)
-                path = shutil.make_archive(str(out_dir / stem), "zip", out_dir, stem)
+            if as_datasets:  # the datasheet is inside the folder, so inside the zip
+                result = data.export_labels(ctx.db, name, fmt, out_dir / stem, as_datasets=True,
+                                            accepted_only=accepted_only)
+                paths = [shutil.make_archive(str(out_dir / stem), "zip", out_dir, stem)]
             else:
-                result = data.export_labels(ctx.db, name, fmt, out_dir / f"{stem}.jsonl")
-                path = str(result.path)
+                result = data.export_labels(ctx.db, name, fmt, out_dir / f"{stem}.jsonl", accepted_only=accepted_only)
+                paths = [str(result.path), *map(str, result.datasheet)]
         except InputError as exc:
             return {status: f"⚠️ {exc}", file: None}
-        return {status: f"✅ {result.rows} rows exported.", file: path}
+        return {status: f"✅ {result.rows} rows exported, with their datasheet.", file: paths}
 
-    export.click(do_export, [project, fmt, as_datasets], [status, file], api_name="export_labels")
+    export.click(do_export, [project, fmt, as_datasets, accepted_only], [status, file], api_name="export_labels")
     return tab

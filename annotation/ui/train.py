@@ -62,6 +62,7 @@ class TrainTab:
     annotators: gr.Textbox
     since: gr.Textbox
     until: gr.Textbox
+    accepted_only: gr.Checkbox
     launch: gr.Button
     status: gr.Markdown
     queue: gr.Dataframe
@@ -104,6 +105,8 @@ def build_train_tab(ctx: UIContext) -> TrainTab:
             annotators = gr.Textbox(label="Annotators (comma-separated)", elem_id="train-annotators")
             since = gr.Textbox(label="From date (YYYY-MM-DD)", elem_id="train-since")
             until = gr.Textbox(label="To date (YYYY-MM-DD)", elem_id="train-until")
+        accepted_only = gr.Checkbox(label="Only labels a reviewer accepted (corrected ones with the correction)",
+                                    value=False, elem_id="train-accepted-only")
     forms, groups = {}, {}
     choices = {**CHOICES, **model_choices(ctx)}
     for kind in JOB_KINDS.values():
@@ -131,8 +134,8 @@ def build_train_tab(ctx: UIContext) -> TrainTab:
     plot = gr.HTML(plot_html([]), elem_id="job-plot", js_on_load=None)
     log = gr.Textbox(label="Log (tail)", lines=10, max_lines=10, interactive=False, elem_id="job-log")
     output = gr.File(label="Job output", interactive=False, height=90, elem_id="job-output")
-    tab = TrainTab(method, project, forms, groups, labels, annotators, since, until, launch, status, queue, job, bar,
-                   active, plot, log, cancel, resume, download, output)
+    tab = TrainTab(method, project, forms, groups, labels, annotators, since, until, accepted_only, launch, status,
+                   queue, job, bar, active, plot, log, cancel, resume, download, output)
     _wire(ctx, tab)
     return tab
 
@@ -239,7 +242,7 @@ def _wire(ctx: UIContext, tab: TrainTab) -> None:
 
     all_fields = [c for k in kinds for c in tab.forms[k].values()]
 
-    def launch(request: gr.Request, watched, method, project, annotators, since, until, *values):
+    def launch(request: gr.Request, watched, method, project, annotators, since, until, accepted_only, *values):
         # The forms name models, adapters and reward models, which may be folders on the server.
         check(ctx, caller(ctx, request, Permission.run_jobs), Permission.use_server_paths)
         try:
@@ -258,7 +261,8 @@ def _wire(ctx: UIContext, tab: TrainTab) -> None:
             filters = None
             if JOB_KINDS[method].trains:  # the (hidden) label filters mean nothing to a best-of-N job
                 names = [a.strip() for a in (annotators or "").split(",") if a.strip()]
-                filters = SnapshotFilters(annotators=names or None, since=since or None, until=until or None)
+                filters = SnapshotFilters(annotators=names or None, since=since or None, until=until or None,
+                                          accepted_only=bool(accepted_only))
             job_id = ctx.jobs.submit(JobRequest(method, project, config, filters))
         except (InputError, ValueError) as exc:
             config_class = JOB_KINDS[method].config_class if method in JOB_KINDS else None
@@ -271,7 +275,8 @@ def _wire(ctx: UIContext, tab: TrainTab) -> None:
         return {tab.status: f"✅ Job {job_id} queued.{note}",
                 tab.job: gr.update(choices=_job_choices(ctx, rows), value=watched if keep else job_id)}
 
-    tab.launch.click(launch, [tab.job, tab.method, tab.project, tab.annotators, tab.since, tab.until, *all_fields],
+    tab.launch.click(launch, [tab.job, tab.method, tab.project, tab.annotators, tab.since, tab.until,
+                              tab.accepted_only, *all_fields],
                      [tab.status, tab.job], api_name="launch_job")
 
     outputs = [tab.queue, tab.job, tab.bar, tab.active, tab.plot, tab.log, tab.cancel, tab.resume, tab.download]
