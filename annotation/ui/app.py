@@ -16,6 +16,8 @@ from annotation.ui.context import UIContext
 from annotation.ui.data import build_data_tab, data_views
 from annotation.ui.models import build_models_tab, show_models
 from annotation.ui.projects import build_projects_tab
+from annotation.ui.review import build_review_tab
+from annotation.ui.team import build_team_tab
 from annotation.ui.train import build_train_tab
 from annotation.ui.train import on_select as train_choices
 
@@ -137,6 +139,10 @@ def build_app(ctx: UIContext) -> gr.Blocks:
                 best = build_best_of_n_tab(ctx)
             with gr.Tab("Compare", id="compare") as compare_tab:
                 comparing = build_compare_tab(ctx)
+            with gr.Tab("Review", id="review") as review_tab:
+                reviewing = build_review_tab(ctx, annotate.annotator)
+            with gr.Tab("Team", id="team") as team_tab:
+                team = build_team_tab(ctx, annotate.annotator)
 
         # The annotator name persists in the browser, so a reload picks up where it left off.
         # A fixed secret: the default is random per process, which would forget the name on restart.
@@ -157,7 +163,8 @@ def build_app(ctx: UIContext) -> gr.Blocks:
         # What each tab needs: the UI shows a role what it may do (the handlers refuse the rest).
         tab_permissions = {projects_tab: Permission.manage_projects, train_tab: Permission.run_jobs,
                            models_tab: Permission.manage_models, bon_tab: Permission.run_inference,
-                           compare_tab: Permission.vote_arena, data_tab: Permission.view_own_stats}
+                           compare_tab: Permission.vote_arena, data_tab: Permission.view_own_stats,
+                           review_tab: Permission.review, team_tab: Permission.view_team_stats}
         controls = {data.export: Permission.import_export, comparing.run: Permission.run_inference,
                     comparing.draw: Permission.run_inference}
         name_boxes = [annotate.annotator, comparing.annotator, best.annotator]
@@ -225,6 +232,16 @@ def build_app(ctx: UIContext) -> gr.Blocks:
                        api_name="bon_opened")
         compare_tab.select(compare_opened, comparing.select_inputs, comparing.select_outputs,
                            api_name="compare_opened")
+
+        def review_tab_opened(typed, current, request: gr.Request):
+            return names_update(caller(ctx, request, Permission.review, typed_name=typed), current)
+
+        def team_tab_opened(typed, current, request: gr.Request):
+            return names_update(caller(ctx, request, Permission.view_team_stats, typed_name=typed), current)
+
+        review_tab.select(review_tab_opened, [annotate.annotator, reviewing.project], reviewing.project,
+                          api_name="review_opened")
+        team_tab.select(team_tab_opened, [annotate.annotator, team.project], team.project, api_name="team_opened")
     return demo
 
 

@@ -1,0 +1,124 @@
+"""Review and Team tabs in Chromium, in single-user local mode (no accounts: the reviewer is the name
+typed in the Annotate tab): a reviewer accepts one label and rejects another, and a snapshot and an
+export restricted to accepted labels hold the accepted one and not the rejected one."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from sqlalchemy import select
+
+from annotation.services import labelling
+from storage.db import open_database, reading, transaction
+from storage.models import PairwiseLabel, ReviewStatus
+from storage.snapshots import SnapshotFilters, create_snapshot
+from annotation.services.projects import find_project
+from tests.browser_support import browser_page, goto_tab, pick_dropdown, serving, wait_idle, wait_status
+from tests.factories import make_items, make_project
+from tests.test_browser_data import table_rows
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("review-ui")
+    db = open_database(folder / "ui.db")
+    make_project(db, "rv")
+    make_items(db, "rv", 3)
+    rng = random.Random(0)
+    for n in range(3):
+        view = labelling.next_item(db, "rv", "ann", rng=rng)
+        labelling.submit_pairwise(db, view, "a", rationale=f"reason number {n}")
+    with serving(db, folder) as proc:
+        yield proc
+
+
+def chosen_text(db, label_id: int) -> str:
+    with reading(db) as s:
+        label = s.get(PairwiseLabel, label_id)
+        return (label.response_a if label.choice.value == "a" else label.response_b).text
+
+
+def shown_label(page) -> int:
+    return int(page.locator("#review-detail .ps-review").get_attribute("data-label"))
+
+
+def test_reviewer_accepts_and_rejects_and_accepted_only_data_follows(server, tmp_path):
+    with browser_page(server.url) as page:
+        page.locator("#annotator textarea").fill("rev")
+        page.locator("#annotator textarea").press("Tab")
+        wait_idle(page)
+        goto_tab(page, "review")
+        page.wait_for_selector("#review-detail .ps-review")
+        queue = table_rows(page.locator("#review-queue"))
+        assert len(queue) == 3 and {row[0] for row in queue.values()} == {"ann"}
+        accepted = shown_label(page)
+        detail = page.locator("#review-detail").inner_text()
+        assert "ann answered A" in detail and "reason number" in detail and "Response B" in detail
+
+        page.click("#review-accept")
+        wait_status(page, f"Label {accepted} accepted", elem_id="review-status")
+        page.wait_for_function(f"() => document.querySelector('#review-detail .ps-review')?.dataset.label !== '{accepted}'")
+        rejected = shown_label(page)
+        page.locator("#review-correction textarea").fill("left")
+        page.click("#review-correct")
+        wait_status(page, "a pairwise correction is one of a, b, tie or both_bad", elem_id="review-status")
+        page.click("#review-reject")
+        wait_status(page, f"Label {rejected} rejected", elem_id="review-status")
+        assert len(table_rows(page.locator("#review-queue"))) == 1
+        page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+
+        # The Data tab's export restricted to accepted labels: the accepted pair only, and its datasheet.
+        goto_tab(page, "data")
+        pick_dropdown(page, "export-project", "rv")
+        page.locator("#export-accepted input[type=checkbox]").check()
+        page.click("#export-button")
+        wait_status(page, "1 rows exported", elem_id="export-status")
+        links = page.locator("#export-file a[download]")
+        assert links.count() == 3
+        with page.expect_download() as download:
+            links.first.click()
+        path = tmp_path / "export.jsonl"
+        download.value.save_as(path)
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [r["chosen"] for r in rows] == [chosen_text(server.db, accepted)]
+
+        # The Team tab: the annotator's figures, review outcomes, and a gold item marked there.
+        goto_tab(page, "team")
+        page.wait_for_function("() => document.querySelectorAll('#team-annotators [data-testid^=cell-]').length > 0")
+        team = table_rows(page.locator("#team-annotators"))
+        (ann,) = [row for key, row in team.items() if key[0] == "ann"]
+        assert key_cells(ann) == {"accepted": "1", "rejected": "1", "not reviewed": "1"}
+        page.locator("#gold-item textarea").fill(str(_item_of(server.db, accepted)))
+        page.locator("#gold-answer textarea").fill("b")
+        page.click("#gold-mark")
+        wait_status(page, "is a gold item", elem_id="team-status")
+        expect_gold = table_rows(page.locator("#gold-items"))
+        assert [key[0] for key in expect_gold] == [str(_item_of(server.db, accepted))]
+        page.screenshot(path=str(tmp_path / "team.png"), full_page=True)
+
+    with reading(server.db) as s:
+        statuses = {lab.id: lab.review_status for lab in s.scalars(select(PairwiseLabel))}
+    assert statuses[accepted] == ReviewStatus.accepted and statuses[rejected] == ReviewStatus.rejected
+    # A training snapshot restricted to accepted labels holds the accepted label, not the rejected one.
+    with transaction(server.db) as s:
+        snapshot = create_snapshot(s, find_project(s, "rv"), "pairs", tmp_path / "snap",
+                                   SnapshotFilters(accepted_only=True))
+    chosen = [json.loads(line)["chosen"][-1]["content"] for line in open(snapshot.path)]
+    assert chosen == [chosen_text(server.db, accepted)]
+    assert chosen_text(server.db, rejected) not in chosen
+
+
+def key_cells(row: list[str]) -> dict[str, str]:
+    """The review columns of a Team annotators row (row starts after the first two cells)."""
+    from annotation.ui.team import ANNOTATOR_COLUMNS
+
+    named = dict(zip(ANNOTATOR_COLUMNS[2:], row))
+    return {k: named[k] for k in ("accepted", "rejected", "not reviewed")}
+
+
+def _item_of(db, label_id: int) -> int:
+    with reading(db) as s:
+        return s.get(PairwiseLabel, label_id).item_id
