@@ -198,7 +198,7 @@ def test_export_downloads_trl_pairs(page, server, tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) == 2 and all(set(r) == {"prompt", "chosen", "rejected"} for r in rows)  # the tie is left out
     with transaction(server.db) as s:
-        labels = s.scalars(select(PairwiseLabel).join(User).where(User.name == "seeder",
+        labels = s.scalars(select(PairwiseLabel).join(PairwiseLabel.user).where(User.name == "seeder",
                                                                    PairwiseLabel.choice != Choice.tie)
                            .order_by(PairwiseLabel.id)).all()
         expected = [(lab.response_a if lab.choice == Choice.a else lab.response_b).text for lab in labels]

@@ -14,6 +14,7 @@ from storage.db import open_database, reading, transaction
 from storage.models import PairwiseLabel, ReviewStatus
 from storage.snapshots import SnapshotFilters, create_snapshot
 from annotation.services.projects import find_project
+from annotation.services.team import project_agreement
 from tests.browser_support import browser_page, goto_tab, pick_dropdown, serving, wait_idle, wait_status
 from tests.factories import make_items, make_project
 from tests.test_browser_data import table_rows
@@ -25,12 +26,17 @@ pytestmark = pytest.mark.browser
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("review-ui")
     db = open_database(folder / "ui.db")
-    make_project(db, "rv")
+    make_project(db, "rv", overlap=2)
     make_items(db, "rv", 3)
     rng = random.Random(0)
     for n in range(3):
         view = labelling.next_item(db, "rv", "ann", rng=rng)
         labelling.submit_pairwise(db, view, "a", rationale=f"reason number {n}")
+    # A second annotator, for agreement: the same response as ann on two items, the other one on one.
+    for n in range(3):
+        view = labelling.next_item(db, "rv", "bob", rng=rng)
+        first = "a" if view.responses[0].position == 0 else "b"
+        labelling.submit_pairwise(db, view, first if n < 2 else "tie")
     with serving(db, folder) as proc:
         yield proc
 
@@ -53,7 +59,8 @@ def test_reviewer_accepts_and_rejects_and_accepted_only_data_follows(server, tmp
         goto_tab(page, "review")
         page.wait_for_selector("#review-detail .ps-review")
         queue = table_rows(page.locator("#review-queue"))
-        assert len(queue) == 3 and {row[0] for row in queue.values()} == {"ann"}
+        assert len(queue) == 6 and {row[0] for row in queue.values()} == {"ann", "bob"}
+        page.wait_for_function("() => document.querySelector('#review-detail')?.innerText.includes('ann answered')")
         accepted = shown_label(page)
         detail = page.locator("#review-detail").inner_text()
         assert "ann answered A" in detail and "reason number" in detail and "Response B" in detail
@@ -67,7 +74,7 @@ def test_reviewer_accepts_and_rejects_and_accepted_only_data_follows(server, tmp
         wait_status(page, "a pairwise correction is one of a, b, tie or both_bad", elem_id="review-status")
         page.click("#review-reject")
         wait_status(page, f"Label {rejected} rejected", elem_id="review-status")
-        assert len(table_rows(page.locator("#review-queue"))) == 1
+        assert len(table_rows(page.locator("#review-queue"))) == 4
         page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
 
         # The Data tab's export restricted to accepted labels: the accepted pair only, and its datasheet.
@@ -91,6 +98,10 @@ def test_reviewer_accepts_and_rejects_and_accepted_only_data_follows(server, tmp
         team = table_rows(page.locator("#team-annotators"))
         (ann,) = [row for key, row in team.items() if key[0] == "ann"]
         assert key_cells(ann) == {"accepted": "1", "rejected": "1", "not reviewed": "1"}
+        alpha = project_agreement(server.db, "rv").alpha
+        assert alpha.estimate is not None
+        figures = page.locator("#team-agreement-figures").inner_text()
+        assert f"Krippendorff's alpha: {alpha}" in figures and "Cohen's kappa" in figures
         page.locator("#gold-item textarea").fill(str(_item_of(server.db, accepted)))
         page.locator("#gold-answer textarea").fill("b")
         page.click("#gold-mark")

@@ -264,7 +264,7 @@ def test_reward_model_then_best_of_n_with_a_verdict_label(page, server, tiny_mod
     page.click("#bon-verdict")
     wait_status(page, "Verdict saved", elem_id="bon-status")
     with transaction(db) as s:
-        label = s.scalars(select(PairwiseLabel).join(User).where(User.name == "judge")).one()
+        label = s.scalars(select(PairwiseLabel).join(PairwiseLabel.user).where(User.name == "judge")).one()
         a = s.get(Response, label.response_a_id)
         assert a.source == "best-of-n" and "rm_score" in a.sampling
 

@@ -281,3 +281,35 @@ def test_cli_export_accepted_only_writes_the_datasheet(tmp_path):
     sheet = json.loads((tmp_path / "accepted.datasheet.json").read_text())
     (ann,) = sheet["annotators"]
     assert ann["reviews"] == {"submitted": 0, "accepted": 1, "rejected": 1, "corrected": 0}
+
+
+def test_two_reviewers_at_once_one_verdict_wins(db):
+    import threading
+
+    make_project(db, "p")
+    make_items(db, "p", 1)
+    (label,) = label_pairs(db, "p", "ann", ["a"])
+    outcomes: dict[str, str] = {}
+    start = threading.Barrier(2)
+
+    def act(reviewer: str, verdict) -> None:
+        start.wait()
+        try:
+            verdict(db, "p", label, reviewer)
+            outcomes[reviewer] = "done"
+        except InputError as exc:
+            outcomes[reviewer] = str(exc)
+
+    threads = [threading.Thread(target=act, args=("rev1", review.accept)),
+               threading.Thread(target=act, args=("rev2", review.reject))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(o == "done" for o in outcomes.values()) == [False, True]
+    winner = next(name for name, o in outcomes.items() if o == "done")
+    loser = next(o for o in outcomes.values() if o != "done")
+    assert "already reviewed" in loser and f"by {winner}" in loser
+    with reading(db) as s:
+        stored = s.get(PairwiseLabel, label)
+        assert stored.review_status == (ReviewStatus.accepted if winner == "rev1" else ReviewStatus.rejected)
