@@ -275,7 +275,10 @@ def check_dwell(view: ItemView, min_dwell_ms: int) -> None:
 
 def _check_open(s, item: Item, project: Project) -> None:
     """An item that has reached its overlap takes no more labels (an annotator who kept it on screen
-    while others finished it is told, and keeps what they typed)."""
+    while others finished it is told, and keeps what they typed). A gold item takes one label from
+    every annotator, whatever the overlap: that is how their accuracy is measured."""
+    if item.gold_answer is not None:
+        return
     labels = _label_count(s, item, project.mode)
     if labels >= project.overlap or item.status == ItemStatus.done:
         raise ItemClosed(f"item {item.id} already has all the labels it needs ({labels} of {project.overlap}), "
