@@ -23,9 +23,10 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def help_field(default: Any, text: str, **kwargs: Any) -> Any:
-    """A dataclass field with a default and its help text (the job form and the CLI show it)."""
-    return field(default=default, metadata={"help": text}, **kwargs)
+def help_field(default: Any, text: str, label: str | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with a default and its help text (the job form and the CLI show it); ``label``
+    is the form's label where the field name alone would mislead."""
+    return field(default=default, metadata={"help": text, **({"label": label} if label else {})}, **kwargs)
 
 
 def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:

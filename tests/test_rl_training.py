@@ -105,6 +105,33 @@ def test_start_adapter_is_the_reference(peaked_model_dir, prompt_file, tmp_path)
     assert first.metrics["kl"] > 1e-4
 
 
+def test_the_rollout_log_holds_each_rounds_answers_with_their_rewards_and_advantages(peaked_model_dir,
+                                                                                    prompt_file, tmp_path):
+    """What the Train tab's rollout table reads: every chunk of the newest round (2 prompts sampled
+    one per forward pass), each answer with its reward and its group-relative advantage."""
+    import torch
+
+    from alignment.rl.advantages import group_advantages
+    from alignment.rl.grpo import train_grpo
+    from alignment.rl.trainer import latest_round, read_rollouts
+
+    rules = tmp_path / "rules.py"
+    rules.write_text("def chars(prompts, completions, **columns):\n"
+                     "    return [float(len(c)) for c in completions]\n", encoding="utf-8")
+    config = GRPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "run", max_steps=2, batch_size=2,
+                                   micro_batch_size=1, num_generations=4, eval_fraction=0.0, rollouts_shown=4,
+                                   reward_rule=[], reward_fn=[f"{rules}:chars"]))
+    result = train_grpo(config)
+    assert [r["round"] for r in read_rollouts(result.out_dir)] == [1, 1, 2, 2]
+    rows = latest_round(result.out_dir)
+    assert len(rows) == 8
+    for group in (rows[:4], rows[4:]):
+        rewards = torch.tensor([r["reward"] for r in group])
+        assert rewards.tolist() == [float(len(r["completion"])) for r in group]
+        expected = group_advantages(rewards.view(1, 4), "grpo", "group").view(-1)
+        assert [r["advantage"] for r in group] == pytest.approx(expected.tolist(), abs=1e-3)
+
+
 # -- Bad input ---------------------------------------------------------------------------------
 
 def test_bad_settings_are_refused_before_launch(peaked_model_dir, prompt_file, tmp_path):
@@ -117,6 +144,11 @@ def test_bad_settings_are_refused_before_launch(peaked_model_dir, prompt_file, t
         PPOConfig(**{**base, "reward_rule": []})
     with pytest.raises(ValueError, match="holds no trained reward model"):
         PPOConfig(**{**base, "reward_model": str(tmp_path)})
+    # the batch counts prompts, so any K fits it; only the completions per step are bounded
+    GRPOConfig(**{**base, "batch_size": 3, "num_generations": 4})
+    with pytest.raises(ValueError, match=r"batch_size \(2048 prompts\) x num_generations \(4 completions each\) "
+                                         r"= 8,192 completions per step, more than 4,096"):
+        GRPOConfig(**{**base, "batch_size": 2048, "num_generations": 4})
 
 
 @pytest.mark.parametrize("body, message", [

@@ -19,7 +19,8 @@
 6. **save**: the adapter; :meth:`save` adds the method's own files (PPO's value head).
 
 Metrics (reward mean/std, groups without signal, lengths, timings) travel with each batch into the
-step events; a few completions of each rollout with their rewards go to ``rollouts.jsonl``.
+step events; a few completions of each rollout with their rewards and advantages go to
+``rollouts.jsonl`` (the Train tab shows the newest round's).
 """
 from __future__ import annotations
 
@@ -124,12 +125,45 @@ def last_user_text(prompt: RLPrompt) -> str:
     return users[-1] if users else prompt.prompt_messages[-1]["content"]
 
 
-def rollout_table(rollout: Rollout, scores: Tensor, limit: int) -> list[dict[str, Any]]:
-    """A few completions of the rollout with their rewards, for people watching for reward hacking."""
+def completion_advantages(advantages: Tensor, segments: Tensor) -> Tensor:
+    """One advantage per completion: GRPO's already is; PPO's per-token ``[S, T]`` advantages
+    (0 past each completion's end) are averaged over the completion's tokens."""
+    if advantages.dim() == 1:
+        return advantages
+    lengths = torch.bincount(segments, minlength=advantages.shape[0]).clamp(min=1)
+    return advantages.sum(-1) / lengths.to(advantages.device)
+
+
+def rollout_table(rollout: Rollout, scores: Tensor, advantages: Tensor, limit: int) -> list[dict[str, Any]]:
+    """A few completions of the rollout with their rewards and advantages, for people watching for
+    reward hacking."""
     k = rollout.k
     return [{"prompt": last_user_text(rollout.prompts[i // k]), "completion": sample.text,
-             "reward": round(float(scores[i]), 4), "finish_reason": sample.finish_reason}
+             "reward": round(float(scores[i]), 4), "advantage": round(float(advantages[i]), 4),
+             "finish_reason": sample.finish_reason}
             for i, sample in enumerate(rollout.flat[:limit])]
+
+
+def read_rollouts(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``rollouts.jsonl`` written so far (a line being written is skipped)."""
+    path = Path(run_dir) / ROLLOUTS_FILE
+    records = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def latest_round(run_dir: Path) -> list[dict[str, Any]]:
+    """The logged completions of the newest rollout round (every chunk sampled for one step)."""
+    records = read_rollouts(run_dir)
+    if not records:
+        return []
+    newest = records[-1].get("round")
+    return [row for r in records if r.get("round") == newest for row in r["rows"]]
 
 
 def reward_metrics(rollout: Rollout, scores: Tensor, per_function: dict[str, Tensor]) -> dict[str, float]:
@@ -187,6 +221,7 @@ class OnlineRLMethod(Method):
         self._buffer: list[dict[str, Any]] = []  # the chunks of the rollout being reused
         self._calls = 0
         self._generations = 0
+        self._round = 0  # rollout rounds started: the chunks sampled for one step share it
 
     # -- what subclasses decide -----------------------------------------------------------------
     def reuse(self) -> int:
@@ -205,6 +240,8 @@ class OnlineRLMethod(Method):
     def load_data(self) -> Data:
         if not self.config.resume_from:
             (self.run_dir / ROLLOUTS_FILE).unlink(missing_ok=True)
+        logged = read_rollouts(self.run_dir)  # a resumed run numbers its rounds on
+        self._round = logged[-1].get("round", 0) if logged else 0
         data = self.split(load_prompts(self.config.data))
         self.rewards = build_rewards(self.config, self.config.resolved_device())
         return data
@@ -227,6 +264,7 @@ class OnlineRLMethod(Method):
             return self._buffer[position % len(self._buffer)]
         if position == 0:
             self._buffer = []
+            self._round += 1
         batch = self._sample(model, [self.data.train[i] for i in indices])
         self._buffer.append(batch)
         return batch
@@ -250,14 +288,15 @@ class OnlineRLMethod(Method):
                    "time/generation_s": sampled - started, "time/reward_s": rewarded - sampled,
                    "time/prepare_s": time.monotonic() - rewarded,
                    "rollouts_per_s": len(rollout.flat) / max(time.monotonic() - started, 1e-9)}
+        self._log(rollout, scores, completion_advantages(prepared["advantages"].detach().cpu(),
+                                                         batch["segments"].cpu()))
         batch.update(prepared, rollout_metrics=metrics)
-        self._log(rollout, scores)
         return batch
 
-    def _log(self, rollout: Rollout, scores: Tensor) -> None:
+    def _log(self, rollout: Rollout, scores: Tensor, advantages: Tensor) -> None:
         if self.config.rollouts_shown:
-            record = {"rollout": self._generations,
-                      "rows": rollout_table(rollout, scores, self.config.rollouts_shown)}
+            record = {"round": self._round, "rollout": self._generations,
+                      "rows": rollout_table(rollout, scores, advantages, self.config.rollouts_shown)}
             with (self.run_dir / ROLLOUTS_FILE).open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 

@@ -238,6 +238,13 @@ REWARD_SCALINGS = ("group", "batch", "none")
 LOSS_AGGREGATIONS = ("sequence", "token", "constant")
 
 
+# Online RL counts its batch in prompts, not completions (TRL counts completions, which K must divide):
+# any batch size fits any K here, and the form says so.
+BATCH_LABEL = "Prompts per step (batch size)"
+BATCH_OF_PROMPTS = ("Prompts per step, not completions: each prompt is sampled K times, so a step scores "
+                    "batch size x K completions (any batch size fits any K).")
+
+
 @dataclass(kw_only=True)
 class OnlineRLConfig(CommonConfig):
     """Settings shared by the online RL methods: prompts, sampling, rewards and the reference."""
@@ -251,10 +258,10 @@ class OnlineRLConfig(CommonConfig):
                                   "rollout did, so the first importance ratio is 1).")
     max_steps: int | None = _f(None, "Optimizer steps (overrides epochs: one epoch is one pass over the training "
                                      "prompts). A rollout serves several steps when it is reused.")
-    batch_size: int = _f(8, "Prompts per step, each sampled num_generations times.")
+    batch_size: int = _f(8, BATCH_OF_PROMPTS, label=BATCH_LABEL)
     micro_batch_size: int | None = _f(None, "Prompts per forward pass (with all their completions); empty: 1 on the "
-                                            "CPU, the whole batch on a GPU.")
-    num_generations: int = _f(1, "Completions sampled per prompt (K).")
+                                            "CPU, the whole batch on a GPU.", label="Prompts per forward pass")
+    num_generations: int = _f(1, "Completions sampled per prompt (K).", label="Completions per prompt (K)")
     max_new_tokens: int = _f(64, "Most tokens sampled per completion.")
     temperature: float = _f(1.0, "Sampling temperature of the rollouts (> 0: RL needs samples, not greedy answers).")
     top_p: float = _f(1.0, "Nucleus sampling of the rollouts (1: the full distribution, as the log-probs assume).")
@@ -277,6 +284,10 @@ class OnlineRLConfig(CommonConfig):
         check_int("max_new_tokens", self.max_new_tokens, minimum=1, maximum=MAX_NEW_TOKENS)
         check_int("eval_generations", self.eval_generations, minimum=1, maximum=MAX_GENERATIONS)
         check_int("rollouts_shown", self.rollouts_shown, minimum=0, maximum=MAX_GENERATIONS)
+        if self.batch_size * self.num_generations > MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size ({self.batch_size} prompts) x num_generations ({self.num_generations} "
+                             f"completions each) = {self.batch_size * self.num_generations:,} completions per step, "
+                             f"more than {MAX_BATCH_SIZE:,}: lower one of them")
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
                 and self.temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
@@ -310,8 +321,9 @@ class GRPOConfig(OnlineRLConfig):
 
     method: ClassVar[str] = "grpo"
 
-    batch_size: int = _f(2, "Prompts per step, each sampled num_generations times.")
-    num_generations: int = _f(4, "Completions sampled per prompt (K >= 2: the group is the baseline).")
+    batch_size: int = _f(2, BATCH_OF_PROMPTS, label=BATCH_LABEL)
+    num_generations: int = _f(4, "Completions sampled per prompt (K >= 2: the group is the baseline).",
+                              label="Completions per prompt (K)")
     beta: float = _f(0.04, "Weight of the k3 KL penalty to the reference (0: no reference pass at all).")
     advantage_estimator: str = _f("grpo", f"One of {', '.join(ADVANTAGE_ESTIMATORS)}: group mean/std (GRPO), "
                                           "group mean only (Dr. GRPO), leave-one-out baseline (RLOO).")

@@ -403,7 +403,8 @@ def job_rows(db: Database) -> list[dict[str, Any]]:
             # The output is shown once the job succeeded: before that the folder may hold half of it.
             result = read_result(Path(job.run_dir)) if job.status == JobStatus.succeeded else {}
             rows.append({"id": job.id, "kind": job.kind, "status": job.status.value, "device": job.device,
-                         "run_dir": job.run_dir, "unit": kind.unit if kind else "step",
+                         "run_dir": job.run_dir, "out": (job.config or {}).get("out"),
+                         "unit": kind.unit if kind else "step",
                          "step": last.get("step"), "total_steps": last.get("total_steps"),
                          "loss": last.get("loss"), "eta_s": last.get("eta_s"),
                          "labels": None if "prompts" in counts else counts.get("rows"),

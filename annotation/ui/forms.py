@@ -26,12 +26,16 @@ LABELS = {
     "eval_fraction": "Held-out share", "load_in_4bit": "4-bit QLoRA (CUDA only)", "max_steps": "Max steps",
     "n": "Candidates per prompt (N)", "top_p": "Top-p", "beta": "Beta (distance from the reference)",
     "reward": "Reward model", "adapter": "Adapter (tuned policy)", "model": "Base model",
-    "use_margin": "Use the rating margin",
+    "use_margin": "Use the rating margin", "reward_model": "Reward model",
+    "init_adapter": "Starting adapter (also the reference)", "reward_rule": "Built-in reward rules",
+    "reward_fn": "Reward functions (FILE.py:NAME)",
 }
 
 
-def field_label(name: str) -> str:
-    return LABELS.get(name) or name.replace("_", " ").capitalize()
+def field_label(name: str, cls: type | None = None) -> str:
+    """The form's label of field ``name`` (of config class ``cls``: a field may carry its own)."""
+    own = next((f.metadata.get("label") for f in dataclasses.fields(cls) if f.name == name), None) if cls else None
+    return own or LABELS.get(name) or name.replace("_", " ").capitalize()
 
 
 
@@ -73,7 +77,7 @@ def _components(cls: type, shown: list, choices, multiline, prefix, defaults, cu
     components: dict[str, gr.components.Component] = {}
     for f in shown:
         default = defaults.get(f.name, None if f.default is dataclasses.MISSING else f.default)
-        common = {"label": field_label(f.name), "info": f.metadata.get("help"), "elem_id": f"{prefix}{f.name}"}
+        common = {"label": field_label(f.name, cls), "info": f.metadata.get("help"), "elem_id": f"{prefix}{f.name}"}
         kind, optional = _base_type(hints[f.name])
         if optional and kind in (int, float):
             # A Number cannot be left empty (it hands back 0): an optional number is a textbox where
@@ -106,7 +110,7 @@ def form_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
             continue
         value = values[f.name]
         kind, optional = _base_type(hints[f.name])
-        label = field_label(f.name)
+        label = field_label(f.name, cls)
         if value in ("", None) and optional:
             value = None
         elif value in ("", None) and kind in (int, float):
@@ -137,7 +141,7 @@ def readable_error(cls: type, message: str) -> str:
     for name in sorted((f.name for f in dataclasses.fields(cls)), key=len, reverse=True):
         # Only where the name is the subject ("lr must ...", "loss='sigmoid'"), not a word in a sentence.
         message = re.sub(rf"\b{re.escape(name)}\b(?=( must| only| needs| is | cannot|=|\s*\())",
-                         f"'{field_label(name)}'", message)
+                         f"'{field_label(name, cls)}'", message)
     message = re.sub(r"an integer >= (-?\d+)", r"a whole number of at least \1", message)
     message = re.sub(r"(a finite number|a number|\b) ?> 0\b", " a number above 0", message).replace("  ", " ")
     message = message.replace(" or None", " or empty")

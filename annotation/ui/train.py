@@ -18,6 +18,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from alignment.rl.trainer import latest_round
 from alignment.run_folder import CHECKPOINT_PREFIX, REFERENCE_FILE, ModelKind
 from alignment.training.config import DPO_LOSS_TYPES, LR_SCHEDULES
 from annotation.jobs.evaluation import SELECTIONS as EVAL_SELECTIONS
@@ -29,6 +30,7 @@ from annotation.ui.context import UIContext
 from annotation.ui.downloads import download_folder
 from annotation.ui.forms import build_form, form_values, readable_error
 from annotation.ui.job_plot import plot_html
+from annotation.ui.rollout_view import rollout_html
 from storage.errors import InputError
 from storage.snapshots import PROMPT_SELECTIONS, SnapshotFilters
 
@@ -44,12 +46,18 @@ CHOICES = {"loss": list(DPO_LOSS_TYPES), "lr_schedule": list(LR_SCHEDULES), "dev
 # Where a kind's field of the same name takes other values.
 KIND_CHOICES = {"eval": {"prompts": list(EVAL_SELECTIONS)}}
 # Model pickers: filled from the trained models, and a folder can be typed in (e.g. one from the CLI).
-MODEL_FIELDS = ("reward", "adapter")
+# PPO and GRPO name theirs reward_model and init_adapter.
+MODEL_FIELDS = ("reward", "adapter", "reward_model", "init_adapter")
 # The settings people change, shown first; the rest of a method's fields go under "Advanced settings"
 # (a field can also ask for this with metadata={"basic": True}).
 BASIC_FIELDS = ("model", "reward", "adapter", "epochs", "max_steps", "lr", "beta", "loss", "use_margin", "n",
-                "prompts", "max_prompts", "store_as_items")
+                "prompts", "max_prompts", "store_as_items", "reward_model", "reward_rule", "init_adapter",
+                "batch_size", "num_generations")
 NO_ADAPTER = ("base model (no adapter)", "")
+# Online RL: the reward model is optional (rules or a reward function can score instead), and
+# without a starting adapter a fresh one trains against the bare base.
+NO_REWARD_MODEL = ("none (rules or a reward function score)", "")
+FRESH_ADAPTER = ("none: a fresh adapter, the base as reference", "")
 
 
 @dataclass
@@ -70,6 +78,7 @@ class TrainTab:
     bar: gr.HTML
     active: gr.HTML
     plot: gr.HTML
+    rollouts: gr.HTML
     log: gr.Textbox
     cancel: gr.Button
     resume: gr.Button
@@ -85,9 +94,12 @@ class TrainTab:
 
 
 def model_choices(ctx: UIContext) -> dict[str, list[tuple[str, str]]]:
-    """Trained reward models and policy adapters as (label, folder) choices for the model pickers."""
-    return {"reward": catalogue.reward_options(ctx.db),
-            "adapter": [NO_ADAPTER, *catalogue.trained_choices(ctx.db, ModelKind.POLICY_ADAPTER)]}
+    """(label, folder) choices of each model picker (MODEL_FIELDS): trained reward models and
+    policy adapters, and what leaving the picker empty means for that field."""
+    rewards = catalogue.reward_options(ctx.db)
+    adapters = catalogue.trained_choices(ctx.db, ModelKind.POLICY_ADAPTER)
+    return {"reward": rewards, "adapter": [NO_ADAPTER, *adapters],
+            "reward_model": [NO_REWARD_MODEL, *rewards], "init_adapter": [FRESH_ADAPTER, *adapters]}
 
 
 def _form_prefix(kind_name: str) -> str:
@@ -116,7 +128,8 @@ def build_train_tab(ctx: UIContext) -> TrainTab:
             forms[kind.name] = build_form(kind.config_class, choices={**choices, **KIND_CHOICES.get(kind.name, {})},
                                           exclude=RUNNER_FIELDS, basic=BASIC_FIELDS,
                                           prefix=_form_prefix(kind.name), custom_values=MODEL_FIELDS,
-                                          defaults={"model": ctx.default_model, "adapter": ""})
+                                          defaults={"model": ctx.default_model, "adapter": "", "reward_model": "",
+                                                    "init_adapter": ""})
         groups[kind.name] = group
     launch = gr.Button("Train", variant="primary", elem_id="train-launch")
     status = gr.Markdown("", elem_id="train-status")
@@ -132,10 +145,11 @@ def build_train_tab(ctx: UIContext) -> TrainTab:
     bar = gr.HTML("", elem_id="job-progress", js_on_load=None)
     active = gr.HTML("", elem_id="jobs-active", js_on_load=None)
     plot = gr.HTML(plot_html([]), elem_id="job-plot", js_on_load=None)
+    rollouts = gr.HTML("", elem_id="job-rollouts", js_on_load=None)
     log = gr.Textbox(label="Log (tail)", lines=10, max_lines=10, interactive=False, elem_id="job-log")
     output = gr.File(label="Job output", interactive=False, height=90, elem_id="job-output")
     tab = TrainTab(method, project, forms, groups, labels, annotators, since, until, accepted_only, launch, status,
-                   queue, job, bar, active, plot, log, cancel, resume, download, output)
+                   queue, job, bar, active, plot, rollouts, log, cancel, resume, download, output)
     _wire(ctx, tab)
     return tab
 
@@ -279,7 +293,8 @@ def _wire(ctx: UIContext, tab: TrainTab) -> None:
                               tab.accepted_only, *all_fields],
                      [tab.status, tab.job], api_name="launch_job")
 
-    outputs = [tab.queue, tab.job, tab.bar, tab.active, tab.plot, tab.log, tab.cancel, tab.resume, tab.download]
+    outputs = [tab.queue, tab.job, tab.bar, tab.active, tab.plot, tab.rollouts, tab.log, tab.cancel, tab.resume,
+               tab.download]
 
     def watch(job_id, request: gr.Request):
         caller(ctx, request, Permission.run_jobs)
@@ -349,6 +364,7 @@ def poll(ctx: UIContext, tab: TrainTab, job_id) -> dict:
     return {tab.queue: _queue_table(rows), tab.job: gr.update(choices=_job_choices(ctx, rows)),
             tab.bar: _progress_bar(rows, job_id), tab.active: _active_bars(rows, job_id),
             tab.plot: plot_html(read_progress(run_dir) if run_dir else []),
+            tab.rollouts: rollout_html(latest_round(Path(row["out"])) if row and row.get("out") else []),
             tab.log: log_tail(run_dir) if run_dir else "", **action_buttons(tab, row)}
 
 
@@ -416,16 +432,15 @@ def on_select(ctx: UIContext, tab: TrainTab, project: str | None, job_id: int | 
 
 def _wire_adapter_base_model(ctx: UIContext, tab: TrainTab) -> None:
     """Picking a trained adapter fills in the base model it was trained on: any other base would not fit."""
+    def base_of(adapter, request: gr.Request):
+        caller(ctx, request, Permission.run_jobs)
+        base = next((r.base_model for r in models.list_models(ctx.db) if r.path == adapter), None)
+        return gr.update(value=base) if adapter and base else gr.update()
+
     for kind_name, form in tab.forms.items():
-        if "adapter" not in form or "model" not in form:
-            continue
-
-        def base_of(adapter, request: gr.Request):
-            caller(ctx, request, Permission.run_jobs)
-            base = next((r.base_model for r in models.list_models(ctx.db) if r.path == adapter), None)
-            return gr.update(value=base) if adapter and base else gr.update()
-
-        form["adapter"].change(base_of, form["adapter"], form["model"], api_name=f"train_adapter_base_{kind_name}")
+        for name, api in (("adapter", "train_adapter_base"), ("init_adapter", "train_init_adapter_base")):
+            if name in form and "model" in form:
+                form[name].change(base_of, form[name], form["model"], api_name=f"{api}_{kind_name}")
 
 
 def _job_choices(ctx: UIContext, rows: list[dict] | None = None) -> list[tuple[str, int]]:
