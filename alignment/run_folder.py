@@ -8,6 +8,7 @@ This module owns
 * :class:`ModelKind`: what a finished training run is, a policy adapter or a reward model (its
   values are the strings stored in the database's ``trained_models.kind``: keep them);
 * :func:`read_json` and :func:`saved_training_config`: reading those files with a clear error.
+* :func:`read_jsonl_so_far`: the lines of a log a running job is still appending to.
 
 A run folder, as the trainers leave it::
 
@@ -18,6 +19,7 @@ A run folder, as the trainers leave it::
       tokenizer.json, ...       the tokenizer
       metrics.json              final train / held-out metrics
       progress.jsonl            one JSON event per line while it trains
+      rollouts.jsonl            PPO / GRPO: a few sampled answers of each rollout, rewards, advantages
       reference_logps.pt        DPO / PL-DPO's cached reference log-probs
       split.json                content hashes of the prompts trained on and held out
       checkpoint-<step>/        resumable state (trainer_state.json written last)
@@ -65,6 +67,19 @@ def read_json(path: str | Path) -> dict[str, Any]:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable ({exc})") from None
+
+
+def read_jsonl_so_far(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSONL log written so far (a line being written is skipped, not an error)."""
+    path = Path(path)
+    records = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
 
 
 def saved_training_config(run_dir: str | Path) -> dict[str, Any] | None:

@@ -12,12 +12,10 @@ from playwright.sync_api import expect
 from sqlalchemy import select
 
 from alignment.rl.trainer import latest_round
-from annotation.services import labelling
-from storage.db import open_database, transaction
+from storage.db import transaction
 from storage.models import Job, TrainedModel
-from tests.browser_support import ServerProcess, browser_page, fill_number, goto_tab, pick_dropdown, wait_status
-from tests.factories import make_items, make_project
-from tests.test_browser_train import drawn_points, launch, open_advanced
+from tests.browser_support import browser_page, fill_number, goto_tab, pick_dropdown, wait_status
+from tests.test_browser_train import drawn_points, labelled_project_server, launch, open_advanced, train_reward_model
 
 pytestmark = pytest.mark.browser
 
@@ -26,15 +24,7 @@ GRPO_STEPS = 12
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
-    folder = tmp_path_factory.mktemp("rl-ui")
-    db = open_database(folder / "ui.db")
-    make_project(db, "prefs")
-    make_items(db, "prefs", 12)
-    for i in range(12):
-        labelling.submit_pairwise(db, labelling.next_item(db, "prefs", "ann"), "a" if i % 4 else "b")
-    proc = ServerProcess(["--db", str(folder / "ui.db"), "--no-worker", "--no-seed", "--model", str(tiny_model_dir),
-                          "--runs", str(folder / "runs")], folder / "server.log")
-    proc.db = db
+    proc = labelled_project_server(tmp_path_factory.mktemp("rl-ui"), "--model", str(tiny_model_dir))
     yield proc
     proc.stop()
 
@@ -56,15 +46,7 @@ def test_grpo_with_an_in_app_reward_model_from_the_train_tab(page, server, tiny_
     goto_tab(page, "train")
     pick_dropdown(page, "train-project", "prefs")
 
-    # 1. A reward model from the project's labels.
-    pick_dropdown(page, "train-method", "Reward model (Bradley-Terry, LoRA)")
-    page.locator("#rm-model textarea").fill(str(tiny_model_dir))
-    page.locator("#rm-max_steps textarea").fill("2")
-    open_advanced(page, "rm-")
-    for field, value in (("batch_size", 2), ("max_length", 64), ("lora_r", 4)):
-        fill_number(page, f"rm-{field}", value)
-    rm_job = launch(page)
-    expect(page.locator("#job-progress")).to_contain_text(f"job {rm_job} · succeeded", timeout=180_000)
+    rm_job = train_reward_model(page, tiny_model_dir)  # 1. a reward model from the project's labels
 
     # 2. GRPO judged by it: the form names its batch in prompts and K, and lists the reward model.
     pick_dropdown(page, "train-method", "GRPO: K answers per prompt, each judged against the others (LoRA)")

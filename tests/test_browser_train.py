@@ -25,17 +25,22 @@ from tests.factories import make_items, make_project
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("train-ui")
+def labelled_project_server(folder: Path, *args: str) -> ServerProcess:
+    """A server whose project 'prefs' has 12 pairwise items, each labelled (``proc.db`` opens its database)."""
     db = open_database(folder / "ui.db")
     make_project(db, "prefs")
     make_items(db, "prefs", 12)
     for i in range(12):
         labelling.submit_pairwise(db, labelling.next_item(db, "prefs", "ann"), "a" if i % 4 else "b")
-    proc = ServerProcess(["--db", str(folder / "ui.db"), "--no-worker", "--no-seed", "--runs", str(folder / "runs")],
-                         folder / "server.log")
+    proc = ServerProcess(["--db", str(folder / "ui.db"), "--no-worker", "--no-seed", "--runs", str(folder / "runs"),
+                          *args], folder / "server.log")
     proc.db = db
+    return proc
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc = labelled_project_server(tmp_path_factory.mktemp("train-ui"))
     yield proc
     proc.stop()
 
@@ -233,19 +238,25 @@ def register_model(db, name, kind, path, base_model):
             s.add(TrainedModel(name=name, kind=kind, path=str(path), base_model=str(base_model), metrics={}))
 
 
-def test_reward_model_then_best_of_n_with_a_verdict_label(page, server, tiny_model_dir, tiny_adapter):
-    db = server.db
-    register_model(db, "tiny-dpo", "policy-adapter", tiny_adapter, tiny_model_dir)
-    goto_tab(page, "train")
-    pick_dropdown(page, "train-project", "prefs")
+def train_reward_model(page, model_dir) -> int:
+    """Train a tiny reward model from the picked project's labels in the Train tab; its job id once it succeeded."""
     pick_dropdown(page, "train-method", "Reward model (Bradley-Terry, LoRA)")
-    page.locator("#rm-model textarea").fill(str(tiny_model_dir))
+    page.locator("#rm-model textarea").fill(str(model_dir))
     page.locator("#rm-max_steps textarea").fill("2")
     open_advanced(page, "rm-")
     for field, value in (("batch_size", 2), ("max_length", 64), ("lora_r", 4)):
         fill_number(page, f"rm-{field}", value)
     job_id = launch(page)  # launching a job puts it in view, whatever was shown before
     expect(page.locator("#job-progress")).to_contain_text(f"job {job_id} · succeeded", timeout=180_000)
+    return job_id
+
+
+def test_reward_model_then_best_of_n_with_a_verdict_label(page, server, tiny_model_dir, tiny_adapter):
+    db = server.db
+    register_model(db, "tiny-dpo", "policy-adapter", tiny_adapter, tiny_model_dir)
+    goto_tab(page, "train")
+    pick_dropdown(page, "train-project", "prefs")
+    job_id = train_reward_model(page, tiny_model_dir)
 
     goto_tab(page, "bon")
     with transaction(db) as s:

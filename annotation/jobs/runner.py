@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from alignment.run_folder import CHECKPOINT_PREFIX, PROGRESS_FILE, STATE_FILE
+from alignment.run_folder import CHECKPOINT_PREFIX, PROGRESS_FILE, STATE_FILE, read_jsonl_so_far
 from alignment.training.memory import with_jemalloc
 from annotation.jobs.kinds import JOB_KINDS
 from annotation.jobs.worker import FAILURE_FILE
@@ -70,15 +70,7 @@ def read_result(run_dir: Path) -> dict[str, Any]:
 
 def read_progress(run_dir: Path) -> list[dict[str, Any]]:
     """The progress events written so far (a line being written is skipped, not an error)."""
-    path = Path(run_dir) / PROGRESS_FILE
-    events = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
-    return events
+    return read_jsonl_so_far(Path(run_dir) / PROGRESS_FILE)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
