@@ -6,6 +6,7 @@ This module owns
   validation, like the training configs, so the job form, the saved config and the worker agree);
 * :func:`held_out_pairs`: the preference pairs an adapter's training run held out, as its run
   folder recorded them (``split.json``, :mod:`alignment.training.heldout`): never split again;
+* :func:`held_out_prompts`: the prompts it held out (a PPO / GRPO run has prompts but no pairs);
 * :func:`rm_overlap`: how many of the adapter's held-out prompts the reward model trained on
   (from both runs' ``split.json``);
 * :func:`evaluate_against_base`: for each prompt the base model and the tuned model answer with
@@ -40,11 +41,13 @@ from alignment.run_folder import TRAINING_CONFIG, read_json
 from alignment.sampling import SamplingParams
 from alignment.settings import RunSettings, check_int, help_field
 from alignment.training.data import PreferencePair, load_pairs, load_rankings, prompt_sha256, ranking_pairs
-from alignment.training.heldout import held_out_items, read_split
+from alignment.training.heldout import SplitRecord, held_out_items, read_split
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "evaluation.jsonl"
+#: Methods trained from a reward on prompts: their held-out split holds prompts, no preference pairs.
+ONLINE_RL_METHODS = ("grpo", "ppo")
 BOOTSTRAP_SAMPLES = 1000
 
 
@@ -107,11 +110,7 @@ def held_out_pairs(adapter: str | Path) -> list[PreferencePair]:
     Raises ValueError when the adapter has no ``split.json`` (trained before runs recorded it) or
     no training config, or its training data file is gone.
     """
-    record = read_split(adapter)
-    config = read_json(Path(adapter) / TRAINING_CONFIG)
-    data, method = config.get("data"), config.get("method")
-    if not data or not Path(data).is_file():
-        raise ValueError(f"the training data of {adapter} is not available ({data!r}); give a prompt file")
+    record, data, method = _training_data(adapter)
     if method == "pl_dpo":
         pairs = ranking_pairs(held_out_items(load_rankings(data).rankings, record))
     elif method in ("dpo", "reward"):
@@ -120,6 +119,28 @@ def held_out_pairs(adapter: str | Path) -> list[PreferencePair]:
         raise ValueError(f"{adapter} was trained with {method!r}, which records no preference data; "
                          f"give a prompt file")
     return pairs
+
+
+def held_out_prompts(adapter: str | Path) -> list[Messages]:
+    """The prompts the adapter's training run held out, each once: a preference run's from its
+    held-out pairs; a PPO / GRPO run's from its prompt file (it has no pairs: it learned from a
+    reward on prompts alone). Raises ValueError as :func:`held_out_pairs` does."""
+    from alignment.rl.rollouts import load_prompts
+
+    record, data, method = _training_data(adapter)
+    if method in ONLINE_RL_METHODS:
+        return [p.prompt_messages for p in held_out_items(load_prompts(data), record)]
+    return distinct_prompts(held_out_pairs(adapter))
+
+
+def _training_data(adapter: str | Path) -> tuple[SplitRecord, str, str | None]:
+    """The adapter's recorded split, its training data file and its method; ValueError when missing."""
+    record = read_split(adapter)
+    config = read_json(Path(adapter) / TRAINING_CONFIG)
+    data, method = config.get("data"), config.get("method")
+    if not data or not Path(data).is_file():
+        raise ValueError(f"the training data of {adapter} is not available ({data!r}); give a prompt file")
+    return record, data, method
 
 
 def rm_training_prompts(reward: str | Path) -> frozenset[str] | None:

@@ -230,3 +230,37 @@ def test_app_eval_on_the_command_line_uses_the_adapters_held_out_prompts_and_rep
 
     refused = app("eval", "--adapter", tmp_path / "missing", "--reward", tiny_reward_dir, "--out", out)
     assert refused.returncode != 0 and "error" in refused.stderr.lower()
+
+
+def test_a_grpo_adapter_is_evaluated_on_the_prompts_its_run_held_out(db, runner, tiny_model_dir, tiny_reward_dir,
+                                                                     tmp_path):
+    """PPO / GRPO runs have held-out prompts but no held-out pairs: the default evaluation uses those
+    prompts (and measures no agreement with people); a run that held out none is refused, saying so."""
+    from alignment.evaluation import held_out_prompts
+    from alignment.rl.grpo import train_grpo
+    from alignment.training.config import GRPOConfig
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Tell me about item {i}."}) + "\n" for i in range(9)))
+    settings = dict(model=str(tiny_model_dir), data=str(prompts), max_steps=1, batch_size=2, num_generations=2,
+                    max_new_tokens=2, lora_r=4, reward_rule=["eos"], device="cpu", eval_generations=1)
+    adapter = train_grpo(GRPOConfig(**settings, out=str(tmp_path / "grpo"), eval_fraction=0.34)).out_dir
+    recorded = set(json.loads((adapter / "split.json").read_text())["held_out"]["prompt_sha256"])
+    held_out = held_out_prompts(adapter)
+    assert len(held_out) == len(recorded) >= 2
+    assert {tdata.prompt_sha256(tdata.PreferencePair(m, "", "")) for m in held_out} == recorded
+
+    labelled_project(db)
+    job_id = runner.submit(JobRequest("eval", "p", eval_config(tiny_model_dir, adapter, tiny_reward_dir)))
+    job = wait_for(db, job_id, {JobStatus.succeeded, JobStatus.failed})
+    assert job.status == JobStatus.succeeded, job.error
+    rows = read_rows(Path(job.run_dir) / "output" / "evaluation.jsonl")
+    assert [r["prompt"] for r in rows] == held_out
+    assert not (Path(job.run_dir) / "snapshot" / "human_pairs.jsonl").exists()
+    with transaction(db) as s:
+        assert "rm_agreement_n" not in s.scalars(select(Evaluation)).one().metrics
+
+    nothing_held = train_grpo(GRPOConfig(**settings, out=str(tmp_path / "all-trained"), eval_fraction=0.0)).out_dir
+    with pytest.raises(InputError, match=r"has no held-out prompts to evaluate on \(its training held out none: "
+                                         r"eval_fraction 0\): choose prompts 'all' or 'unlabelled'"):
+        runner.submit(JobRequest("eval", "p", eval_config(tiny_model_dir, nothing_held, tiny_reward_dir)))

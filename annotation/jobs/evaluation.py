@@ -23,7 +23,7 @@ from typing import Any
 from alignment.best_of_n import adapter_base_model
 from alignment.settings import check_optional_count, help_field
 from alignment.evaluation import (
-    EvalConfig, EvalResult, agreement_text, distinct_prompts, evaluate_against_base, held_out_pairs,
+    EvalConfig, EvalResult, agreement_text, evaluate_against_base, held_out_pairs, held_out_prompts,
     kl_estimate_text, overlap_text, read_rows, summarize_rows, write_rows,
 )
 from alignment.training.data import load_pairs
@@ -63,12 +63,26 @@ class EvalJobConfig(EvalConfig):
 # --------------------------------------------------------------------------------------------
 
 def _held_out(adapter: str) -> tuple[list, str]:
-    """The adapter's held-out pairs, and why there are none when there are none."""
+    """The adapter's held-out pairs (human labels to check the reward model against), and why there
+    are none when there are none (a PPO / GRPO run has prompts, no pairs)."""
     try:
         pairs = held_out_pairs(adapter)
     except ValueError as exc:
         return [], str(exc)
     return pairs, "" if pairs else "its training held out no prompts (eval_fraction 0)"
+
+
+def _held_out_prompts(adapter: str, instead: str) -> list:
+    """The prompts the adapter's training held out (PPO / GRPO runs' included), or InputError
+    saying why there are none and what to do ``instead``."""
+    try:
+        prompts = held_out_prompts(adapter)
+    except ValueError as exc:
+        raise InputError(f"{adapter} has no held-out prompts to evaluate on ({exc}): {instead}") from None
+    if not prompts:
+        raise InputError(f"{adapter} has no held-out prompts to evaluate on (its training held out none: "
+                         f"eval_fraction 0): {instead}")
+    return prompts
 
 
 def freeze(session, project: Project, out_dir: Path, values: dict[str, Any]) -> tuple[Snapshot, dict[str, Any]]:
@@ -79,7 +93,7 @@ def freeze(session, project: Project, out_dir: Path, values: dict[str, Any]) -> 
     adapter = values.get("adapter") or ""
     if not adapter or not Path(adapter).is_dir():
         raise InputError("adapter: pick the tuned model to evaluate (a DPO job's output)")
-    pairs, why_none = _held_out(adapter)
+    pairs, _ = _held_out(adapter)
     extra: dict[str, Any] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     if pairs:
@@ -89,10 +103,7 @@ def freeze(session, project: Project, out_dir: Path, values: dict[str, Any]) -> 
     if selection != HELD_OUT:
         snapshot = create_prompt_snapshot(session, project, out_dir, selection, limit)
         return snapshot, extra
-    if not pairs:
-        raise InputError(f"{adapter} has no held-out pairs to take prompts from ({why_none}): "
-                         f"choose prompts 'all' or 'unlabelled'")
-    prompts = distinct_prompts(pairs)[:limit]
+    prompts = _held_out_prompts(adapter, "choose prompts 'all' or 'unlabelled'")[:limit]
     path = out_dir / PROMPTS_FILE
     write_jsonl([{"messages": m} for m in prompts], path)
     snapshot = Snapshot(project_id=project.id, filters={"prompts": selection, "max_prompts": limit},
@@ -134,12 +145,9 @@ def evaluate_headless(adapter: str, reward: str, out: str, *, model: str | None 
     out_dir = Path(out)
     if not adapter or not Path(adapter).is_dir():
         raise InputError(f"adapter folder not found: {adapter!r}")
-    pairs, why_none = _held_out(adapter)
+    pairs, _ = _held_out(adapter)
     if prompts_file is None:
-        if not pairs:
-            raise InputError(f"{adapter} has no held-out pairs to take prompts from ({why_none}): "
-                             f"pass --prompts FILE")
-        prompts = distinct_prompts(pairs)
+        prompts = _held_out_prompts(adapter, "pass --prompts FILE")
     else:
         prompts, _, _ = read_prompts(prompts_file)
     if max_prompts is not None:
