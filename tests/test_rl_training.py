@@ -132,6 +132,67 @@ def test_the_rollout_log_holds_each_rounds_answers_with_their_rewards_and_advant
         assert [r["advantage"] for r in group] == pytest.approx(expected.tolist(), abs=1e-3)
 
 
+def test_ppo_resumes_with_the_critic_its_checkpoint_saved(peaked_model_dir, prompt_file, tmp_path):
+    """A checkpoint holds the critic (its LoRA and value head) next to the actor and the optimizer,
+    and a resumed run starts from it, not from a fresh critic under the restored optimizer state."""
+    import torch
+    from peft import load_peft_weights
+
+    from alignment.rl.ppo import CRITIC_ADAPTER, PPO, VALUE_HEAD_FILE, train_ppo
+
+    rules = tmp_path / "rules.py"  # rewards that vary, so the critic's returns (and gradients) are not 0
+    rules.write_text("def chars(prompts, completions, **columns):\n"
+                     "    return [float(len(c)) for c in completions]\n", encoding="utf-8")
+    common = dict(batch_size=2, eval_fraction=0.0, reward_rule=[], reward_fn=[f"{rules}:chars"], ppo_epochs=1)
+    train_ppo(PPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "run", max_steps=3, save_steps=2,
+                                   **common)))
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    saved_head = torch.load(checkpoint / VALUE_HEAD_FILE, weights_only=True)
+    saved_lora = load_peft_weights(str(checkpoint / CRITIC_ADAPTER))
+    assert saved_head["weight"].abs().sum() > 0  # trained: the fresh head is all zeros
+    # fresh lora_B is 0 too; it once stayed 0: leaving the reference pass froze every adapter but the actor
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in saved_lora.items())
+
+    resumed = PPO(PPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "run", max_steps=3,
+                                       resume_from=str(checkpoint), **common)))
+    resumed.run_dir = tmp_path / "run"
+    resumed.data = resumed.load_data()
+    model = resumed.load_model().model
+    assert torch.equal(model.value_head.weight.detach().cpu(), saved_head["weight"])
+    critic = {k: v for k, v in model.state_dict().items() if f".{CRITIC_ADAPTER}." in k}
+    for key, value in saved_lora.items():  # PEFT's saved keys lack the adapter name
+        restored = next(v for k, v in critic.items() if k.replace(f".{CRITIC_ADAPTER}.", ".") == key)
+        assert torch.equal(restored.cpu(), value)
+
+
+def test_ppo_critic_starts_as_the_reward_model(tiny_model_dir, tiny_reward_dir, prompt_file, tmp_path):
+    """critic_from_reward_model: the critic's LoRA is the reward model's (its rank too, not the
+    policy's) and its value head is the reward model's score head."""
+    import torch
+    from peft import PeftConfig, load_peft_weights
+
+    from alignment.rl.ppo import CRITIC_ADAPTER, PPO
+
+    rm_rank = PeftConfig.from_pretrained(str(tiny_reward_dir)).r
+    method = PPO(PPOConfig(**settings(tiny_model_dir, prompt_file, tmp_path / "run", max_steps=1, eval_fraction=0.0,
+                                      lora_r=rm_rank + 4, reward_rule=[], reward_model=str(tiny_reward_dir),
+                                      critic_from_reward_model=True)))
+    method.run_dir = tmp_path / "run"
+    method.run_dir.mkdir()
+    method.data = method.load_data()
+    model = method.load_model().model
+    assert model.peft_config[CRITIC_ADAPTER].r == rm_rank != model.peft_config["default"].r
+    rm_weights = load_peft_weights(str(tiny_reward_dir))
+    critic = {k.replace(f".{CRITIC_ADAPTER}.", "."): v for k, v in model.state_dict().items()
+              if f".{CRITIC_ADAPTER}." in k}
+    lora_keys = [k for k in rm_weights if ".lora_" in k]
+    assert lora_keys and any(rm_weights[k].abs().sum() > 0 for k in lora_keys if "lora_B" in k)
+    for key in lora_keys:
+        assert torch.equal(critic[key].cpu(), rm_weights[key].cpu()), key
+    score = next(v for k, v in rm_weights.items() if k.endswith("score.weight") or "score.modules_to_save" in k)
+    assert torch.equal(model.value_head.weight.detach().cpu(), score.float().reshape(1, -1).cpu())
+
+
 # -- Bad input ---------------------------------------------------------------------------------
 
 def test_bad_settings_are_refused_before_launch(peaked_model_dir, prompt_file, tmp_path):

@@ -4,8 +4,8 @@ Four roles, one copy of the base weights:
 
 * actor: the policy, the LoRA adapter ``default``;
 * critic: a scalar value head (``model.value_head``) reading the hidden states of its own LoRA
-  adapter ``critic`` over the same base weights (the head optionally starts as the reward
-  model's score head);
+  adapter ``critic`` over the same base weights (optionally starting as the reward model: its
+  LoRA and its score head);
 * reference: the base with the adapters switched off (or the frozen ``init_adapter``);
 * reward: the weighted reward functions / reward model of :mod:`alignment.rl.rewards`.
 
@@ -22,6 +22,7 @@ Then ``ppo_epochs`` optimizer steps on that rollout (:meth:`PPO.loss`), each the
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -59,18 +60,65 @@ class PPO(OnlineRLMethod):
     # -- the critic ------------------------------------------------------------------------------
     def setup(self, policy: TrainableModel) -> None:
         model = policy.model
-        model.add_adapter(CRITIC_ADAPTER, lora_config(self.config))
+        from_reward_model = self.config.critic_from_reward_model
+        critic_config, critic_weights = (self._reward_model_lora() if from_reward_model
+                                         else (lora_config(self.config), None))
+        model.add_adapter(CRITIC_ADAPTER, critic_config)
+        if critic_weights is not None:
+            self._load_critic_lora(critic_weights, self.config.reward_model)
         model.set_adapter("default")
         model.set_requires_grad(["default", CRITIC_ADAPTER], True)  # both train; one is active at a time
         head = nn.Linear(model.get_base_model().config.hidden_size, 1).to(policy.device)
         nn.init.zeros_(head.weight)  # V = 0 until it has seen returns
         nn.init.zeros_(head.bias)
-        if self.config.critic_from_reward_model:
+        if from_reward_model:
             self._copy_reward_head(head)
         model.value_head = head  # a submodule of the model: the loop's optimizer trains it
+        if self.config.resume_from:
+            self._restore_critic(Path(self.config.resume_from))
         self.kl_coef = self.config.kl_coef
         self.kl_controller = (AdaptiveKLController(self.config.kl_coef, self.config.target_kl, self.config.kl_horizon)
                               if self.config.target_kl is not None else None)
+
+    def _restore_critic(self, checkpoint: Path) -> None:
+        """The critic as the checkpoint left it: its LoRA (PEFT saved it under ``critic/``) and its
+        value head. The loop restores the actor and the optimizer, whose state covers the critic's
+        parameters too: a fresh critic under a restored optimizer would take steps sized for another."""
+        from peft import load_peft_weights, set_peft_model_state_dict
+
+        lora, head = checkpoint / CRITIC_ADAPTER, checkpoint / VALUE_HEAD_FILE
+        if not (lora.is_dir() and head.is_file()):
+            raise ValueError(f"cannot resume PPO from {checkpoint}: it holds no critic ({CRITIC_ADAPTER}/ and "
+                             f"{VALUE_HEAD_FILE})")
+        self._load_critic_lora(load_peft_weights(str(lora), device=str(self.trainable.device)), checkpoint)
+        self.trainable.model.value_head.load_state_dict(
+            torch.load(head, map_location=self.trainable.device, weights_only=True))
+
+    def _reward_model_lora(self) -> tuple[Any, dict[str, Tensor]]:
+        """The reward model's LoRA (its config, as a causal-LM adapter, and its weights) for the critic to
+        start from: the critic then starts as the reward model reading each prefix (InstructGPT
+        initialises its value function from the reward model, Ouyang et al. 2022, Appendix C)."""
+        from peft import LoraConfig, PeftConfig, TaskType, load_peft_weights
+
+        path = str(Path(self.config.reward_model).expanduser())
+        saved = PeftConfig.from_pretrained(path)
+        config = LoraConfig(r=saved.r, lora_alpha=saved.lora_alpha, lora_dropout=self.config.lora_dropout,
+                            target_modules=saved.target_modules, bias="none", task_type=TaskType.CAUSAL_LM)
+        weights = {k: v for k, v in load_peft_weights(path, device=str(self.trainable.device)).items()
+                   if ".lora_" in k}  # the score head (modules_to_save) becomes the value head instead
+        return config, weights
+
+    def _load_critic_lora(self, weights: dict[str, Tensor], source: Any) -> None:
+        from peft import set_peft_model_state_dict
+
+        try:
+            result = set_peft_model_state_dict(self.trainable.model, weights, adapter_name=CRITIC_ADAPTER)
+        except RuntimeError as exc:  # a shape mismatch: another base model
+            raise ValueError(f"the critic LoRA in {source} does not fit this model: {str(exc)[:200]}") from None
+        missing = [k for k in getattr(result, "missing_keys", []) if f".{CRITIC_ADAPTER}." in k]
+        if getattr(result, "unexpected_keys", None) or missing:
+            raise ValueError(f"the critic LoRA in {source} does not fit this model "
+                             f"(unexpected {list(result.unexpected_keys)[:2]}, missing {missing[:2]})")
 
     def _copy_reward_head(self, head: nn.Linear) -> None:
         from alignment.training.reward import score_head
@@ -93,17 +141,23 @@ class PPO(OnlineRLMethod):
         return to_padded(values, batch["segments"], batch["last_index"].shape[0])[0]
 
     def save(self, run_dir: Path) -> None:
-        # the critic's LoRA is written by the model's save_pretrained, into run_dir/critic
+        # the critic's LoRA is written by the model's save_pretrained, into <folder>/critic (run
+        # folder and checkpoints alike)
         torch.save(self.trainable.model.value_head.state_dict(), Path(run_dir) / VALUE_HEAD_FILE)
 
     # -- one rollout -----------------------------------------------------------------------------
     def prepare(self, rollout: Rollout, scores: Tensor, batch: dict[str, Tensor]) -> dict[str, Any]:
         config, model = self.config, self.trainable.model
-        # (1) Frozen quantities of the rollout.
+        # (1) Frozen quantities of the rollout (each pass timed: the step-time breakdown people tune by).
+        started = time.monotonic()
         old_logps, mask, entropy = padded_token_logps(model, batch, entropy=True)
+        scored = time.monotonic()
         with reference_model(model):
             ref_logps = padded_token_logps(model, batch)[0]
+        referenced = time.monotonic()
         old_values = self.values(batch)
+        timings = {"time/old_logps_s": scored - started, "time/reference_s": referenced - scored,
+                   "time/critic_s": time.monotonic() - referenced}
         # (2) Per-token rewards: the KL penalty everywhere, the score at the last token.
         kl = kl_penalty(old_logps, ref_logps, config.kl_estimator) * mask
         rewards = -self.kl_coef * kl
@@ -116,7 +170,7 @@ class PPO(OnlineRLMethod):
         sequence_kl = kl.sum(-1).mean().item()
         metrics = {"kl": sequence_kl, "kl_coef": self.kl_coef, "entropy": masked_mean(entropy, mask).item(),
                    "value/explained_variance": explained_variance(old_values, returns, mask),
-                   "value/mean": masked_mean(old_values, mask).item()}
+                   "value/mean": masked_mean(old_values, mask).item(), **timings}
         if self.kl_controller is not None:
             self.kl_coef = self.kl_controller.update(sequence_kl, n_steps=len(scores))
         return {"old_logps": old_logps, "old_values": old_values, "advantages": advantages, "returns": returns,

@@ -42,6 +42,7 @@ from alignment.rl.rewards import (
     RewardModelReward, WeightedReward, builtin_reward, combine_rewards, load_reward_fn,
 )
 from alignment.rl.rollouts import Rollout, RLPrompt, load_prompts, pack_rollout, sample_rollout, to_padded
+from alignment.run_folder import read_jsonl_so_far
 from alignment.sampling import SamplingParams, TransformersBackend
 from alignment.training.config import OnlineRLConfig
 from alignment.training.lora import TrainableModel, load_policy
@@ -76,18 +77,28 @@ def load_rl_policy(config: OnlineRLConfig) -> TrainableModel:
 
 
 @contextmanager
-def active_adapter(model: Any, name: str) -> Iterator[None]:
-    """Compute with adapter ``name`` inside; which parameters train is left as it was (PEFT's
-    ``set_adapter`` would freeze every other adapter, the actor's included)."""
+def keeping_trainable(model: Any) -> Iterator[None]:
+    """Which parameters train is as it was after the block. PEFT's ``set_adapter``, and leaving
+    ``disable_adapter`` (which sets the active adapter again), freeze every adapter but the active
+    one: PPO's critic would silently stop training after the first reference pass."""
     trainable = {p: p.requires_grad for p in model.parameters()}
-    previous = model.active_adapter
-    model.set_adapter(name)
     try:
         yield
     finally:
-        model.set_adapter(previous)
         for parameter, requires_grad in trainable.items():
             parameter.requires_grad_(requires_grad)
+
+
+@contextmanager
+def active_adapter(model: Any, name: str) -> Iterator[None]:
+    """Compute with adapter ``name`` inside; which parameters train is left as it was."""
+    previous = model.active_adapter
+    with keeping_trainable(model):
+        model.set_adapter(name)
+        try:
+            yield
+        finally:
+            model.set_adapter(previous)
 
 
 @contextmanager
@@ -97,7 +108,7 @@ def reference_model(model: Any) -> Iterator[None]:
         with active_adapter(model, REFERENCE_ADAPTER):
             yield
     else:
-        with model.disable_adapter():
+        with keeping_trainable(model), model.disable_adapter():
             yield
 
 
@@ -145,16 +156,8 @@ def rollout_table(rollout: Rollout, scores: Tensor, advantages: Tensor, limit: i
 
 
 def read_rollouts(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of ``rollouts.jsonl`` written so far (a line being written is skipped)."""
-    path = Path(run_dir) / ROLLOUTS_FILE
-    records = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
+    """The records of ``rollouts.jsonl`` written so far."""
+    return read_jsonl_so_far(Path(run_dir) / ROLLOUTS_FILE)
 
 
 def latest_round(run_dir: Path) -> list[dict[str, Any]]:
@@ -222,6 +225,7 @@ class OnlineRLMethod(Method):
         self._calls = 0
         self._generations = 0
         self._round = 0  # rollout rounds started: the chunks sampled for one step share it
+        self.time_spent: dict[str, float] = {}  # seconds per "time/..." metric, summed over the run
 
     # -- what subclasses decide -----------------------------------------------------------------
     def reuse(self) -> int:
@@ -288,6 +292,9 @@ class OnlineRLMethod(Method):
                    "time/generation_s": sampled - started, "time/reward_s": rewarded - sampled,
                    "time/prepare_s": time.monotonic() - rewarded,
                    "rollouts_per_s": len(rollout.flat) / max(time.monotonic() - started, 1e-9)}
+        for name, seconds in metrics.items():
+            if name.startswith("time/"):
+                self.time_spent[name] = self.time_spent.get(name, 0.0) + seconds
         self._log(rollout, scores, completion_advantages(prepared["advantages"].detach().cpu(),
                                                          batch["segments"].cpu()))
         batch.update(prepared, rollout_metrics=metrics)

@@ -372,8 +372,8 @@ class PPOConfig(OnlineRLConfig):
     kl_horizon: int = _f(10_000, "Adaptive KL controller horizon, in rollouts.")
     ppo_epochs: int = _f(4, "Optimizer steps on each rollout (PPO epochs; the batch is one mini-batch).")
     whiten_advantages: bool = _f(True, "Normalise advantages to mean 0, std 1 over each rollout.")
-    critic_from_reward_model: bool = _f(False, "Initialise the critic's value head from the reward model's score "
-                                               "head (same base model only).")
+    critic_from_reward_model: bool = _f(False, "Start the critic as the reward model: its LoRA and its score head "
+                                               "as the value head (same base model only).")
 
     def validate(self) -> None:
         super().validate()

@@ -60,7 +60,8 @@ class Task:
     builds it instead, from the model being trained (methods that sample their own data: the
     model is in eval mode and gradients are off while it runs). ``loss(forward, batch)`` returns
     the mean loss and float metrics for logging. ``checkpoint_files`` names run-folder files
-    copied into each checkpoint (e.g. the reference cache).
+    copied into each checkpoint (e.g. the reference cache); ``save_extra(folder)`` writes the
+    method's own state beside the adapter in each checkpoint (e.g. PPO's value head).
     """
 
     name: str
@@ -70,6 +71,7 @@ class Task:
     checkpoint_files: Sequence[str] = ()
     begin_info: dict[str, Any] = field(default_factory=dict)
     rollout: Callable[[nn.Module, list[int]], dict[str, Tensor]] | None = None
+    save_extra: Callable[[Path], None] | None = None
 
     def batch(self, model: nn.Module, indices: list[int]) -> dict[str, Tensor]:
         """The batch for ``indices``: collated from fixed examples, or rolled out by ``model``."""
@@ -148,11 +150,15 @@ def mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
 
 
 def save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any,
-                    extra_files: Sequence[str], state: dict[str, Any]) -> Path:
-    """Adapter + optimizer + scheduler + loop position (+ named run files) in ``checkpoint-<step>``."""
+                    extra_files: Sequence[str], state: dict[str, Any],
+                    save_extra: Callable[[Path], None] | None = None) -> Path:
+    """Adapter + optimizer + scheduler + loop position (+ named run files, + the method's own
+    state) in ``checkpoint-<step>``."""
     path = checkpoint_dir(run_dir, step)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
+    if save_extra is not None:
+        save_extra(path)
     torch.save(optimizer.state_dict(), path / OPTIMIZER_FILE)
     torch.save(scheduler.state_dict(), path / SCHEDULER_FILE)
     torch.save(torch.get_rng_state(), path / RNG_FILE)
@@ -324,7 +330,8 @@ def fit(config: Any, model: nn.Module, forward_fn: Callable[..., Tensor], task: 
                             run_dir, step, accelerator.unwrap_model(forward).model, optimizer, scheduler,
                             task.checkpoint_files,
                             {"epoch": epoch, "total_steps": total, "method": task.name, "n_train": task.n_train,
-                             "batch_size": config.batch_size, "grad_accum": config.grad_accum, "seed": config.seed})
+                             "batch_size": config.batch_size, "grad_accum": config.grad_accum, "seed": config.seed},
+                            task.save_extra)
                         report("save", loss=last_metrics.get("loss"), metrics=last_metrics, path=str(path),
                                kind="checkpoint")
                 if step >= total:

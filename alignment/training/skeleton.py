@@ -170,7 +170,8 @@ class Method:
 
     # (6) -------------------------------------------------------------------------------------
     def save(self, run_dir: Path) -> None:
-        """Files of the method's own beside the adapter (e.g. PPO's value head); nothing by default."""
+        """Files of the method's own beside the adapter (e.g. PPO's value head), in the final run
+        folder and in each checkpoint; nothing by default."""
 
 
 class PairMethod(Method):
@@ -219,7 +220,7 @@ def train(method: Method, callbacks: Iterable[Any] = ()) -> TrainResult:
     # (4) Train: seeded batches of example indices, the method's loss.
     task = Task(name=name, n_train=len(data.train), collate=method.collate, loss=method.loss,
                 checkpoint_files=checkpoint_files, begin_info=begin_info,
-                rollout=method.rollout if method.rollouts else None)
+                rollout=method.rollout if method.rollouts else None, save_extra=method.save)
     result = fit(config, trainable.model, method.forward, task, callbacks, run_dir)
 
     # (5) Evaluate on the held-out examples.
