@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps")
     train.add_argument("--resume-from", default=None, help="checkpoint folder to continue from")
     train.add_argument("--seed", type=int, default=None, help="seed (default 0)")
+    train.add_argument("--processes", type=int, default=1,
+                       help="train in N processes (accelerate launch; one per GPU, or sharing the CPU cores); "
+                            "--batch-size is per process (default 1)")
     train.add_argument("--prompts", default=None, help="ppo / grpo: a prompt JSONL ('prompt' or chat 'messages' "
                                                        "per row), instead of --project")
     add_config_arguments(train, ONLINE_RL)
@@ -308,17 +311,24 @@ def cmd_db(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from annotation.services import InputError
     from annotation.services.allocator import rerun_with_jemalloc
+    from annotation.services.launching import launched, process_count, process_rank
 
-    if sys.argv and sys.argv[0].endswith("app.py"):
+    if launched() and args.project:
+        raise InputError("under accelerate launch every process would snapshot the project: give --data, or "
+                         "use `app.py train ... --processes N`, which snapshots it once and launches them")
+    launching = args.processes > 1 and not launched()  # this process only starts the training ones
+    if sys.argv and sys.argv[0].endswith("app.py") and not launching:
         rerun_with_jemalloc([sys.executable, *sys.argv])  # returns only when jemalloc is absent or loaded
     from annotation.services import open_database
-    from annotation.services.training import SnapshotFilters, train_headless
+    from annotation.services.training import SnapshotFilters, headless_config, train_headless
 
     values = {"out": args.out, "data": args.data, "model": args.model, "epochs": args.epochs,
               "max_steps": args.max_steps, "lr": args.lr, "lora_r": args.lora_r, "batch_size": args.batch_size,
               "max_length": args.max_length, "eval_fraction": args.eval_fraction, "save_steps": args.save_steps,
-              "resume_from": args.resume_from, "seed": args.seed}
+              "resume_from": args.resume_from, "seed": args.seed,
+              "processes": process_count() if launched() else args.processes}
     if args.method in ONLINE_RL:
         values.update(online_rl_values(args))
     elif args.method in ("dpo", "pl-dpo"):
@@ -328,12 +338,40 @@ def cmd_train(args) -> int:
     if args.method == "dpo":
         values["loss"] = args.loss
     db = open_database(args.db) if args.project else None
-    result = train_headless(args.method, values, db=db, project=args.project,
-                            filters=SnapshotFilters(accepted_only=args.accepted_only))
-    print(f"trained {args.method}: {result.steps} steps; adapter in {result.out_dir}")
-    for name, value in sorted((result.eval_metrics or {}).items()):
-        print(f"  held-out {name}: {value:.4f}")
+    filters = SnapshotFilters(accepted_only=args.accepted_only)
+    if launching:
+        return launch_training(args, headless_config(args.method, values, db=db, project=args.project,
+                                                     filters=filters))
+    result = train_headless(args.method, values, db=db, project=args.project, filters=filters)
+    if process_rank() == 0:
+        print(f"trained {args.method}: {result.steps} steps; adapter in {result.out_dir}")
+        for name, value in sorted((result.eval_metrics or {}).items()):
+            print(f"  held-out {name}: {value:.4f}")
     return 0
+
+
+def launch_training(args, config) -> int:
+    """`train ... --processes N`, its settings checked (and the project snapshotted) once, here: the same
+    command in N processes under accelerate's launcher, reading the checked data file (`--data`)."""
+    import subprocess
+
+    from annotation.services.launching import launch_command
+
+    argv = [*without_options(sys.argv[1:], ("--project", "--db", "--data")), "--data", config.data]
+    return subprocess.call(launch_command(args.processes, [os.path.abspath(__file__), *argv]))
+
+
+def without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without the options ``names`` and their values (``--name value`` or ``--name=value``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg.split("=", 1)[0] in names:
+            skip = "=" not in arg
+        else:
+            out.append(arg)
+    return out
 
 
 def online_rl_values(args) -> dict:

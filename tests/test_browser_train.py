@@ -456,3 +456,18 @@ def test_train_form_puts_the_usual_settings_first_keeps_values_per_method_and_wo
     page.click("#train-launch")
     wait_status(page, "LoRA rank", elem_id="train-status")
     assert "lora_r" not in page.locator("#train-status").inner_text()
+
+
+def test_a_two_process_dpo_job_from_the_form_succeeds_and_registers_its_model(page, server, tiny_model_dir):
+    """Issue 10: the form's "Processes" setting launches the job under accelerate (2 CPU processes)."""
+    goto_tab(page, "train")
+    pick_dropdown(page, "train-project", "prefs")
+    set_up_dpo(page, tiny_model_dir, 2)
+    fill_number(page, "dpo-processes", 2)
+    job_id = launch(page)
+    expect(page.locator("#job-progress")).to_contain_text(f"job {job_id} · succeeded · step 2/2", timeout=400_000)
+    with transaction(server.db) as s:
+        job = s.get(Job, job_id)
+        model = s.scalars(select(TrainedModel).where(TrainedModel.job_id == job_id)).one()
+        assert job.config["processes"] == 2 and model.snapshot_id == job.snapshot_id
+    assert json.loads((Path(model.path) / "metrics.json").read_text())["processes"] == 2

@@ -34,6 +34,7 @@ MAX_LENGTH = 131_072
 MAX_LORA_R = 1024
 MAX_GENERATIONS = 256  # answers sampled per prompt (online RL)
 MAX_NEW_TOKENS = 4096  # as alignment.sampling allows
+MAX_PROCESSES = 64  # training processes on one machine (one per GPU)
 
 
 @dataclass(kw_only=True)
@@ -41,6 +42,8 @@ class CommonConfig(Settings):
     """Settings shared by every method (LoRA fine-tuning of a causal LM on preference data)."""
 
     method: ClassVar[str] = "common"
+    #: Whether the method has been run and checked with several processes (``processes`` > 1).
+    multi_process: ClassVar[bool] = True
 
     data: str = field(metadata={"help": "Path to the training JSONL file (TRL format as exported by prefstudio)."})
     out: str = field(metadata={"help": "Run folder: adapter, tokenizer, config, metrics, progress and checkpoints."})
@@ -67,6 +70,9 @@ class CommonConfig(Settings):
     eval_fraction: float = _f(0.1, "Share of the data held out for evaluation (split by prompt, seeded).")
     seed: int = _f(0, "Seed for the split, the shuffling, LoRA initialisation and dropout.")
     device: str = _f("auto", "Where to train: 'auto' (CUDA when available), 'cpu' or 'cuda'.")
+    processes: int = _f(1, "Training processes (accelerate launch, gradients averaged): one per GPU, or "
+                           "several sharing the CPU cores. batch_size is per process, so a step takes "
+                           "processes x batch_size examples.")
     load_in_4bit: bool = _f(False, "QLoRA: load the base model in 4-bit NF4 with bitsandbytes (CUDA only).")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: far less memory for "
                                              "about a third more compute (for long sequences; small forward "
@@ -127,6 +133,10 @@ class CommonConfig(Settings):
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction!r}")
         check_int("seed", self.seed, minimum=0, maximum=2**32 - 1)
         self.check_device()
+        check_int("processes", self.processes, minimum=1, maximum=MAX_PROCESSES)
+        if self.processes > 1 and not self.multi_process:
+            raise ValueError(f"processes: {self.method} trains in one process for now (several are "
+                             f"supported for dpo, pl_dpo and reward)")
         if self.load_in_4bit and self.resolved_device() != "cuda":
             raise ValueError("load_in_4bit (QLoRA) needs a CUDA GPU; this run would train on the CPU. "
                              "Set load_in_4bit=False to train LoRA in float32 on the CPU.")
@@ -250,6 +260,7 @@ class OnlineRLConfig(CommonConfig):
     """Settings shared by the online RL methods: prompts, sampling, rewards and the reference."""
 
     method: ClassVar[str] = "online_rl"
+    multi_process: ClassVar[bool] = False  # rollouts under several processes are not checked yet
 
     data: str = field(metadata={"help": "Prompt file: JSONL rows with 'prompt' (a string or chat messages) or "
                                         "'messages'; other columns reach the reward functions."})

@@ -10,12 +10,14 @@ loss. Everything else is here, in :func:`fit`, which reads top to bottom.
 ``accelerate``: the model (wrapped in a :class:`ForwardModule` so one call is one forward, as
 DistributedDataParallel requires), the optimizer and each epoch's DataLoader go through
 ``Accelerator.prepare`` and the backward through ``Accelerator.backward``. On one CPU or GPU that
-is a no-op wrapper; under ``accelerate launch`` on several GPUs each process gets its shard of
-every epoch and gradients are averaged. (The reference pass then runs on every process; only the
-main process writes files.)
+is a no-op wrapper; under ``accelerate launch`` (:mod:`alignment.training.distributed`) each
+process gets every ``num_processes``-th batch of every epoch, DDP averages the gradients once per
+optimizer step, the logged metrics are averaged over the processes, and only the main process
+writes checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -35,6 +37,7 @@ from alignment.run_folder import (
     METRICS_FILE, OPTIMIZER_FILE, PROGRESS_FILE, RNG_FILE, SCHEDULER_FILE, STATE_FILE, checkpoint_dir,
 )
 from alignment.training.callbacks import Callback, emit, eta_seconds
+from alignment.training.distributed import check_backend, mean_over_processes
 from alignment.training.memory import lean_allocator
 
 #: The batch keys a model forward takes (shared-prefix batches; the rest, e.g. "index", is bookkeeping).
@@ -208,29 +211,36 @@ class FitResult:
 
 
 def accumulate_batch(task: Task, forward: nn.Module, accelerator: Any, indices: list[int], forward_size: int,
-                     scale: float, step: int) -> dict[str, float]:
+                     scale: float, step: int, sync: bool = True) -> dict[str, float]:
     """Forward and backward one batch in chunks of ``forward_size`` examples; its mean loss and metrics.
 
     The methods' losses are means over examples, so the batch's gradient is the sum of each
     chunk's mean-loss gradient weighted by its share of the batch: the same gradient as one
     forward over the whole batch, with only one chunk's activations alive at a time.
+
+    With several processes, DDP averages the gradients in each backward it synchronises: only the
+    last chunk's, when ``sync`` (the batch ends an optimizer step), so every process synchronises
+    exactly once per step even when a short last batch gives it fewer chunks than the others.
     """
     totals: dict[str, float] = {}
-    for start in range(0, len(indices), forward_size):
+    starts = range(0, len(indices), forward_size)
+    for start in starts:
         chunk = indices[start:start + forward_size]
-        batch = send_to_device(task.batch(accelerator.unwrap_model(forward).model, chunk), accelerator.device)
-        loss, metrics = task.loss(forward, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{task.name}: loss is {loss.item()} at step {step + 1}")
-        share = len(chunk) / len(indices)
-        accelerator.backward(loss * (share * scale))
+        synchronise = sync and start == starts[-1]
+        with contextlib.nullcontext() if synchronise else accelerator.no_sync(forward):
+            batch = send_to_device(task.batch(accelerator.unwrap_model(forward).model, chunk), accelerator.device)
+            loss, metrics = task.loss(forward, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{task.name}: loss is {loss.item()} at step {step + 1}")
+            share = len(chunk) / len(indices)
+            accelerator.backward(loss * (share * scale))
         for key, value in {"loss": loss.item(), **metrics}.items():
             totals[key] = totals.get(key, 0.0) + value * share
     return totals
 
 
 def fit(config: Any, model: nn.Module, forward_fn: Callable[..., Tensor], task: Task,
-        callbacks: Sequence[Callback], run_dir: Path) -> FitResult:
+        callbacks: Sequence[Callback], run_dir: Path, accelerator: Any = None) -> FitResult:
     """Train ``model`` (a PEFT model) on ``task`` with ``forward_fn(model, **batch)``.
 
     Steps: (a) accelerator, optimizer and schedule; (b) resume position; (c) for each epoch, the
@@ -241,7 +251,9 @@ def fit(config: Any, model: nn.Module, forward_fn: Callable[..., Tensor], task: 
     started = time.monotonic()
 
     # (a) Accelerator, optimizer over what LoRA left trainable, learning-rate schedule.
-    accelerator = make_accelerator(config.resolved_device())
+    if accelerator is None:
+        accelerator = make_accelerator(config.resolved_device())
+        check_backend(accelerator, config)
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("the model has no trainable parameters (is the LoRA wrapping missing?)")
@@ -306,20 +318,23 @@ def fit(config: Any, model: nn.Module, forward_fn: Callable[..., Tensor], task: 
                 # (d) Forward and backward, scaled by the size of this accumulation window.
                 window_start = micro - micro % config.grad_accum
                 window_size = min(config.grad_accum, n_micro - window_start)
+                ends_step = micro + 1 == window_start + window_size
                 window.append(accumulate_batch(task, forward, accelerator, [int(i) for i in indices],
-                                               forward_size, scale=1 / window_size, step=step))
-                if micro + 1 < window_start + window_size:
+                                               forward_size, scale=1 / window_size, step=step, sync=ends_step))
+                if not ends_step:
                     continue
 
                 # (e) Optimizer step, report, checkpoint.
                 if config.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+                    norm = accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+                    if norm is not None:  # the norm before clipping (DeepSpeed clips inside and says None)
+                        window[-1]["grad_norm"] = float(norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 if step % config.logging_steps == 0 or step == total:
-                    last_metrics = mean_metrics(window)
+                    last_metrics = mean_over_processes(accelerator, mean_metrics(window))
                     window = []
                     report("step", loss=last_metrics.get("loss"), metrics=last_metrics, epoch=epoch,
                            lr=scheduler.get_last_lr()[0])
@@ -339,7 +354,7 @@ def fit(config: Any, model: nn.Module, forward_fn: Callable[..., Tensor], task: 
             epoch += 1
 
     if window:  # steps since the last report
-        last_metrics = mean_metrics(window)
+        last_metrics = mean_over_processes(accelerator, mean_metrics(window))
     return FitResult(step, total, last_metrics, accelerator, started, start_step)
 
 
@@ -369,11 +384,11 @@ def rows_per_item(model: nn.Module, forward_fn: Callable[..., Tensor], items: Se
 # Finishing a run
 # --------------------------------------------------------------------------------------------
 
-def prepare_run_dir(config: Any) -> Path:
-    """Create the run folder; a fresh (not resumed) run starts a new progress file."""
+def prepare_run_dir(config: Any, is_main_process: bool = True) -> Path:
+    """Create the run folder; a fresh (not resumed) run starts a new progress file (the main process's)."""
     run_dir = Path(config.out).expanduser()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not config.resume_from:
+    if not config.resume_from and is_main_process:
         (run_dir / PROGRESS_FILE).unlink(missing_ok=True)
     return run_dir
 

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from alignment.logprobs import packed_completion_logps
 from alignment.run_folder import REFERENCE_FILE
+from alignment.training.distributed import rows_over_processes
 from alignment.training.loop import rows_per_item
 
 log = logging.getLogger(__name__)
@@ -113,13 +114,16 @@ def cached_reference_logps(
     base_location: str,
     run_dir: Path,
     device: str | torch.device,
-    is_main_process: bool = True,
+    accelerator: Any = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, Tensor], str]:
     """``({"train": [N, K], "eval": [M, K]}, "cached" | "computed")`` for the run.
 
     Looks in the checkpoint being resumed, then in the run folder; computes and saves otherwise.
+    With several processes (``accelerator``) each computes every ``num_processes``-th example,
+    all get the whole table, and the main process saves it.
     """
+    is_main_process = accelerator is None or accelerator.is_main_process
     expected = fingerprint(config, base_location, len(train_items), len(eval_items))
     candidates = [Path(config.resume_from) / REFERENCE_FILE] if config.resume_from else []
     candidates.append(run_dir / REFERENCE_FILE)
@@ -129,8 +133,9 @@ def cached_reference_logps(
             save_cache(run_dir / REFERENCE_FILE, expected, cached["train"], cached["eval"])
         return cached, "cached"
 
-    rows = compute_reference_logps(model, list(train_items) + list(eval_items), make_batch, per_item,
-                                   config.batch_size, device, progress)
+    rows = rows_over_processes(accelerator, list(train_items) + list(eval_items), lambda share, on_batch:
+                               compute_reference_logps(model, share, make_batch, per_item, config.batch_size,
+                                                       device, on_batch), progress)
     table = pad_rows(rows)
     result = {"train": table[:len(train_items)], "eval": table[len(train_items):]}
     if is_main_process:

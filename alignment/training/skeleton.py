@@ -76,7 +76,10 @@ from alignment.training.callbacks import REFERENCE_PHASE, ProgressFile, as_callb
 from alignment.training.data import PreferencePair, PromptCache, load_pairs, pair_batch
 from alignment.training.heldout import split_for_run
 from alignment.training.lora import TrainableModel, load_policy
-from alignment.training.loop import Task, TrainResult, fit, prepare_run_dir, rows_per_item, save_final
+from alignment.training.distributed import check_backend, rows_over_processes
+from alignment.training.loop import (
+    Task, TrainResult, fit, make_accelerator, prepare_run_dir, rows_per_item, save_final,
+)
 from alignment.training.reference import cached_reference_logps
 
 
@@ -114,6 +117,7 @@ class Method:
         self.trainable: TrainableModel | None = None
         self.render: PromptCache | None = None
         self.reference: dict[str, Tensor] = {}
+        self.accelerator: Any = None  # set by train(): which process this is, of how many
 
     # (1) and (2) ---------------------------------------------------------------------------
     def load_data(self) -> Data:
@@ -161,8 +165,9 @@ class Method:
         held_out = self.data.held_out
         if not held_out:
             return {}
-        rows = rows_per_item(self.trainable.model, self.forward, held_out, self.make_batch, self.split_rows,
-                             self.config.batch_size, self.trainable.device)
+        rows = rows_over_processes(self.accelerator, held_out, lambda items, progress: rows_per_item(
+            self.trainable.model, self.forward, items, self.make_batch, self.split_rows, self.config.batch_size,
+            self.trainable.device, progress))
         return self.eval_metrics(rows)
 
     def eval_metrics(self, rows: list[Tensor]) -> dict[str, float]:
@@ -193,26 +198,33 @@ class PairMethod(Method):
 def train(method: Method, callbacks: Iterable[Any] = ()) -> TrainResult:
     """Run ``method``'s training: the six steps of the module docstring, in order."""
     config, name = method.config, method.name
-    run_dir = prepare_run_dir(config)
-    callbacks = [ProgressFile(run_dir / PROGRESS_FILE), *as_callbacks(callbacks)]
+    # Under `accelerate launch` this is one of several processes: each does its share of the work
+    # below, and only the main one writes the run folder and hears events (its listeners' files and
+    # bars are the run's).
+    accelerator = method.accelerator = make_accelerator(config.resolved_device())
+    check_backend(accelerator, config)
+    main = accelerator.is_main_process
+    run_dir = prepare_run_dir(config, main)
+    callbacks = [ProgressFile(run_dir / PROGRESS_FILE), *as_callbacks(callbacks)] if main else []
 
     # (1) Data: the method's examples and the held-out split (recorded in split.json).
     method.run_dir = run_dir
     data = method.data = method.load_data()
-    counts = {"n_train": len(data.train), "n_eval": len(data.held_out), **data.info}
+    counts = {"n_train": len(data.train), "n_eval": len(data.held_out), **data.info,
+              "processes": accelerator.num_processes}
 
     # (2) Model: a fresh copy of the base weights with LoRA adapters (the only trainable weights).
     trainable = method.trainable = method.load_model()
     method.render = PromptCache(trainable.tokenizer)
 
     # (3) Reference rows: one pass with the adapter disabled, cached in the run folder.
-    begin_info = {"n_eval": len(data.held_out), **data.info}
+    begin_info = {"n_eval": len(data.held_out), **data.info, "processes": accelerator.num_processes}
     checkpoint_files = list(method.checkpoint_files)
     if method.uses_reference:
         method.reference, source = cached_reference_logps(
             trainable.model, data.train, data.held_out, method.make_batch, method.split_rows, config=config,
             base_location=trainable.base_location, run_dir=run_dir, device=trainable.device,
-            progress=phase_progress(callbacks, REFERENCE_PHASE))
+            accelerator=accelerator, progress=phase_progress(callbacks, REFERENCE_PHASE))
         counts["reference"] = source
         begin_info.update(reference=source, reference_examples=len(data.train) + len(data.held_out))
         checkpoint_files.append(REFERENCE_FILE)
@@ -221,7 +233,7 @@ def train(method: Method, callbacks: Iterable[Any] = ()) -> TrainResult:
     task = Task(name=name, n_train=len(data.train), collate=method.collate, loss=method.loss,
                 checkpoint_files=checkpoint_files, begin_info=begin_info,
                 rollout=method.rollout if method.rollouts else None, save_extra=method.save)
-    result = fit(config, trainable.model, method.forward, task, callbacks, run_dir)
+    result = fit(config, trainable.model, method.forward, task, callbacks, run_dir, accelerator)
 
     # (5) Evaluate on the held-out examples.
     eval_metrics = method.evaluate()
@@ -230,7 +242,7 @@ def train(method: Method, callbacks: Iterable[Any] = ()) -> TrainResult:
 
     # (6) Save: adapter, tokenizer, resolved config, metrics; then tell the listeners.
     loss = result.metrics.get("loss")
-    if result.accelerator.is_main_process:
+    if main:
         save_final(run_dir, trainable.model, trainable.tokenizer, config, result.steps, result.metrics,
                    eval_metrics, counts)
         method.save(run_dir)

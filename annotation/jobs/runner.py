@@ -3,10 +3,11 @@
 Submitting a job freezes its input (a snapshot of the selected labels, or of the project's prompts
 for best-of-N), writes the resolved config into a new run folder (`job.json`) and queues a database
 row. A supervisor thread starts queued jobs when their device is free (`python -m
-annotation.jobs.worker RUN_DIR`, no shell, in its own process group, output to `RUN_DIR/log.txt`),
+annotation.jobs.worker RUN_DIR`, no shell, in its own process group, output to `RUN_DIR/log.txt`;
+a job with `processes` > 1 runs the worker under `accelerate launch`, one per process),
 and records how each ends: succeeded (with what it produced: the trained model and its lineage, or
 the best-of-N candidates stored as items), failed (with the tail of the log), cancelled. Cancel stops
-the whole process group. When the app starts, jobs a previous run left running are stopped if still
+the whole process group, and the groups of the processes the launcher started. When the app starts, jobs a previous run left running are stopped if still
 alive and marked interrupted; `resume` queues them again from their last checkpoint (a kind without
 checkpoints, best-of-N, starts over on the same frozen input), in the same run folder.
 """
@@ -28,6 +29,7 @@ from typing import Any
 from sqlalchemy import select
 
 from alignment.run_folder import CHECKPOINT_PREFIX, PROGRESS_FILE, STATE_FILE, read_jsonl_so_far
+from alignment.training.distributed import launch_command
 from alignment.training.memory import with_jemalloc
 from annotation.jobs.kinds import JOB_KINDS
 from annotation.jobs.worker import FAILURE_FILE
@@ -229,7 +231,7 @@ class JobRunner:
     def _launch(self, job: Job) -> None:
         run_dir = Path(job.run_dir)
         with (run_dir / "log.txt").open("ab") as logf:
-            proc = subprocess.Popen([sys.executable, "-m", "annotation.jobs.worker", str(run_dir)], cwd=ROOT,
+            proc = subprocess.Popen(worker_command(run_dir, job.config.get("processes", 1)), cwd=ROOT,
                                     stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, env={**with_jemalloc(), "PYTHONUNBUFFERED": "1"})
         self._procs[job.id] = proc
@@ -283,6 +285,14 @@ class JobRunner:
     def _write_spec(run_dir: Path, kind: str, config: dict) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "job.json").write_text(json.dumps({"kind": kind, "config": config}, indent=2), encoding="utf-8")
+
+
+def worker_command(run_dir: Path, processes: int = 1) -> list[str]:
+    """The job's command: the worker alone, or in ``processes`` processes under accelerate's launcher."""
+    target = ["annotation.jobs.worker", str(run_dir)]
+    if processes > 1:
+        return launch_command(processes, target, module=True)
+    return [sys.executable, "-m", *target]
 
 
 def failure_reason(run_dir: Path, returncode: int) -> str:
@@ -344,25 +354,45 @@ def _has_field(config_class: type, name: str) -> bool:
     return any(f.name == name for f in fields(config_class))
 
 
+def job_groups(pid: int) -> set[int]:
+    """The process groups of a job: its own (``pid``'s), and those of the processes under it that
+    started groups of their own (torchrun starts each training process in a new session)."""
+    import psutil
+
+    groups = {pid}
+    try:
+        for child in psutil.Process(pid).children(recursive=True):
+            try:
+                groups.add(os.getpgid(child.pid))
+            except ProcessLookupError:
+                continue
+    except psutil.NoSuchProcess:
+        pass
+    return groups
+
+
 def _kill_group(pid: int, grace_seconds: float = 5.0) -> None:
-    """SIGTERM the job's whole process group, SIGKILL what is left after a grace period."""
+    """SIGTERM the job's process groups, SIGKILL what is left of them after a grace period."""
     import time
 
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+    groups = job_groups(pid)  # read before the signal: a launcher that dies first orphans its ranks
+
+    def signal_groups(sig: int) -> set[int]:
+        alive = set()
+        for group in groups:
+            try:
+                os.killpg(group, sig)
+                alive.add(group)
+            except ProcessLookupError:
+                continue
+        return alive
+
+    groups = signal_groups(signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
+    while groups and time.monotonic() < deadline:
         time.sleep(0.1)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        groups = signal_groups(0)
+    signal_groups(signal.SIGKILL)
 
 
 def phase_eta_seconds(events: list[dict[str, Any]]) -> float | None:

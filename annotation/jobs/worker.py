@@ -6,6 +6,10 @@ on success and exits 0;
 any exception prints its traceback to the log (stdout/stderr, redirected by the runner into
 `RUN_DIR/log.txt`), leaves its one-line reason in `RUN_DIR/failure.txt` for the queue table, and
 exits 1. The runner owns everything else (status, cancel, resume).
+
+A job with several processes runs this module in each of them (`accelerate launch --module
+annotation.jobs.worker RUN_DIR`): all train, only the main one (rank 0) reports progress and
+writes `result.json`; whichever fails first leaves its reason.
 """
 from __future__ import annotations
 
@@ -26,19 +30,23 @@ REASON_CHARS = 300
 def run(run_dir: Path) -> dict:
     from alignment.run_folder import PROGRESS_FILE
     from alignment.training.callbacks import LOADING_PHASE, ProgressFile, report_phase
+    from alignment.training.distributed import process_rank
 
+    main = process_rank() == 0
     progress = ProgressFile(run_dir / PROGRESS_FILE)
     # Importing the training stack and loading the model take most of a minute before anything else
     # reports: say so at once (this module and the callbacks import no torch).
-    report_phase([progress], LOADING_PHASE)
+    if main:
+        report_phase([progress], LOADING_PHASE)
     from annotation.jobs.kinds import JOB_KINDS
 
     spec = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
     kind = JOB_KINDS[spec["kind"]]
     config = kind.config_class.from_dict(spec["config"])
-    result = kind.run(config, callbacks=[progress])
+    result = kind.run(config, callbacks=[progress] if main else [])
     summary = kind.summarize(result)
-    (run_dir / "result.json").write_text(json.dumps(summary, default=float), encoding="utf-8")
+    if main:
+        (run_dir / "result.json").write_text(json.dumps(summary, default=float), encoding="utf-8")
     return summary
 
 
