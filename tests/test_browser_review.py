@@ -1,6 +1,8 @@
-"""Review and Team tabs in Chromium, in single-user local mode (no accounts: the reviewer is the name
-typed in the Annotate tab): a reviewer accepts one label and rejects another, and a snapshot and an
-export restricted to accepted labels hold the accepted one and not the rejected one."""
+"""Review and Team tabs in Chromium: a reviewer accepts one label and rejects another, and a snapshot
+(and an export) restricted to accepted labels holds the accepted one and not the rejected one. Once in
+single-user local mode (the reviewer is the name typed in the Annotate tab, every tab shown), once in
+accounts mode: an annotator and a reviewer log in, each in a fresh private context, the annotator
+labels in the page and the reviewer reviews what they labelled."""
 from __future__ import annotations
 
 import json
@@ -11,11 +13,23 @@ from sqlalchemy import select
 
 from annotation.services import labelling
 from storage.db import open_database, reading, transaction
-from storage.models import PairwiseLabel, ReviewStatus
+from storage.models import PairwiseLabel, ReviewStatus, User
 from storage.snapshots import SnapshotFilters, create_snapshot
 from annotation.services.projects import find_project
 from annotation.services.team import project_agreement
-from tests.browser_support import browser_page, goto_tab, pick_dropdown, serving, wait_idle, wait_status
+from tests.browser_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ServerProcess,
+    browser_page,
+    goto_tab,
+    pick_dropdown,
+    require_chromium,
+    serving,
+    wait_idle,
+    wait_item,
+    wait_status,
+)
 from tests.factories import make_items, make_project
 from tests.test_browser_data import table_rows
 
@@ -133,3 +147,82 @@ def key_cells(row: list[str]) -> dict[str, str]:
 def _item_of(db, label_id: int) -> int:
     with reading(db) as s:
         return s.get(PairwiseLabel, label_id).item_id
+
+
+@pytest.fixture(scope="module")
+def team_server(tmp_path_factory):
+    """Accounts mode: annotator ann and reviewer rev, both members of project p."""
+    from annotation.auth.accounts import add_user
+
+    folder = tmp_path_factory.mktemp("review-accounts")
+    db = open_database(folder / "ui.db")
+    make_project(db, "p")
+    make_items(db, "p", 4)
+    add_user(db, "ann", "annotator", "annotator password 1", projects=("p",))
+    add_user(db, "rev", "reviewer", "reviewer password 1", projects=("p",))
+    server = ServerProcess(["--db", str(folder / "ui.db"), "--no-worker", "--no-seed"], folder / "server.log",
+                           ready_path="login")
+    server.db = db
+    yield server
+    server.stop()
+
+
+def test_logged_in_reviewer_accepts_what_a_logged_in_annotator_labelled(team_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    require_chromium()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=[*CHROMIUM_ARGS, "--test-third-party-cookie-phaseout"])
+
+        def sign_in(name: str, password: str):
+            context = browser.new_context()  # fresh: no cookie shared with the other user's
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(team_server.url)
+            page.fill("#name", name)
+            page.fill("#password", password)
+            page.click("#log-in")
+            expect(page.locator("#signed-in")).to_contain_text(f"Signed in as {name}", timeout=30_000)
+            return page
+
+        annotator = sign_in("ann", "annotator password 1")
+        labelled = []
+        for _ in range(2):
+            item_id = wait_item(annotator)
+            annotator.wait_for_timeout(400)  # an item must be on screen 300 ms before its label (labelling)
+            annotator.locator("#choice label").filter(has_text="A is better").click()
+            annotator.click("#submit-pair")
+            wait_status(annotator, f"saved \\(item {item_id}\\)")
+            labelled.append(item_id)
+        # An annotator is shown no review controls (the server refuses their calls all the same).
+        annotator.click("#main-tabs button[role=tab][data-tab-id='review']")
+        expect(annotator.locator("#review-accept")).to_be_hidden()
+        expect(annotator.locator("#review-queue")).to_be_hidden()
+
+        reviewer = sign_in("rev", "reviewer password 1")
+        goto_tab(reviewer, "review")
+        reviewer.wait_for_selector("#review-detail .ps-review")
+        assert "ann answered A" in reviewer.locator("#review-detail").inner_text()
+        accepted = shown_label(reviewer)
+        reviewer.click("#review-accept")
+        wait_status(reviewer, f"Label {accepted} accepted", elem_id="review-status")
+        reviewer.wait_for_function(
+            f"() => document.querySelector('#review-detail .ps-review')?.dataset.label !== '{accepted}'")
+        rejected = shown_label(reviewer)
+        reviewer.click("#review-reject")
+        wait_status(reviewer, f"Label {rejected} rejected", elem_id="review-status")
+        reviewer.screenshot(path=str(tmp_path / "review-accounts.png"), full_page=True)
+        browser.close()
+
+    with reading(team_server.db) as s:
+        labels = {lab.id: lab for lab in s.scalars(select(PairwiseLabel))}
+        assert {lab.item_id for lab in labels.values()} == set(labelled)
+        assert labels[accepted].review_status == ReviewStatus.accepted
+        assert labels[rejected].review_status == ReviewStatus.rejected
+        assert {s.get(User, lab.reviewer_id).name for lab in labels.values() if lab.reviewer_id} == {"rev"}
+    with transaction(team_server.db) as s:
+        snapshot = create_snapshot(s, find_project(s, "p"), "pairs", tmp_path / "snap",
+                                   SnapshotFilters(accepted_only=True))
+    chosen = [json.loads(line)["chosen"][-1]["content"] for line in open(snapshot.path)]
+    assert chosen == [chosen_text(team_server.db, accepted)]

@@ -105,7 +105,8 @@ def build_review_tab(ctx: UIContext, annotator: gr.Textbox) -> ReviewTab:
         ids = [r.label_id for r in rows]
         current = picked if picked in ids else (ids[0] if ids else None)
         row = next((r for r in rows if r.label_id == current), None)
-        return {queue: _queue_rows(rows), label: gr.update(choices=ids, value=current), detail: _detail(row, mode),
+        shown_detail = _detail(row, mode) if rows else f"<p>No {html.escape(shown)} labels to show in this project.</p>"
+        return {queue: _queue_rows(rows), label: gr.update(choices=ids, value=current), detail: shown_detail,
                 correction: gr.update(info=CORRECTION_HELP[mode]), status: message}
 
     def show(typed_name, name, shown, picked, request: gr.Request):
