@@ -226,3 +226,48 @@ def test_logged_in_reviewer_accepts_what_a_logged_in_annotator_labelled(team_ser
                                    SnapshotFilters(accepted_only=True))
     chosen = [json.loads(line)["chosen"][-1]["content"] for line in open(snapshot.path)]
     assert chosen == [chosen_text(team_server.db, accepted)]
+
+
+def call(client, name: str, data: list) -> tuple[str, object]:
+    """("complete", outputs) or ("error", message) for one call of a Gradio endpoint over HTTP."""
+    import re
+
+    answer = client.post(f"/gradio_api/call/{name}", json={"data": data})
+    if answer.status_code != 200:
+        return f"http {answer.status_code}", answer.text
+    stream = client.get(f"/gradio_api/call/{name}/{answer.json()['event_id']}").text
+    event, payload = [e for e in re.findall(r"^event: (\w+)\ndata: (.*)$", stream, re.M) if e[0] != "heartbeat"][-1]
+    payload = json.loads(payload) if payload else None
+    return event, payload.get("error") if event == "error" and isinstance(payload, dict) else payload
+
+
+def test_review_and_team_endpoints_refuse_who_may_not_use_them(team_server):
+    """Over HTTP, as a script would call them: the server decides, whatever the page shows."""
+    import httpx
+
+    with reading(team_server.db) as s:
+        label_id = s.scalars(select(PairwiseLabel.id).order_by(PairwiseLabel.id)).first()
+        before = {lab.id: (lab.review_status, lab.reviewer_id) for lab in s.scalars(select(PairwiseLabel))}
+    assert label_id is not None, "runs after the browser test, which labels and reviews"
+    url = team_server.url.rstrip("/")
+    with httpx.Client(base_url=url, timeout=60) as anonymous:
+        assert call(anonymous, "review_accept", ["x", "p", "all", label_id, ""])[0] == "http 401"
+    clients = {}
+    for name, password in (("ann", "annotator password 1"), ("rev", "reviewer password 1")):
+        clients[name] = httpx.Client(base_url=url, timeout=60)
+        assert clients[name].post("/login", data={"name": name, "password": password}).status_code == 303
+    try:
+        # The typed name ("rev") is ignored with accounts: ann is ann.
+        assert call(clients["ann"], "review_accept", ["rev", "p", "all", label_id, ""]) == (
+            "error", "your role (annotator) may not review labels")
+        assert call(clients["ann"], "team_project", ["rev", "p"]) == (
+            "error", "your role (annotator) may not see the team's statistics")
+        assert call(clients["rev"], "mark_gold", ["rev", "p", "1", "a"]) == (
+            "error", "your role (reviewer) may not create or change projects")
+        event, outputs = call(clients["rev"], "review_reject", ["", "p", "all", label_id, ""])
+        assert event == "complete" and "already reviewed" in json.dumps(outputs)
+    finally:
+        for client in clients.values():
+            client.close()
+    with reading(team_server.db) as s:
+        assert {lab.id: (lab.review_status, lab.reviewer_id) for lab in s.scalars(select(PairwiseLabel))} == before

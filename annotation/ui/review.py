@@ -78,12 +78,14 @@ def build_review_tab(ctx: UIContext, annotator: gr.Textbox) -> ReviewTab:
                 "correct a label: the annotator's answer is kept beside the correction, and training "
                 "and exports can keep accepted labels only.")
     with gr.Row():
-        project = gr.Dropdown(label="Project", choices=[], elem_id="review-project")
+        # Custom values: a script may name the project; membership is checked on every call.
+        project = gr.Dropdown(label="Project", choices=[], allow_custom_value=True, elem_id="review-project")
         status_filter = gr.Dropdown(list(review.REVIEW_FILTERS), value="submitted", label="Show",
                                     elem_id="review-filter")
         refresh = gr.Button("Refresh", elem_id="review-refresh")
     queue = gr.Dataframe(headers=QUEUE_COLUMNS, value=[], interactive=False, elem_id="review-queue")
-    label = gr.Dropdown(label="Label", choices=[], elem_id="review-label")
+    # Custom values let scripts (gradio_client) name any label id: the service checks it.
+    label = gr.Dropdown(label="Label", choices=[], allow_custom_value=True, elem_id="review-label")
     detail = gr.HTML(_detail(None, "pairwise"), elem_id="review-detail")
     correction = gr.Textbox(label="Correction", elem_id="review-correction", info=CORRECTION_HELP["pairwise"])
     with gr.Row():

@@ -89,7 +89,7 @@ def team_views(ctx: UIContext, tab: TeamTab, request: gr.Request, typed_name: st
 
 def build_team_tab(ctx: UIContext, annotator: gr.Textbox) -> TeamTab:
     with gr.Row():
-        project = gr.Dropdown(label="Project", choices=[], elem_id="team-project")
+        project = gr.Dropdown(label="Project", choices=[], allow_custom_value=True, elem_id="team-project")
         refresh = gr.Button("Refresh", elem_id="team-refresh")
     users = gr.Dataframe(headers=USER_COLUMNS, value=[], interactive=False, elem_id="team-users", label="Users")
     annotators = gr.Dataframe(headers=ANNOTATOR_COLUMNS, value=[], interactive=False, elem_id="team-annotators",
