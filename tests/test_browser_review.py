@@ -81,7 +81,8 @@ def test_reviewer_accepts_and_rejects_and_accepted_only_data_follows(server, tmp
 
         page.click("#review-accept")
         wait_status(page, f"Label {accepted} accepted", elem_id="review-status")
-        page.wait_for_function(f"() => document.querySelector('#review-detail .ps-review')?.dataset.label !== '{accepted}'")
+        page.wait_for_function(
+            f"() => document.querySelector('#review-detail .ps-review')?.dataset.label !== '{accepted}'")
         rejected = shown_label(page)
         page.locator("#review-correction textarea").fill("left")
         page.click("#review-correct")

@@ -313,3 +313,17 @@ def test_two_reviewers_at_once_one_verdict_wins(db):
     with reading(db) as s:
         stored = s.get(PairwiseLabel, label)
         assert stored.review_status == (ReviewStatus.accepted if winner == "rev1" else ReviewStatus.rejected)
+
+
+def test_a_datasets_export_holds_its_datasheet_and_still_loads(db, tmp_path):
+    from datasets import load_from_disk
+
+    make_project(db, "p")
+    make_items(db, "p", 2)
+    keep, _ = label_pairs(db, "p", "ann", ["a", "b"])
+    review.accept(db, "p", keep, "rev")
+    folder = tmp_path / "pairs"
+    result = export_labels(db, "p", "trl", folder, as_datasets=True, accepted_only=True)
+    assert result.datasheet == [folder / "DATASHEET.md", folder / "datasheet.json"]
+    assert json.loads((folder / "datasheet.json").read_text())["rows"] == 1
+    assert len(load_from_disk(str(folder))) == 1

@@ -171,8 +171,8 @@ class JobRunner:
             return create_snapshot(session, project, kind.snapshot, out_dir, request.filters,
                                    min_rows=self.min_labels), {}
         if request.filters is not None and any(asdict(request.filters).values()):
-            raise InputError(f"annotator and date filters select labels; a {kind.name} job reads prompts: "
-                             f"choose them with its prompts and max_prompts settings")
+            raise InputError(f"label filters (annotators, dates, accepted only) select labels; a {kind.name} job "
+                             "reads prompts: choose them with its prompts and max_prompts settings")
         if kind.freeze is not None:
             return kind.freeze(session, project, out_dir, request.config)
         return create_prompt_snapshot(session, project, out_dir, request.config.get("prompts", "all"),

@@ -19,7 +19,8 @@ from annotation.services.agreement import NOMINAL, ORDINAL
 from annotation.services.labelling import ARENA_SOURCE, competition_ranks
 from storage.models import Choice, Item, Mode, PairwiseLabel, Project, Ranking, Rating, Response
 
-#: A pairwise answer as a code, in the item's order: the first response (position 0) preferred, the second, tie, both bad.
+#: A pairwise answer as a code, in the item's order: the first response (position 0) preferred, the
+#: second, tie, both bad.
 CHOICE_CODES = {"a": 0, "b": 1, "tie": 2, "both_bad": 3}
 LEVELS = {Mode.pairwise: NOMINAL, Mode.listwise: ORDINAL, Mode.pointwise: ORDINAL}
 

@@ -55,7 +55,8 @@ def _share(value: float | None, units: int | None = None) -> str:
 
 def agreement_html(report: AgreementReport) -> str:
     """The project's agreement figures with their intervals, and the table of annotator pairs."""
-    figures = [("Krippendorff's alpha", report.alpha), ("Cohen's kappa", report.cohen), ("Fleiss' kappa", report.fleiss)]
+    figures = [("Krippendorff's alpha", report.alpha), ("Cohen's kappa", report.cohen),
+               ("Fleiss' kappa", report.fleiss)]
     items = "".join(f'<li data-figure="{html.escape(name)}"><b>{html.escape(name)}</b>: {html.escape(str(value))}</li>'
                     for name, value in figures if value is not None)
     pairs = "".join(f"<tr><td>{html.escape(p.first)} &amp; {html.escape(p.second)}</td><td>{p.shared}</td>"
