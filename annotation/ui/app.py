@@ -165,12 +165,13 @@ def build_app(ctx: UIContext) -> gr.Blocks:
                            models_tab: Permission.manage_models, bon_tab: Permission.run_inference,
                            compare_tab: Permission.vote_arena, data_tab: Permission.view_own_stats,
                            review_tab: Permission.review, team_tab: Permission.view_team_stats}
-        controls = {data.export: Permission.import_export, comparing.run: Permission.run_inference,
-                    comparing.draw: Permission.run_inference}
+        controls = {data.export: Permission.import_export, comparing.side_by_side: Permission.run_inference}
         name_boxes = [annotate.annotator, comparing.annotator, best.annotator]
 
         def role_view(actor: Actor) -> dict:
-            shown = {c: gr.update(visible=has(actor, p)) for c, p in {**tab_permissions, **controls}.items()}
+            # A tab's button goes only with visible="hidden" (Gradio 6 keeps it for visible=False).
+            shown = {**{tab: gr.update(visible=True if has(actor, p) else "hidden") for tab, p in tab_permissions.items()},
+                     **{c: gr.update(visible=has(actor, p)) for c, p in controls.items()}}
             # With accounts the annotator is the login: the name fields show it and cannot be edited.
             names = {} if actor.local else {box: gr.update(value=actor.name, interactive=False) for box in name_boxes}
             if not actor.local:  # the Annotate tab says who is signed in instead (and how to log out)

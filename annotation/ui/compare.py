@@ -77,6 +77,7 @@ class CompareTab:
     board_note: gr.Markdown
     board_refresh: gr.Button
     select_outputs: list = field(default_factory=list)
+    side_by_side: gr.Column | None = None
 
     @property
     def select_inputs(self) -> list:
@@ -211,20 +212,22 @@ def build_compare_tab(ctx: UIContext) -> CompareTab:
         seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (side by side; each arena match draws its own)",
                          elem_id="cmp-seed")
 
-    gr.Markdown("### 1 · Side by side")
-    with gr.Row():
-        models = gr.Dropdown(label="Models (two or more, on one base model)", choices=[], multiselect=True,
-                             elem_id="cmp-models")
-        reward = gr.Dropdown(label="Reward model (scores every answer)", choices=[("none", "")], value="",
-                             elem_id="cmp-reward")
-    with gr.Row():
-        project = gr.Dropdown(label="Draw prompts from project", choices=[], elem_id="cmp-project")
-        draw = gr.Button("Draw a held-out prompt", elem_id="cmp-draw", scale=0)
-    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="cmp-prompt")
-    run = gr.Button("Answer side by side", variant="primary", elem_id="cmp-run")
-    status = gr.Markdown("", elem_id="cmp-status")
-    with gr.Row(equal_height=False):
-        columns = [gr.HTML("", visible=False, elem_id=f"cmp-col-{i}") for i in range(MAX_COLUMNS)]
+    # Generating on demand is for admins: the page hides this part from other roles.
+    with gr.Column(elem_id="side-by-side") as side_by_side:
+        gr.Markdown("### 1 · Side by side")
+        with gr.Row():
+            models = gr.Dropdown(label="Models (two or more, on one base model)", choices=[], multiselect=True,
+                                 elem_id="cmp-models")
+            reward = gr.Dropdown(label="Reward model (scores every answer)", choices=[("none", "")], value="",
+                                 elem_id="cmp-reward")
+        with gr.Row():
+            project = gr.Dropdown(label="Draw prompts from project", choices=[], elem_id="cmp-project")
+            draw = gr.Button("Draw a held-out prompt", elem_id="cmp-draw", scale=0)
+        prompt = gr.Textbox(label="Prompt", lines=2, elem_id="cmp-prompt")
+        run = gr.Button("Answer side by side", variant="primary", elem_id="cmp-run")
+        status = gr.Markdown("", elem_id="cmp-status")
+        with gr.Row(equal_height=False):
+            columns = [gr.HTML("", visible=False, elem_id=f"cmp-col-{i}") for i in range(MAX_COLUMNS)]
 
     gr.Markdown("### 2 · Blind arena\nTwo models answer; you see them as A and B in random order and learn "
                 "which was which only after voting. Every vote is stored as a pairwise label of the project.")
@@ -260,6 +263,7 @@ def build_compare_tab(ctx: UIContext) -> CompareTab:
                      columns, arena_project, annotator, model_1, model_2, arena_prompt, arena_draw, new_match,
                      arena_status, prompt_view, cards, votes, reveal, gr.State(None), gr.State(None), gr.State(None),
                      board_project, board, win_rates, board_note, board_refresh)
+    tab.side_by_side = side_by_side
     tab.select_outputs = [models, reward, project, arena_project, model_1, model_2, board_project, board, win_rates,
                           board_note]
     _wire_side_by_side(ctx, tab)

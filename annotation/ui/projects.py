@@ -221,7 +221,8 @@ def _wire(ctx: UIContext, tab: ProjectsTab, threads: judge.JudgingThreads) -> No
             result = data.import_file(ctx.db, file, name, fmt=None if fmt == "auto" else fmt, limits=ctx.limits)
         except InputError as exc:
             # The server's copy of an upload lives in a temporary folder: name the file as the user knows it.
-            return {tab.report: _failure_report(exc).replace(str(file), Path(file).name)}
+            report = _failure_report(exc)
+            return {tab.report: report.replace(str(file), Path(file).name) if file else report}
         ctx.wake_worker()
         return {tab.report: f"✅ {result.summary()}"}
 
