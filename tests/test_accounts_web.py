@@ -162,6 +162,19 @@ def test_login_sets_a_first_party_session_cookie_and_logout_ends_it_on_the_serve
         assert s.scalars(select(LoginSession)).all() == []
 
 
+def test_a_session_outlives_the_server_process(team, tmp_path):
+    """Sessions live in the database, not in the process: a second server on the same database (as
+    after a restart) takes the first one's cookie."""
+    token = log_in(team.url, "ada", ADMIN_PASSWORD).cookies[COOKIE]
+    again = ServerProcess(["--db", str(team.path), "--no-worker", "--no-seed"], tmp_path / "again.log",
+                          ready_path="login")
+    try:
+        assert httpx.get(again.url + "gradio_api/user", cookies={COOKIE: token}).json() == "ada"
+        assert httpx.get(again.url + "gradio_api/user").status_code == 401
+    finally:
+        again.stop()
+
+
 def test_failed_logins_are_rate_limited_per_name(team):
     for _ in range(5):
         assert log_in(team.url, "locked", "not the password").status_code == 401
@@ -203,6 +216,7 @@ def test_an_admin_and_an_annotator_log_in_in_private_contexts_and_the_annotator_
             page.set_default_timeout(30_000)
             page.goto(team.url)
             expect(page).to_have_url(re.compile(r"/login\?next=/$"))
+            page.screenshot(path=str(team.log_path.parent / "login.png"))
             page.fill("#name", name)
             page.fill("#password", password)
             page.click("#log-in")
