@@ -3,9 +3,11 @@
 `--db` everywhere takes either a file path (a SQLite file, created with its folder) or any SQLAlchemy
 URL (``postgresql+psycopg://...`` for a team). SQLite runs in WAL mode with foreign keys on, and
 every transaction that may write starts with ``BEGIN IMMEDIATE``: a writer takes the write lock up
-front and waits (busy_timeout) instead of failing half-way with "database is locked" when
-annotators submit at once. A transaction that only reads (``reading``) starts with a plain
-``BEGIN`` and takes no lock at all: in WAL mode readers never wait for writers, nor writers for them.
+front and waits instead of failing half-way with "database is locked" when annotators submit at
+once: in the kernel's queue of ``storage.write_queue`` (woken the moment the writer before it
+ends), and in SQLite's busy handler (busy_timeout) for writers outside ``transaction``. A
+transaction that only reads (``reading``) starts with a plain ``BEGIN`` and takes no lock at all:
+in WAL mode readers never wait for writers, nor writers for them.
 On PostgreSQL, reads are ``READ ONLY`` transactions and leases lock rows with
 ``SELECT ... FOR UPDATE SKIP LOCKED`` (see annotation.services.labelling.next_item).
 
@@ -16,13 +18,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from storage.write_queue import WriteQueue
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,8 @@ class Database:
 
     engine: Engine
     sessions: sessionmaker[Session]
+    #: SQLite: where write transactions wait for their turn (storage.write_queue); None elsewhere.
+    writers: WriteQueue | None = None
 
     @property
     def url(self) -> str:
@@ -120,13 +126,17 @@ def open_database(db: str | Path | None = None, migrate: bool = True) -> Databas
     engine = make_engine(db)
     if migrate:
         upgrade_schema(engine)
-    return Database(engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+    writers = WriteQueue.for_file(engine.url.database) if engine.url.get_backend_name() == "sqlite" else None
+    return Database(engine=engine, sessions=sessionmaker(engine, expire_on_commit=False), writers=writers)
 
 
 @contextmanager
 def transaction(db: Database) -> Iterator[Session]:
-    """One unit of work: commits on success, rolls back everything on any exception."""
-    with db.sessions() as session, session.begin():
+    """One unit of work: commits on success, rolls back everything on any exception.
+
+    On SQLite it first waits for its turn among the writers (:class:`WriteQueue`), until after the
+    commit or rollback."""
+    with db.writers.turn() if db.writers else nullcontext(), db.sessions() as session, session.begin():
         yield session
 
 

@@ -1,9 +1,10 @@
 """One annotator as its own OS process, for the concurrency tests and bench/storage.py.
 
-    python -m tests.annotator_process DB PROJECT NAME LABELS GO_FILE
+    python -m tests.annotator_process DB PROJECT NAME LABELS GO_FILE [THINK_MS]
 
 Waits until GO_FILE exists (so all annotators start together, after their imports), then asks for
-LABELS items one after another and submits each twice (a double click), and prints one JSON line
+LABELS items one after another and submits each twice (a double click), reading each item for a
+random time first when THINK_MS is given (exponential, that mean; without it, none), and prints one JSON line
 per submission: item, label ids, whether it was a duplicate, how long the submission took and
 when it ended (wall clock).
 """
@@ -21,6 +22,7 @@ from storage.db import open_database
 
 def main(argv: list[str]) -> int:
     db_url, project, name, labels, go_file = argv[0], argv[1], argv[2], int(argv[3]), Path(argv[4])
+    think_s = float(argv[5]) / 1000 if len(argv) > 5 else 0.0
     db = open_database(db_url, migrate=False)
     while not go_file.exists():
         time.sleep(0.01)
@@ -28,6 +30,8 @@ def main(argv: list[str]) -> int:
         view = labelling.next_item(db, project, name)
         if view is None:
             break
+        if think_s:
+            time.sleep(random.expovariate(1 / think_s))
         for _ in range(2):
             started = time.perf_counter()
             receipt = labelling.submit_pairwise(db, view, random.choice("ab"))
