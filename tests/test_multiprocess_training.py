@@ -30,10 +30,17 @@ def pairs_file(path: Path, n: int = 12) -> Path:
     return path
 
 
+def rankings_file(path: Path, n: int = 12) -> Path:
+    rows = [{"prompt": f"Question {i}: name {i} colours.", "completions": ["Red, blue." + " Green." * (i % 3),
+             f"I know {i}.", "No." + " Never." * (i % 2)], "ranks": [0, 1, 1 + i % 2]} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 def job_config(kind: str, model_dir: Path, data: Path, out: Path, **overrides) -> dict:
     return {"model": str(model_dir), "data": str(data), "out": str(out), "max_steps": 2, "lr": 1e-2,
             "max_length": 64, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "eval_fraction": 0.25,
-            "seed": 3, "device": "cpu", **({"beta": 0.5} if kind == "dpo" else {}), **overrides}
+            "seed": 3, "device": "cpu", **({"beta": 0.5} if kind in ("dpo", "pl-dpo") else {}), **overrides}
 
 
 def run_worker(run_dir: Path, kind: str, config: dict, processes: int) -> subprocess.CompletedProcess:
@@ -51,14 +58,19 @@ def adapter_weights(folder: Path) -> dict:
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
-@pytest.mark.parametrize("kind", ["dpo", "rm"])
+@pytest.mark.parametrize("kind", ["dpo", "rm", "pl-dpo"])
 def test_two_processes_with_half_the_batch_train_the_same_adapter(kind, tiny_model_dir, tmp_path):
     import torch
 
-    from alignment.training.data import load_pairs, split
+    from alignment.training.data import load_pairs, load_rankings, split
 
-    data = pairs_file(tmp_path / "pairs.jsonl")
-    train, held_out = split(load_pairs(str(data)), 0.25, 3)
+    if kind == "pl-dpo":
+        data = rankings_file(tmp_path / "rankings.jsonl")
+        examples = load_rankings(str(data)).rankings
+    else:
+        data = pairs_file(tmp_path / "pairs.jsonl")
+        examples = load_pairs(str(data))
+    train, held_out = split(examples, 0.25, 3)
     assert len(train) >= 8 and held_out, "two full global batches of 4 and a held-out set"
     one, two = tmp_path / "one", tmp_path / "two"
     run_worker(one, kind, job_config(kind, tiny_model_dir, data, one / "output", batch_size=4), processes=1)
@@ -88,7 +100,7 @@ def test_two_processes_with_half_the_batch_train_the_same_adapter(kind, tiny_mod
     for name, value in metrics[one]["eval"].items():
         assert metrics[two]["eval"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
 
-    if kind == "dpo":  # the reference pass, computed in halves and gathered, is the same table
+    if kind != "rm":  # the reference pass, computed in halves and gathered, is the same table
         tables = [torch.load(run / "output" / REFERENCE_FILE, weights_only=True) for run in (one, two)]
         for part in ("train", "eval"):
             torch.testing.assert_close(tables[1][part], tables[0][part], atol=1e-5, rtol=1e-5)
@@ -97,7 +109,7 @@ def test_two_processes_with_half_the_batch_train_the_same_adapter(kind, tiny_mod
     # over all the examples (the main process's share, scaled), one result.
     phases = [e for e in read_progress(two) if e["event"] == "phase"]
     assert [e["phase"] for e in phases].count("loading the model") == 1
-    if kind == "dpo":
+    if kind != "rm":
         assert phases[-1]["phase"] == "reference pass"
         assert phases[-1]["done"] == phases[-1]["total"] == len(train) + len(held_out)
     result = json.loads((two / "result.json").read_text())
