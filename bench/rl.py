@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -39,14 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import add_json_option, describe_code, environment, load_average, measured, write_results
+from bench.train import DEFAULT_DATA, GB, ROOT, child_env  # bench.train also sets the offline environment
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
-GB = 1e9
 TARGETS = {"speed": 2.0, "rss_share": 0.5, "ppo_outside_generation": 0.4}
 SIDES = ("ours-grpo", "trl-grpo", "trl-grpo-no-ckpt", "ours-ppo")
 LABELS = {"ours-grpo": "prefstudio train_grpo", "trl-grpo": "TRL GRPOTrainer (as shipped: gradient checkpointing on)",
@@ -181,8 +174,6 @@ def _trl(side: str, spec: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 def run_child(side: str, spec: dict[str, Any], workdir: Path, index: int) -> dict[str, Any]:
-    from bench.train import child_env
-
     run_dir = workdir / f"{index:02d}-{side}"
     run_dir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path, log_path = run_dir / "spec.json", run_dir / "result.json", run_dir / "log.txt"
