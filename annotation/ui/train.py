@@ -51,8 +51,9 @@ MODEL_FIELDS = ("reward", "adapter", "reward_model", "init_adapter")
 # The settings people change, shown first; the rest of a method's fields go under "Advanced settings"
 # (a field can also ask for this with metadata={"basic": True}).
 BASIC_FIELDS = ("model", "reward", "adapter", "epochs", "max_steps", "lr", "beta", "loss", "use_margin", "n",
-                "prompts", "max_prompts", "store_as_items", "reward_model", "reward_rule", "init_adapter",
-                "batch_size", "num_generations")
+                "prompts", "max_prompts", "store_as_items", "reward_model", "reward_rule", "init_adapter")
+# Online RL's batch counts prompts and K sets the completions per prompt: both shown first there.
+KIND_BASIC_FIELDS = {"grpo": ("batch_size", "num_generations"), "ppo": ("batch_size", "num_generations")}
 NO_ADAPTER = ("base model (no adapter)", "")
 # Online RL: the reward model is optional (rules or a reward function can score instead), and
 # without a starting adapter a fresh one trains against the bare base.
@@ -126,7 +127,8 @@ def build_train_tab(ctx: UIContext) -> TrainTab:
         # for one method are still there when the user comes back to it.
         with gr.Group(visible=kind.name == "dpo", elem_id=f"{_form_prefix(kind.name)}form") as group:
             forms[kind.name] = build_form(kind.config_class, choices={**choices, **KIND_CHOICES.get(kind.name, {})},
-                                          exclude=RUNNER_FIELDS, basic=BASIC_FIELDS,
+                                          exclude=RUNNER_FIELDS,
+                                          basic=BASIC_FIELDS + KIND_BASIC_FIELDS.get(kind.name, ()),
                                           prefix=_form_prefix(kind.name), custom_values=MODEL_FIELDS,
                                           defaults={"model": ctx.default_model, "adapter": "", "reward_model": "",
                                                     "init_adapter": ""})
