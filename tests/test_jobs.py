@@ -284,7 +284,7 @@ def test_bad_bon_settings_are_refused_at_submit_and_launch_nothing(db, tmp_path,
             held.submit(JobRequest("bon", project, bon_config(tiny_model_dir, tiny_reward_dir, **overrides)))
     from storage.snapshots import SnapshotFilters
 
-    with pytest.raises(InputError, match="filters select labels"):
+    with pytest.raises(InputError, match=r"label filters \(annotators, dates, accepted only\) select labels"):
         held.submit(JobRequest("bon", "pairs", bon_config(tiny_model_dir, tiny_reward_dir),
                                SnapshotFilters(annotators=["ann"])))
     assert count(db, Job) == 0 and count(db, Snapshot) == 0

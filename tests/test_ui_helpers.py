@@ -9,7 +9,7 @@ import pytest
 from annotation.render import markdown_to_safe_html, render_messages, render_response
 from annotation.services.projects import ProjectSettings
 from annotation.ui.forms import fill_form, read_form
-from annotation.services.data import _unzipped
+from annotation.services.data import LOCAL_FILE_LIMITS, _unzipped
 from annotation.ui.projects import _failure_report
 from storage.errors import InputError
 
@@ -52,7 +52,7 @@ def test_zipped_datasets_folder_is_unpacked(tmp_path):
     archive = tmp_path / "ds.zip"
     with zipfile.ZipFile(archive, "w") as z:
         z.write(folder / "data-00000-of-00001.arrow", "ds/data-00000-of-00001.arrow")
-    with _unzipped(archive) as unpacked:
+    with _unzipped(archive, LOCAL_FILE_LIMITS) as unpacked:
         assert unpacked.name == "ds" and (unpacked / "data-00000-of-00001.arrow").read_bytes() == b"x"
     assert not unpacked.exists()  # a temporary copy, removed after the import
 
@@ -62,7 +62,7 @@ def test_zip_with_an_escaping_path_is_refused(tmp_path):
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("../../outside.txt", "x")
     with pytest.raises(InputError, match="unsafe path"):
-        with _unzipped(archive):
+        with _unzipped(archive, LOCAL_FILE_LIMITS):
             pass
     assert not (tmp_path.parent / "outside.txt").exists()
 
