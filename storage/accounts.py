@@ -39,10 +39,10 @@ def parse_role(text: str | Role) -> Role:
         raise InputError(f"unknown role {text!r}: use one of {', '.join(r.value for r in Role)}") from None
 
 
-def find_user(session: Session, name: str) -> User:
-    user = session.scalar(select(User).where(User.name == (name or "").strip()))
+def find_user(session: Session, name: str | None) -> User:
+    user = session.scalar(select(User).where(User.name == check_user_name(name)))
     if user is None:
-        raise InputError(f"no user named {name!r} (`python app.py users list` shows them)")
+        raise InputError(f"no user named {name!r}")
     return user
 
 
@@ -63,7 +63,7 @@ def user_exists(session: Session, name: str) -> bool:
 
 
 def taken(name: str) -> InputError:
-    return InputError(f"a user named {name!r} already exists (`users passwd` changes a password)")
+    return InputError(f"a user named {name!r} already exists (set a new password for them instead)")
 
 
 def set_password_hash(session: Session, name: str, password_hash: str) -> User:
@@ -75,9 +75,17 @@ def set_password_hash(session: Session, name: str, password_hash: str) -> User:
 
 
 def set_role(session: Session, name: str, role: Role | str) -> User:
-    user = find_user(session, name)
-    user.role = parse_role(role)
+    """Refuses to demote the last admin who can log in: nobody could manage the app any more
+    (the CLI on the server would be the only way back)."""
+    user, role = find_user(session, name), parse_role(role)
+    if role != Role.admin and admins_who_can_log_in(session) == {user.id}:
+        raise InputError(f"{user.name!r} is the last admin: make another user an admin first")
+    user.role = role
     return user
+
+
+def admins_who_can_log_in(session: Session) -> set[int]:
+    return set(session.scalars(select(User.id).where(User.role == Role.admin, User.password_hash.is_not(None))))
 
 
 def list_users(session: Session) -> list[User]:

@@ -92,9 +92,50 @@ class ServerProcess(HttpProcess):
                          self.url + ready_path, env=env, timeout=timeout, ready_marker="Running on local URL")
 
 
-def launch_browser(playwright):
+def users_cli(db_path, *args, password: str | None = None) -> subprocess.CompletedProcess:
+    """`app.py users ...` with the password on standard input (not a terminal: read as one line)."""
+    return subprocess.run([sys.executable, "app.py", "users", "--db", str(db_path), *args], cwd=ROOT,
+                          input=None if password is None else password + "\n", capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **OFFLINE_ENV})
+
+
+def launch_browser(playwright, block_third_party_cookies: bool = False):
+    """Debian's Chromium; `block_third_party_cookies` as a private window does (a login must not need them)."""
     require_chromium()
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    extra = ["--test-third-party-cookie-phaseout"] if block_third_party_cookies else []
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra])
+
+
+def sign_in(browser, url: str, name: str, password: str):
+    """A fresh browser context (no cookie shared with any other) logged in through the login page."""
+    from playwright.sync_api import expect
+
+    page = browser.new_context().new_page()
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.fill("#name", name)
+    page.fill("#password", password)
+    page.click("#log-in")
+    expect(page.locator("#signed-in")).to_contain_text(f"Signed in as {name}")
+    return page
+
+
+def call_endpoint(client: httpx.Client, name: str, data: list, session: str | None = None) -> tuple[str, object]:
+    """One call of a Gradio endpoint over HTTP, as a script would make it: ("complete", outputs),
+    ("error", message) or ("http <status>", body)."""
+    import json
+
+    body = {"data": data, **({"session_hash": session} if session else {})}
+    answer = client.post(f"/gradio_api/call/{name}", json=body)
+    if answer.status_code != 200:
+        return f"http {answer.status_code}", answer.text
+    stream = client.get(f"/gradio_api/call/{name}/{answer.json()['event_id']}").text
+    events = re.findall(r"^event: (\w+)\ndata: (.*)$", stream, re.M)
+    event, payload = [e for e in events if e[0] != "heartbeat"][-1]
+    payload = json.loads(payload) if payload else None
+    if event == "error" and isinstance(payload, dict):
+        payload = payload.get("error")
+    return event, payload
 
 
 def new_page(browser, url: str):

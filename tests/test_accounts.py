@@ -12,7 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from annotation.auth import ANONYMOUS, Actor, actor_of, local_mode
-from annotation.auth.accounts import UserRow, add_membership, add_user, remove_membership, set_password, user_rows
+from annotation.auth.accounts import (UserRow, add_membership, add_user, create_account, remove_membership,
+                                     set_password, set_role, user_rows)
 from annotation.auth.passwords import hash_password, verify_password
 from annotation.ui.context import UIContext
 from storage import accounts
@@ -66,6 +67,36 @@ def test_bad_account_input_is_refused_with_a_clear_message_and_changes_nothing(d
         with pytest.raises(InputError, match=message):
             call()
     assert snapshot(db) == before
+
+
+@pytest.mark.databases
+def test_an_account_from_the_team_tab_needs_its_password_twice_and_the_last_admin_stays(db):
+    # Local mode: the first account must be an admin, or nobody could add the others once logins start.
+    with pytest.raises(InputError, match="the first account must be an admin"):
+        create_account(db, "ann", "annotator", PASSWORD, PASSWORD)
+    assert user_rows(db) == []
+    create_account(db, "ada", "admin", PASSWORD, PASSWORD)
+    before = snapshot(db)
+    for call, message in [
+        (lambda: create_account(db, "ann", "annotator", PASSWORD, PASSWORD + "!"), "the two passwords differ"),
+        (lambda: create_account(db, "ann", "annotator", "short", "short"), "shorter than 8"),
+        (lambda: create_account(db, "ada", "annotator", PASSWORD, PASSWORD), "a user named 'ada' already exists"),
+        (lambda: set_role(db, "ada", "annotator"), "'ada' is the last admin: make another user an admin first"),
+        (lambda: set_role(db, "", "annotator"), "the user name is empty"),
+        (lambda: set_role(db, "nobody", "admin"), "no user named 'nobody'"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            call()
+    assert snapshot(db) == before
+    create_account(db, "ann", "annotator", PASSWORD, PASSWORD)
+    # An admin without a password cannot log in: it does not count as the admin who stays.
+    with transaction(db) as s:
+        accounts.create_user(s, "old-admin", Role.admin)
+    with pytest.raises(InputError, match="last admin"):
+        set_role(db, "ada", "reviewer")
+    set_role(db, "ann", "admin")
+    set_role(db, "ada", "reviewer")  # another admin can log in: ada may step down
+    assert [(r.name, r.role) for r in user_rows(db)] == [("ada", "reviewer"), ("ann", "admin"), ("old-admin", "admin")]
 
 
 @pytest.mark.databases

@@ -22,17 +22,11 @@ from storage import accounts
 from storage.db import open_database, reading
 from storage.models import LoginSession, PairwiseLabel, User
 from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, ROOT, ServerProcess, require_chromium, wait_item, wait_status
+from tests.browser_support import users_cli as users
 from tests.factories import make_items, make_project
 
 ADMIN_PASSWORD = "admin password 1"
 ANN_PASSWORD = "annotator password 1"
-
-
-def users(db_path, *args, password: str | None = None) -> subprocess.CompletedProcess:
-    """`app.py users ...` with the password on standard input (not a terminal: read as one line)."""
-    return subprocess.run([sys.executable, "app.py", "users", "--db", str(db_path), *args], cwd=ROOT,
-                          input=None if password is None else password + "\n", capture_output=True, text=True,
-                          timeout=120)
 
 
 def test_users_cli_adds_lists_changes_passwords_and_memberships(tmp_path):

@@ -18,14 +18,14 @@ from storage.snapshots import SnapshotFilters, create_snapshot
 from annotation.services.projects import find_project
 from annotation.services.team import project_agreement
 from tests.browser_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     ServerProcess,
     browser_page,
+    call_endpoint as call,
     goto_tab,
+    launch_browser,
     pick_dropdown,
-    require_chromium,
     serving,
+    sign_in,
     wait_idle,
     wait_item,
     wait_status,
@@ -171,23 +171,10 @@ def team_server(tmp_path_factory):
 def test_logged_in_reviewer_accepts_what_a_logged_in_annotator_labelled(team_server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    require_chromium()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=[*CHROMIUM_ARGS, "--test-third-party-cookie-phaseout"])
-
-        def sign_in(name: str, password: str):
-            context = browser.new_context()  # fresh: no cookie shared with the other user's
-            page = context.new_page()
-            page.set_default_timeout(30_000)
-            page.goto(team_server.url)
-            page.fill("#name", name)
-            page.fill("#password", password)
-            page.click("#log-in")
-            expect(page.locator("#signed-in")).to_contain_text(f"Signed in as {name}", timeout=30_000)
-            return page
-
-        annotator = sign_in("ann", "annotator password 1")
+        browser = launch_browser(p, block_third_party_cookies=True)
+        # Each in a fresh context: no cookie shared with the other user's.
+        annotator = sign_in(browser, team_server.url, "ann", "annotator password 1")
         labelled = []
         for _ in range(2):
             item_id = wait_item(annotator)
@@ -201,7 +188,7 @@ def test_logged_in_reviewer_accepts_what_a_logged_in_annotator_labelled(team_ser
         expect(annotator.locator("#review-accept")).to_be_hidden()
         expect(annotator.locator("#review-queue")).to_be_hidden()
 
-        reviewer = sign_in("rev", "reviewer password 1")
+        reviewer = sign_in(browser, team_server.url, "rev", "reviewer password 1")
         goto_tab(reviewer, "review")
         reviewer.wait_for_selector("#review-detail .ps-review")
         assert "ann answered A" in reviewer.locator("#review-detail").inner_text()
@@ -227,19 +214,6 @@ def test_logged_in_reviewer_accepts_what_a_logged_in_annotator_labelled(team_ser
                                    SnapshotFilters(accepted_only=True))
     chosen = [json.loads(line)["chosen"][-1]["content"] for line in open(snapshot.path)]
     assert chosen == [chosen_text(team_server.db, accepted)]
-
-
-def call(client, name: str, data: list) -> tuple[str, object]:
-    """("complete", outputs) or ("error", message) for one call of a Gradio endpoint over HTTP."""
-    import re
-
-    answer = client.post(f"/gradio_api/call/{name}", json={"data": data})
-    if answer.status_code != 200:
-        return f"http {answer.status_code}", answer.text
-    stream = client.get(f"/gradio_api/call/{name}/{answer.json()['event_id']}").text
-    event, payload = [e for e in re.findall(r"^event: (\w+)\ndata: (.*)$", stream, re.M) if e[0] != "heartbeat"][-1]
-    payload = json.loads(payload) if payload else None
-    return event, payload.get("error") if event == "error" and isinstance(payload, dict) else payload
 
 
 def test_review_and_team_endpoints_refuse_who_may_not_use_them(team_server):

@@ -33,6 +33,7 @@ from storage import accounts
 from storage.db import open_database, reading, transaction
 from storage.models import Base, PairwiseLabel, User
 from tests.browser_support import ServerProcess
+from tests.browser_support import call_endpoint as call
 from tests.factories import make_items
 
 PASSWORD = "correct horse battery"
@@ -126,6 +127,11 @@ TABLE: dict[str, tuple[frozenset, frozenset | None]] = {
     "team_refresh": (ADMIN, ADMIN),
     "mark_gold": (ADMIN, ADMIN),
     "unmark_gold": (ADMIN, ADMIN),
+    "create_user": (ADMIN, None),
+    "set_user_role": (ADMIN, None),
+    "set_user_password": (ADMIN, None),
+    "add_member": (ADMIN, ADMIN),
+    "remove_member": (ADMIN, ADMIN),
 }
 
 # What the page calls first in a session: the load, then each tab opened (refused ones included).
@@ -178,21 +184,6 @@ def team(tmp_path_factory):
         for client in clients.values():
             client.close()
         server.stop()
-
-
-def call(client: httpx.Client, name: str, data: list, session: str | None = None) -> tuple[str, object]:
-    """("complete", outputs), ("error", message) or ("http <status>", body) for one call of an endpoint."""
-    body = {"data": data, **({"session_hash": session} if session else {})}
-    answer = client.post(f"/gradio_api/call/{name}", json=body)
-    if answer.status_code != 200:
-        return f"http {answer.status_code}", answer.text
-    stream = client.get(f"/gradio_api/call/{name}/{answer.json()['event_id']}").text
-    events = re.findall(r"^event: (\w+)\ndata: (.*)$", stream, re.M)
-    event, payload = [e for e in events if e[0] != "heartbeat"][-1]
-    payload = json.loads(payload) if payload else None
-    if event == "error" and isinstance(payload, dict):
-        payload = payload.get("error")
-    return event, payload
 
 
 def endpoints(client: httpx.Client) -> dict[str, list[dict]]:

@@ -1,11 +1,12 @@
-"""User administration (the `users` CLI, later an admin page): one transaction per action."""
+"""User administration (the `users` CLI and the Team tab): one transaction per action."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from annotation.auth.passwords import hash_password
+from annotation.auth.passwords import hash_password, same_password
 from storage import accounts
 from storage.db import Database, reading, transaction
+from storage.errors import InputError
 from storage.models import Role
 
 
@@ -41,6 +42,17 @@ def add_user(db: Database, name: str, role: Role | str, password: str, projects:
         user = accounts.create_user(s, name, role, password_hash)
         for project in projects:
             accounts.add_member(s, user.name, project)
+
+
+def create_account(db: Database, name: str, role: Role | str, password: str, again: str) -> None:
+    """A user made in the Team tab, with the password typed twice. In local mode the first account
+    must be an admin: once it exists everyone has to log in, and only an admin can add the others."""
+    same_password(password, again)
+    with reading(db) as s:
+        if accounts.parse_role(role) != Role.admin and not accounts.accounts_exist(s):
+            raise InputError("the first account must be an admin: from then on everyone logs in, and only an "
+                             "admin can add the others")
+    add_user(db, name, role, password)
 
 
 def set_password(db: Database, name: str, password: str) -> None:

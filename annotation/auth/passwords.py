@@ -29,6 +29,13 @@ def check_password(password: str | None) -> str:
     return password
 
 
+def same_password(password: str | None, again: str | None) -> str:
+    """The password typed twice: a typo in a masked field would lock the user out."""
+    if (password or "") != (again or ""):
+        raise InputError("the two passwords differ; nothing was changed")
+    return check_password(password)
+
+
 def hash_password(password: str) -> str:
     return _hasher.hash(check_password(password))
 

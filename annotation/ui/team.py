@@ -1,10 +1,11 @@
 """The Team tab (admins): who works on what, how much and how well, and the gold items.
 
-Users with their roles and projects; per annotator of the picked project: labels, median time per
-label, skip rate, agreement with the other annotators' majority, accuracy on gold items and review
-outcomes; the project's Krippendorff's alpha and, where they apply, Cohen's and Fleiss' kappa, each
-with a bootstrap interval, and the agreement of every pair of annotators. Gold items are marked here
-with their known answer. Every handler checks the caller's permission on the server.
+Users with their roles and projects, and the forms that manage them (annotation.ui.team_users);
+per annotator of the picked project: labels, median time per label, skip rate, agreement with the
+other annotators' majority, accuracy on gold items and review outcomes; the project's
+Krippendorff's alpha and, where they apply, Cohen's and Fleiss' kappa, each with a bootstrap
+interval, and the agreement of every pair of annotators. Gold items are marked here with their
+known answer. Every handler checks the caller's permission on the server.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from annotation.services.agreement import AgreementReport
 from annotation.services.team import team_report
 from annotation.ui.access import Permission, caller
 from annotation.ui.context import UIContext
+from annotation.ui.team_users import UserForms, build_user_forms, wire_user_forms
 from storage.errors import InputError
 
 USER_COLUMNS = ["user", "role", "can log in", "projects"]
@@ -34,6 +36,7 @@ class TeamTab:
     project: gr.Dropdown
     refresh: gr.Button
     users: gr.Dataframe
+    accounts: UserForms
     annotators: gr.Dataframe
     agreement: gr.HTML
     gold_item: gr.Textbox
@@ -44,7 +47,7 @@ class TeamTab:
     status: gr.Markdown
 
     def views(self) -> list:
-        return [self.users, self.annotators, self.agreement, self.gold_table, self.status]
+        return [self.users, *self.accounts.pickers(), self.annotators, self.agreement, self.gold_table, self.status]
 
 
 def _share(value: float | None, units: int | None = None) -> str:
@@ -71,9 +74,11 @@ def team_views(ctx: UIContext, tab: TeamTab, request: gr.Request, typed_name: st
                message: str = "") -> dict:
     caller(ctx, request, Permission.view_team_stats, typed_name=typed_name)
     try:
-        users = [[u.name, u.role, "yes" if u.can_log_in else "no", ", ".join(u.projects)] for u in user_rows(ctx.db)]
+        rows = user_rows(ctx.db)
+        users = {tab.users: [[u.name, u.role, "yes" if u.can_log_in else "no", ", ".join(u.projects)] for u in rows],
+                 **tab.accounts.choices(ctx, [u.name for u in rows])}
         if not project:
-            return {tab.users: users, tab.annotators: [], tab.agreement: "", tab.gold_table: [],
+            return {**users, tab.annotators: [], tab.agreement: "", tab.gold_table: [],
                     tab.status: message or "Pick a project."}
         report = team_report(ctx.db, project)
         golds = [[g.item_id, g.prompt[:100], ", ".join(f"{k}: {v}" for k, v in g.answer.items())]
@@ -84,7 +89,7 @@ def team_views(ctx: UIContext, tab: TeamTab, request: gr.Request, typed_name: st
              f"{a.skip_rate:.0%}", _share(a.with_majority, a.majority_units), _share(a.gold_accuracy, a.gold_units),
              a.reviews.get("accepted", 0), a.reviews.get("corrected", 0), a.reviews.get("rejected", 0),
              a.reviews.get("submitted", 0)] for a in report.annotators]
-    return {tab.users: users, tab.annotators: rows, tab.agreement: agreement_html(report.agreement),
+    return {**users, tab.annotators: rows, tab.agreement: agreement_html(report.agreement),
             tab.gold_table: golds, tab.status: message}
 
 
@@ -93,6 +98,7 @@ def build_team_tab(ctx: UIContext, annotator: gr.Textbox) -> TeamTab:
         project = gr.Dropdown(label="Project", choices=[], allow_custom_value=True, elem_id="team-project")
         refresh = gr.Button("Refresh", elem_id="team-refresh")
     users = gr.Dataframe(headers=USER_COLUMNS, value=[], interactive=False, elem_id="team-users", label="Users")
+    accounts = build_user_forms()
     annotators = gr.Dataframe(headers=ANNOTATOR_COLUMNS, value=[], interactive=False, elem_id="team-annotators",
                               label="Annotators (with majority / gold accuracy: share of units, units in brackets)")
     agreement = gr.HTML("", elem_id="team-agreement")
@@ -105,8 +111,8 @@ def build_team_tab(ctx: UIContext, annotator: gr.Textbox) -> TeamTab:
         unmark = gr.Button("Remove gold", elem_id="gold-unmark")
     gold_table = gr.Dataframe(headers=GOLD_COLUMNS, value=[], interactive=False, elem_id="gold-items")
     status = gr.Markdown("", elem_id="team-status")
-    tab = TeamTab(project, refresh, users, annotators, agreement, gold_item, gold_answer, mark, unmark, gold_table,
-                  status)
+    tab = TeamTab(project, refresh, users, accounts, annotators, agreement, gold_item, gold_answer, mark, unmark,
+                  gold_table, status)
 
     def show(typed_name, name, request: gr.Request):
         return team_views(ctx, tab, request, typed_name, name)
@@ -131,6 +137,9 @@ def build_team_tab(ctx: UIContext, annotator: gr.Textbox) -> TeamTab:
             return team_views(ctx, tab, request, typed_name, name, done)
         handler.__name__ = "unmark_gold" if remove else "mark_gold"
         return handler
+
+    wire_user_forms(ctx, accounts, annotator, project, tab.views(),
+                    lambda request, typed_name, name: team_views(ctx, tab, request, typed_name, name))
 
     mark.click(set_gold(False), [annotator, project, gold_item, gold_answer], tab.views(), api_name="mark_gold")
     unmark.click(set_gold(True), [annotator, project, gold_item, gold_answer], tab.views(), api_name="unmark_gold")
