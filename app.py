@@ -68,6 +68,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, methods: tuple[str, ..
         parser.add_argument(f"--{name.replace('_', '-')}", **kwargs)
 
 
+def add_field_argument(parser: argparse.ArgumentParser, config_class, name: str, **kwargs) -> None:
+    """``--name`` for one field of a settings dataclass, with that field's default and help text, so
+    a default is written once (in the dataclass) and the CLI cannot drift from the jobs."""
+    from dataclasses import MISSING, fields
+
+    f = next(f for f in fields(config_class) if f.name == name)
+    default = None if f.default is MISSING else f.default
+    kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+    text = f"{f.metadata.get('help', '')} (default {_shown(default)})".replace("%", "%%")
+    parser.add_argument(f"--{name.replace('_', '-')}", **{"type": kind, "default": default, "help": text, **kwargs})
+
+
 def _shown(default) -> str:
     return "empty" if default is None or default == () else str(default)
 
@@ -81,6 +93,8 @@ def _boolean(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from annotation.services.method_configs import EVAL_MAX_PROMPTS, BestOfNConfig, EvalConfig  # no torch
+
     parser = argparse.ArgumentParser(prog="app.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
@@ -187,12 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     bon.add_argument("--prompts", required=True,
                      help="prompt file in any format `import` reads (prompts, or pairs whose prompts are used); "
                           "a file with a bad record is refused")
-    bon.add_argument("--n", type=int, default=4, help="responses sampled per prompt (default 4)")
     bon.add_argument("--out", required=True, help="output .jsonl file")
-    bon.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
-    bon.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
-    bon.add_argument("--max-new-tokens", type=int, default=256, help="longest response in tokens (default 256)")
-    bon.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    for name in ("n", "temperature", "top_p", "max_new_tokens", "seed"):
+        add_field_argument(bon, BestOfNConfig, name)
 
     ev = sub.add_parser("eval", help="evaluate a tuned adapter against its base model with a reward model",
                         description="The base model and the tuned adapter answer the same held-out prompts with the "
@@ -206,12 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts", default=None,
                     help="prompt file in any format `import` reads (default: the prompts the adapter's training "
                          "held out)")
-    ev.add_argument("--max-prompts", type=int, default=32, help="evaluate at most this many prompts (default 32)")
+    ev.add_argument("--max-prompts", type=int, default=EVAL_MAX_PROMPTS,
+                    help=f"evaluate at most this many prompts (default {EVAL_MAX_PROMPTS})")
     ev.add_argument("--out", required=True, help="output folder")
-    ev.add_argument("--temperature", type=float, default=0.7, help="sampling temperature, 0 = greedy (default 0.7)")
-    ev.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
-    ev.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default 128)")
-    ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    for name in ("temperature", "top_p", "max_new_tokens", "seed"):
+        add_field_argument(ev, EvalConfig, name)
     db_cmd = sub.add_parser("db", help="database maintenance: copy a whole database to another engine",
                             description="Database maintenance.")
     db_sub = db_cmd.add_subparsers(dest="db_command", required=True, metavar="ACTION")

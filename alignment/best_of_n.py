@@ -9,9 +9,8 @@ This module owns
 * :func:`policy_backend`: a :class:`~alignment.sampling.TransformersBackend` on a base model,
   optionally with a LoRA adapter (e.g. from ``app.py train dpo``) merged into its own copy of the
   weights;
-* :class:`BestOfNConfig`: the settings of a best-of-N run over a prompt file, one dataclass with a
-  help text per field and validation in ``__post_init__`` (as the training configs), so a job's
-  form, its saved config and the worker agree.
+* :class:`BestOfNConfig` (defined in :mod:`alignment.run_configs`, light for the command line):
+  the settings of a best-of-N run over a prompt file.
 
 It is pure computation: no database, no files other than the model folders it loads.
 """
@@ -20,15 +19,14 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from alignment.chat import Messages, validate_messages
 from alignment.models import DEFAULT_MODEL, LoadedModel, load_model
-from alignment.run_folder import ADAPTER_CONFIG, read_json, recorded_base_model, saved_training_config
+from alignment.run_configs import adapter_base_model, check_adapter_dir
 from alignment.sampling import GenerationBackend, SamplingParams, TransformersBackend, backend_for
-from alignment.settings import RunSettings, check_int, help_field
 
 log = logging.getLogger(__name__)
 
@@ -136,35 +134,6 @@ def best_of_n(prompts: list[Messages], n: int, params: SamplingParams, policy_ba
 # The policy: a base model, optionally with a LoRA adapter
 # --------------------------------------------------------------------------------------------
 
-def check_adapter_dir(adapter: str | Path) -> Path:
-    """The adapter folder as a Path, or ValueError saying why it is not a policy (causal LM) adapter."""
-    path = Path(adapter).expanduser()
-    if not path.is_dir():
-        raise ValueError(f"adapter folder not found: {path}")
-    config_file = path / ADAPTER_CONFIG
-    if not config_file.is_file():
-        raise ValueError(f"{path} is not a PEFT adapter folder (no {ADAPTER_CONFIG})")
-    task = read_json(config_file).get("task_type")
-    if task == "SEQ_CLS":
-        raise ValueError(f"{path} is a reward model (a sequence-classification adapter), not a policy adapter: "
-                         f"pass it as the reward model instead")
-    return path
-
-
-def adapter_base_model(adapter: str | Path) -> str | None:
-    """The base model an adapter was trained on, when its folder says so and that model is at hand.
-
-    Prefers the spec in the run's ``training_config.json`` (as the user gave it, e.g. ``default``),
-    then ``base_model_name_or_path`` from ``adapter_config.json`` when it is an existing folder.
-    """
-    path = Path(adapter).expanduser()
-    spec = (saved_training_config(path) or {}).get("model")
-    if isinstance(spec, str) and spec.strip():
-        return spec
-    recorded = recorded_base_model(path)
-    return recorded if recorded and Path(recorded).is_dir() else None
-
-
 def load_policy_with_adapter(model_spec: str, adapter: str | Path, device: str | None = None,
                              merge: bool = True) -> LoadedModel:
     """A private copy of ``model_spec`` with the LoRA ``adapter`` applied (merged into the weights by default).
@@ -202,80 +171,3 @@ def policy_backend(model_spec: str | None = DEFAULT_MODEL, adapter: str | Path |
     spec = model_spec or adapter_base_model(adapter) or DEFAULT_MODEL
     log.info("loading policy %s with adapter %s", spec, adapter)
     return TransformersBackend(load_policy_with_adapter(spec, adapter, device), max_batch_rows=max_batch_rows)
-
-
-# --------------------------------------------------------------------------------------------
-# The settings of a run (a best-of-N job's config)
-# --------------------------------------------------------------------------------------------
-
-BEST_OF_N_FILE = "best_of_n.jsonl"
-
-
-
-def check_reward_dir(reward: str | Path) -> Path:
-    """The reward model folder as a Path, or ValueError saying why it is not one."""
-    if not isinstance(reward, (str, Path)) or not str(reward).strip():
-        raise ValueError("reward: pick a reward model (train one first: a reward-model job or `app.py train rm`)")
-    path = Path(reward).expanduser()
-    if not path.is_dir():
-        raise ValueError(f"reward model folder not found: {path}")
-    config_file = path / ADAPTER_CONFIG
-    if not config_file.is_file():
-        raise ValueError(f"{path} is not a saved reward model (no {ADAPTER_CONFIG})")
-    if read_json(config_file).get("task_type") not in (None, "SEQ_CLS"):
-        raise ValueError(f"{path} is a policy adapter, not a reward model: pick it as the adapter instead")
-    return path
-
-
-
-@dataclass(kw_only=True)
-class BestOfNConfig(RunSettings):
-    """Best-of-N over a prompt file: N samples per prompt from the policy, scored by a reward model."""
-
-    method: ClassVar[str] = "best_of_n"
-
-    data: str = field(metadata={"help": "Prompt file (JSONL: one {'prompt'} or {'messages'} row per prompt)."})
-    out: str = field(metadata={"help": f"Output folder: the dataset ({BEST_OF_N_FILE}) and every candidate "
-                                       f"with its provenance."})
-    reward: str = help_field("", "Reward model folder (the output of a reward-model job) that scores every candidate.")
-    model: str | None = help_field(None, "Policy model spec: 'default', a .gguf file, a local HF folder or a hub id "
-                                         "(empty: the adapter's base model, else 'default').")
-    adapter: str | None = help_field(None, "LoRA adapter folder for the policy, e.g. a DPO job's output (empty: the "
-                                           "base model alone).")
-    n: int = help_field(4, "Candidates sampled per prompt; the reward model keeps the best.")
-    temperature: float = help_field(0.8, "Sampling temperature (0 = greedy, which makes the N candidates identical).")
-    top_p: float = help_field(0.95, "Nucleus sampling threshold, in (0, 1].")
-    max_new_tokens: int = help_field(256, "Longest candidate, in tokens.")
-    seed: int | None = help_field(0, "Seed for sampling: the same prompts and settings give the same candidates "
-                                     "(empty: unseeded).")
-    batch_size: int = help_field(8, "Candidates scored per reward-model batch.")
-    device: str = help_field("auto", "Where to run: 'auto' (CUDA when available), 'cpu' or 'cuda'.")
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad setting and what would be accepted."""
-        self.check_files()
-        check_reward_dir(self.reward)
-        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
-            raise ValueError("model must be a non-empty spec ('default', a .gguf file, a folder or a hub id) "
-                             "or empty for the adapter's base model")
-        if self.adapter is not None:
-            check_adapter_dir(self.adapter)
-        check_int("n", self.n, minimum=1)
-        self.sampling_params()  # temperature, top_p, max_new_tokens and seed, checked where they are used
-        if self.seed is not None:
-            check_int("seed", self.seed, minimum=0)
-        check_int("batch_size", self.batch_size, minimum=1)
-        self.check_device()
-
-    def policy_spec(self) -> str:
-        """The policy model as run: the given spec, else the adapter's base model, else the default."""
-        return self.model or (adapter_base_model(self.adapter) if self.adapter else None) or DEFAULT_MODEL
-
-    @property
-    def dataset_path(self) -> Path:
-        return Path(self.out) / BEST_OF_N_FILE
-
-

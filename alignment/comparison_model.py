@@ -39,7 +39,7 @@ def check_adapter_base(adapter: str | Path, base_spec: str) -> Path:
     model spec of its training run (``training_config.json``) must resolve there; an adapter that
     records no base at all is let through with a warning (PEFT then fails on a shape mismatch).
     """
-    from alignment.best_of_n import check_adapter_dir
+    from alignment.run_configs import check_adapter_dir
     from alignment.training.lora import base_model_location
 
     path = check_adapter_dir(adapter)

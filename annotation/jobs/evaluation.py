@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignment.best_of_n import adapter_base_model
 from alignment.settings import check_optional_count, help_field
 from alignment.evaluation import (
-    EvalConfig, EvalResult, agreement_text, evaluate_against_base, held_out_pairs, held_out_prompts,
+    EvalResult, agreement_text, evaluate_against_base, held_out_pairs, held_out_prompts,
     kl_estimate_text, overlap_text, read_rows, summarize_rows, write_rows,
 )
+from alignment.run_configs import EVAL_MAX_PROMPTS, EvalConfig, adapter_base_model
 from alignment.training.data import load_pairs
 from annotation.jobs.best_of_n import ProgressEvents, _write_json
 from annotation.services.best_of_n import read_prompts
@@ -48,7 +48,7 @@ class EvalJobConfig(EvalConfig):
     project: str = help_field("", "Project the evaluation belongs to (set at submit).")
     prompts: str = help_field(HELD_OUT, f"Which prompts: {HELD_OUT} (those the adapter's training held out), all or "
                                         f"unlabelled (the project's prompts without a label).")
-    max_prompts: int | None = help_field(32, "At most this many prompts (empty: all of them). Each takes a few seconds "
+    max_prompts: int | None = help_field(EVAL_MAX_PROMPTS, "At most this many prompts (empty: all of them). Each takes a few seconds "
                                              "per 100 tokens on a CPU.")
 
     def validate(self) -> None:
@@ -89,7 +89,7 @@ def freeze(session, project: Project, out_dir: Path, values: dict[str, Any]) -> 
     """Write the prompts (and held-out human pairs) the job will read; returns the snapshot and the
     config values pointing at them. Bad settings raise InputError and write nothing that stays."""
     selection = values.get("prompts", HELD_OUT)
-    limit = values.get("max_prompts", 32)
+    limit = values.get("max_prompts", EVAL_MAX_PROMPTS)
     adapter = values.get("adapter") or ""
     if not adapter or not Path(adapter).is_dir():
         raise InputError("adapter: pick the tuned model to evaluate (a DPO job's output)")
@@ -138,9 +138,9 @@ def evaluate_and_write(config: EvalConfig, prompts: list, human_pairs: list, pro
 
 
 def evaluate_headless(adapter: str, reward: str, out: str, *, model: str | None = None,
-                      prompts_file: str | None = None, max_prompts: int | None = 32, temperature: float = 0.7,
-                      top_p: float = 0.95, max_new_tokens: int = 128, seed: int = 0,
-                      progress=None):
+                      prompts_file: str | None = None, max_prompts: int | None = EVAL_MAX_PROMPTS,
+                      temperature: float | None = None, top_p: float | None = None,
+                      max_new_tokens: int | None = None, seed: int | None = None, progress=None):
     """`app.py eval`: the same evaluation without a database, from files; writes rows and metrics to ``out``."""
     out_dir = Path(out)
     if not adapter or not Path(adapter).is_dir():
@@ -156,8 +156,11 @@ def evaluate_headless(adapter: str, reward: str, out: str, *, model: str | None 
     prompts_path = out_dir / PROMPTS_FILE
     write_jsonl([{"messages": m} for m in prompts], prompts_path)
     try:
+        # Settings left unset (None) take EvalConfig's defaults: one place for them, CLI included.
+        sampling = {k: v for k, v in dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                          seed=seed).items() if v is not None}
         config = EvalConfig(data=str(prompts_path), out=str(out_dir), adapter=adapter, reward=reward, model=model,
-                            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+                            **sampling)
     except ValueError as exc:
         raise InputError(f"invalid eval settings: {exc}") from None
     return evaluate_and_write(config, prompts, pairs, progress)

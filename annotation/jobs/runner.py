@@ -334,7 +334,7 @@ def check_models(config) -> None:
     """Refuse at submit the models a job of any kind would only find missing after a minute of
     loading: the base model (a model file or folder, or a hub id this machine has), and the adapter
     and reward-model folders of the kinds that take them."""
-    from alignment.best_of_n import check_adapter_dir, check_reward_dir
+    from alignment.run_configs import check_adapter_dir, check_reward_dir
     from alignment.models import check_model_available
     from alignment.training.preflight import check_model_spec
 

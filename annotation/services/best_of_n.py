@@ -141,7 +141,8 @@ def run_best_of_n(prompts_file: str | Path, reward: str | Path, *, model: str | 
     adapter_dir = str(check_adapter(str(adapter)).resolve()) if adapter is not None else None
 
     # Only now the heavy imports (torch, transformers): the checks above answer in a second.
-    from alignment.best_of_n import adapter_base_model, best_of_n, policy_backend
+    from alignment.best_of_n import best_of_n, policy_backend
+    from alignment.run_configs import adapter_base_model
     from alignment.models import resolve_model_spec
     from alignment.sampling import SamplingParams
     from alignment.training.reward import load_reward_model

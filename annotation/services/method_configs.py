@@ -1,7 +1,9 @@
-"""The config dataclass of each training method, reachable without loading the training stack
-(torch, transformers): what the command line needs to build its flags and help."""
+"""The config dataclass of each training method, and those of best-of-N and evaluation, reachable
+without loading the training stack (torch, transformers): what the command line needs to build its
+flags, defaults and help."""
 from __future__ import annotations
 
+from alignment.run_configs import EVAL_MAX_PROMPTS, BestOfNConfig, EvalConfig  # noqa: F401  (for app.py)
 from alignment.training.config import METHODS, CommonConfig
 
 #: CLI / job-kind names that differ from the config's method name.

@@ -104,7 +104,7 @@ def check_model(spec: str, what: str = "model") -> None:
 def check_adapter(spec: str, what: str = "adapter") -> Path:
     """A trained policy adapter folder (a reward model given here is refused with that reason)."""
     path = _located(spec or "", what, ("adapter",))
-    from alignment.best_of_n import check_adapter_dir
+    from alignment.run_configs import check_adapter_dir
 
     return _explained(what, lambda: check_adapter_dir(path))
 
@@ -112,7 +112,7 @@ def check_adapter(spec: str, what: str = "adapter") -> Path:
 def check_reward_model(spec: str, what: str = "reward model") -> Path:
     """A trained reward model folder (a policy adapter given here is refused with that reason)."""
     path = _located(spec or "", what, ("adapter",))
-    from alignment.best_of_n import check_reward_dir
+    from alignment.run_configs import check_reward_dir
 
     return _explained(what, lambda: check_reward_dir(path))
 
