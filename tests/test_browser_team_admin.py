@@ -117,6 +117,7 @@ def test_admin_creates_an_annotator_who_labels_in_a_private_context_and_cannot_r
         # ann, created and made a member of P in the page.
         create_user(admin, "ann", "annotator", ANN_PASSWORD, ANN_PASSWORD)
         users_status(admin, re.escape("✅ Added annotator 'ann': they can log in now."))
+        assert admin.locator("#new-user-name textarea, #new-user-name input").first.input_value() == ""
         assert users_table(admin)[("ann", "annotator")] == ["yes", ""]
         pick_dropdown(admin, "user-pick", "ann")
         pick_dropdown(admin, "member-project", P)

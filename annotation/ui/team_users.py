@@ -95,29 +95,31 @@ def wire_user_forms(ctx: UIContext, forms: UserForms, annotator: gr.Textbox, sho
     secrets = [forms.new_password, forms.new_again, forms.password, forms.again]
     outputs = [*views, forms.status, *secrets, forms.new_name]
 
-    def finish(request: gr.Request, typed_name, project, message: str, done: bool) -> dict:
+    def finish(request: gr.Request, typed_name, project, message: str, done: bool, cleared=()) -> dict:
         emptied = {box: "" for box in secrets}
         if not done:
             return {forms.status: f"⚠️ {message}", **emptied}
         if not has(actor_of(ctx, request, typed_name), Permission.view_team_stats):
-            # The admin demoted themselves, or logged themselves out with a new password, or created
-            # the first account in local mode: this page's next call would be refused.
+            # The admin demoted themselves, or created the first account in local mode (from now on
+            # everyone logs in): this page's next call would be refused.
             return {forms.status: f"✅ {message} Reload the page to go on.", **emptied}
-        return {**show(request, typed_name, project), forms.status: f"✅ {message}", **emptied, forms.new_name: ""}
+        return {**show(request, typed_name, project), forms.status: f"✅ {message}", **emptied,
+                **{box: "" for box in cleared}}
 
-    def act(request: gr.Request, typed_name, project, change: Callable[[Actor], str]) -> dict:
+    def act(request: gr.Request, typed_name, project, change: Callable[[Actor], str], cleared=()) -> dict:
+        """`cleared`: the fields emptied once the change is made (the password fields always are)."""
         actor = caller(ctx, request, Permission.manage_users, typed_name=typed_name)
         try:
             message = change(actor)
         except InputError as exc:
             return finish(request, typed_name, project, str(exc), done=False)
-        return finish(request, typed_name, project, message, done=True)
+        return finish(request, typed_name, project, message, done=True, cleared=cleared)
 
     def create_user(typed_name, shown_project, new_name, new_role, password, password_again, request: gr.Request):
         def change(actor: Actor):
             accounts.create_account(ctx.db, new_name, new_role, password, password_again)
             return f"Added {new_role} {new_name.strip()!r}: they can log in now."
-        return act(request, typed_name, shown_project, change)
+        return act(request, typed_name, shown_project, change, cleared=[forms.new_name])
 
     def set_user_role(typed_name, shown_project, user, role, request: gr.Request):
         def change(actor: Actor):
