@@ -268,13 +268,13 @@ def read_password(confirm: bool = True) -> str:
     """From the terminal without echo (twice), or the first line of standard input (scripts, CI)."""
     import getpass
 
-    from annotation.services import InputError
+    from annotation.auth.passwords import same_password
 
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
     password = getpass.getpass("Password: ")
-    if confirm and password and getpass.getpass("Password again: ") != password:
-        raise InputError("the two passwords differ; nothing was changed")
+    if confirm and password:
+        same_password(password, getpass.getpass("Password again: "))
     return password
 
 
