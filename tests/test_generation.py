@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 
@@ -61,7 +62,12 @@ def test_worker_keeps_the_queue_topped_up(db, tiny_model_dir):
 
 
 def test_a_broken_model_fails_its_project_only_and_is_retried_later(db, tiny_model_dir, tmp_path):
-    make_generating_project(db, "broken", tmp_path / "no-such-model")
+    # The model was there when the project was created (the project form checks it) and was
+    # deleted from disk afterwards.
+    gone = tmp_path / "no-such-model"
+    shutil.copytree(tiny_model_dir, gone)
+    make_generating_project(db, "broken", gone)
+    shutil.rmtree(gone)
     make_generating_project(db, "fine", tiny_model_dir)
     status_file = tmp_path / "status.json"
     worker = GenerationWorker(db, retry_seconds=3600, status_path=status_file)
