@@ -401,9 +401,11 @@ def test_a_missing_model_is_refused_and_a_failed_job_says_why(page, server, tiny
 
     # A model folder that exists but cannot be loaded fails in the job: its one-line reason shows in
     # the table and next to the job, not only inside a traceback in the log.
-    broken = tmp_path / "broken-model"  # its config passes the checks at launch; it has no weights
+    broken = tmp_path / "broken-model"  # its config and tokenizer pass the checks at launch; no weights
     broken.mkdir()
-    shutil.copy(Path(tiny_model_dir) / "config.json", broken / "config.json")
+    for kept in Path(tiny_model_dir).iterdir():
+        if kept.name == "config.json" or kept.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            shutil.copy(kept, broken / kept.name)
     set_up_dpo(page, broken, 3)
     job_id = launch(page)
     expect(page.locator("#job-progress")).to_contain_text(f"job {job_id} · failed", timeout=120_000)
