@@ -43,7 +43,7 @@ def test_bad_reward_settings_are_refused_at_submit(db, runner, tiny_model_dir, t
     make_project(db, "p", prompts=2)
     with pytest.raises(InputError, match="unknown built-in reward 'regexp'"):
         runner.submit(JobRequest("grpo", "p", rl_config(tiny_model_dir, reward_rule=["regexp:a"])))
-    with pytest.raises(InputError, match="file not found"):
+    with pytest.raises(InputError, match="is not a reward function this server can use"):
         runner.submit(JobRequest("ppo", "p", rl_config(tiny_model_dir, reward_fn=[f"{tmp_path}/none.py:f"])))
     rules = tmp_path / "rules.py"
     rules.write_text("x = 1\n", encoding="utf-8")
