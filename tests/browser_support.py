@@ -187,8 +187,19 @@ def wait_idle(page, timeout: float = 60_000) -> None:
 
 
 def pick_dropdown(page, elem_id: str, value: str) -> None:
-    page.click(f"#{elem_id} input[role=combobox]")
+    """Choose `value` and leave the list closed. On a loaded machine the page can redraw the
+    dropdown while the option is clicked, leaving its list open over the elements below it:
+    Escape closes it, as a person would."""
+    from playwright.sync_api import expect
+
+    combo = page.locator(f"#{elem_id} input[role=combobox]")
+    options = page.locator(f"#{elem_id} [role=option]")
+    combo.click()
     page.locator(f"#{elem_id} [role=option][aria-label='{value}']").click()
+    expect(combo).to_have_value(value)
+    if options.count():
+        combo.press("Escape")
+    expect(options).to_have_count(0)
 
 
 def status_text(page, elem_id: str = "status") -> str:

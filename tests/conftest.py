@@ -23,6 +23,14 @@ HH_FILE = SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
 
 
 def pytest_configure(config):
+    try:
+        from playwright.sync_api import expect
+    except ImportError:
+        pass
+    else:
+        # Playwright's 5 s default for `expect` is shorter than one Gradio round trip on a loaded
+        # machine (two test processes beside the servers they start), where pages stay "processing".
+        expect.set_options(timeout=20_000)
     config.addinivalue_line("markers", "e2e: end-to-end test on the real embedded SmolLM2 model (slow)")
     config.addinivalue_line("markers", "browser: drives the real UI in headless Chromium through Playwright")
     config.addinivalue_line("markers", "databases: runs once on SQLite and once on a throwaway PostgreSQL server")
