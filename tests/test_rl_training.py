@@ -165,6 +165,42 @@ def test_ppo_resumes_with_the_critic_its_checkpoint_saved(peaked_model_dir, prom
         assert torch.equal(restored.cpu(), value)
 
 
+def test_ppo_epochs_shuffle_the_rollout_into_mini_batches(peaked_model_dir, prompt_file, tmp_path):
+    """One rollout of 8 prompts, 2 PPO epochs x 2 mini-batches: 4 optimizer steps on it, each epoch a
+    partition of the 8 prompts in a new order, and each repacked mini-batch carries the rows of the
+    prepared tensors that belong to its own completions (the policy re-scores them to the same log-probs)."""
+    import torch
+
+    from alignment.rl.ppo import PPO
+    from alignment.rl.trainer import padded_token_logps
+    from alignment.training.skeleton import train
+
+    method = PPO(PPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "run", max_steps=4, batch_size=8,
+                                      micro_batch_size=None, ppo_epochs=2, num_mini_batches=2, eval_fraction=0.0)))
+    seen = []
+
+    def spy(rollout, batch):
+        parts = PPO.minibatches(method, rollout, batch)
+        for part in parts:
+            with torch.no_grad():
+                logps, mask, _ = padded_token_logps(method.trainable.model, part)
+            assert torch.allclose(logps * mask, part["old_logps"] * mask, atol=1e-5)
+            seen.append(part["prompt_index"])
+        return parts
+
+    method.minibatches = spy
+    result = train(method)
+    assert result.steps == 4
+    steps = [e for e in ProgressFile.read(result.out_dir / "progress.jsonl") if e["event"] == "step"]
+    assert len(steps) == 4
+    rounds = [json.loads(line)["round"] for line in (result.out_dir / "rollouts.jsonl").read_text().splitlines()]
+    assert rounds == [1]  # one rollout served all four steps
+    assert len(seen) == 4 and all(len(share) == 4 for share in seen)
+    first_epoch, second_epoch = seen[:2], seen[2:]
+    assert sorted(first_epoch[0] + first_epoch[1]) == sorted(second_epoch[0] + second_epoch[1]) == list(range(8))
+    assert first_epoch != second_epoch  # shuffled again for the second pass
+
+
 def test_ppo_critic_starts_as_the_reward_model(tiny_model_dir, tiny_reward_dir, prompt_file, tmp_path):
     """critic_from_reward_model: the critic's LoRA is the reward model's (its rank too, not the
     policy's) and its value head is the reward model's score head."""
@@ -210,6 +246,10 @@ def test_bad_settings_are_refused_before_launch(peaked_model_dir, prompt_file, t
     with pytest.raises(ValueError, match=r"batch_size \(2048 prompts\) x num_generations \(4 completions each\) "
                                          r"= 8,192 completions per step, more than 4,096"):
         GRPOConfig(**{**base, "batch_size": 2048, "num_generations": 4})
+    with pytest.raises(ValueError, match=r"num_mini_batches \(9\) is more than the rollout's 8 prompts"):
+        PPOConfig(**{**base, "num_mini_batches": 9})
+    with pytest.raises(ValueError, match=r"num_mini_batches 2 needs the whole rollout in one forward pass"):
+        PPOConfig(**{**base, "num_mini_batches": 2, "micro_batch_size": 4})
 
 
 @pytest.mark.parametrize("body, message", [

@@ -17,8 +17,12 @@ For each sampled chunk (:meth:`PPO.prepare`, no gradients):
 3. GAE advantages and returns (:func:`alignment.rl.advantages.gae`), whitened over the chunk (PPO
    forwards the whole batch as one chunk unless ``micro_batch_size`` splits it).
 
-Then ``ppo_epochs`` optimizer steps on that rollout (:meth:`PPO.loss`), each the clipped surrogate
-(actor) plus ``vf_coef`` times the clipped value loss (critic), averaged over tokens.
+Then ``ppo_epochs`` passes over that rollout, each shuffling its prompts into ``num_mini_batches``
+mini-batches with one optimizer step each (:meth:`PPO.minibatches`; the usual PPO epochs and
+mini-batches, as in Schulman et al. 2017, Algorithm 1, and Huang et al. 2022, "The 37
+implementation details of PPO", details 5 and 6). Each step's loss (:meth:`PPO.loss`) is the
+clipped surrogate (actor) plus ``vf_coef`` times the clipped value loss (critic), averaged over
+the mini-batch's tokens.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ from alignment.rl.advantages import explained_variance, gae, masked_mean, whiten
 from alignment.rl.kl import AdaptiveKLController, approx_kl, kl_penalty
 from alignment.rl.losses import aggregate, clipped_surrogate, clipped_value_loss
 from alignment.rl.rewards import RewardModelReward
-from alignment.rl.rollouts import Rollout, to_padded
+from alignment.rl.rollouts import Rollout, pack_rollout, to_padded
 from alignment.rl.trainer import OnlineRLMethod, active_adapter, padded_token_logps, reference_model
 from alignment.training.config import PPOConfig
 from alignment.training.lora import TrainableModel, lora_config
@@ -55,7 +59,7 @@ class PPO(OnlineRLMethod):
     config: PPOConfig
 
     def reuse(self) -> int:
-        return self.config.ppo_epochs
+        return self.config.ppo_epochs * self.config.num_mini_batches
 
     # -- the critic ------------------------------------------------------------------------------
     def setup(self, policy: TrainableModel) -> None:
@@ -175,6 +179,36 @@ class PPO(OnlineRLMethod):
             self.kl_coef = self.kl_controller.update(sequence_kl, n_steps=len(scores))
         return {"old_logps": old_logps, "old_values": old_values, "advantages": advantages, "returns": returns,
                 "metrics": metrics}
+
+    # -- the steps on it ----------------------------------------------------------------------
+    def minibatches(self, rollout: Rollout, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """``ppo_epochs`` x ``num_mini_batches`` batches: each epoch a fresh permutation of the
+        rollout's prompts (seeded by the run's seed and the round, so a rerun repeats it), cut into
+        ``num_mini_batches`` near-equal shares, each repacked with its prompts' completions and
+        their rows of the prepared tensors."""
+        config = self.config
+        if config.num_mini_batches == 1:
+            return [batch]
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + self._round)
+        parts = []
+        for _ in range(config.ppo_epochs):
+            order = torch.randperm(len(rollout.prompts), generator=generator)
+            parts += [self._select(rollout, batch, sorted(share.tolist()))
+                      for share in torch.tensor_split(order, config.num_mini_batches)]
+        return parts
+
+    def _select(self, rollout: Rollout, batch: dict[str, Any], groups: list[int]) -> dict[str, Any]:
+        """The packed batch of prompts ``groups`` with their completions' old log-probs, values,
+        advantages and returns (cut to the longest of those completions)."""
+        k, device = rollout.k, batch["old_logps"].device
+        completions = torch.tensor([g * k + j for g in groups for j in range(k)], device=device)
+        part: dict[str, Any] = {key: t.to(device) for key, t in
+                                pack_rollout(rollout, self.tokenizer.pad_token_id, groups).items()}
+        width = int(torch.bincount(part["segments"]).max())
+        for key in ("old_logps", "old_values", "advantages", "returns"):
+            part[key] = batch[key][completions, :width]
+        part.update(rollout_metrics=batch["rollout_metrics"], prompt_index=groups)
+        return part
 
     def loss(self, forward: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         config = self.config

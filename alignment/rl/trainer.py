@@ -13,8 +13,8 @@
    samples K completions per prompt, rewards them, packs each prompt with its K completions into
    one row and lets the method add what its loss needs (:meth:`prepare`: advantages, old and
    reference log-probs, values). A sampled chunk serves :meth:`reuse` optimizer steps in a row
-   (GRPO's ``num_iterations``, PPO's ``ppo_epochs``); the prompts the loop offers meanwhile are
-   skipped;
+   (GRPO's ``num_iterations``, PPO's ``ppo_epochs`` x ``num_mini_batches``: :meth:`minibatches`
+   says what each of those steps trains on); the prompts the loop offers meanwhile are skipped;
 5. **held-out evaluation**: the held-out reward after training, beside the one before;
 6. **save**: the adapter; :meth:`save` adds the method's own files (PPO's value head).
 
@@ -240,6 +240,11 @@ class OnlineRLMethod(Method):
         ``"metrics"`` entry is reported with the step."""
         raise NotImplementedError
 
+    def minibatches(self, rollout: Rollout, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """The batches the steps of this round train on, in order (default: the sampled chunk
+        itself, reused as a whole; PPO splits it into shuffled mini-batches)."""
+        return [batch]
+
     # (1) and (2) -------------------------------------------------------------------------------
     def load_data(self) -> Data:
         if not self.config.resume_from:
@@ -269,11 +274,11 @@ class OnlineRLMethod(Method):
         if position == 0:
             self._buffer = []
             self._round += 1
-        batch = self._sample(model, [self.data.train[i] for i in indices])
-        self._buffer.append(batch)
-        return batch
+        parts = self.minibatches(*self._sample(model, [self.data.train[i] for i in indices]))
+        self._buffer.extend(parts)
+        return parts[0]
 
-    def _sample(self, model: Any, prompts: list[RLPrompt]) -> dict[str, Any]:
+    def _sample(self, model: Any, prompts: list[RLPrompt]) -> tuple[Rollout, dict[str, Any]]:
         config = self.config
         started = time.monotonic()
         params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
@@ -298,7 +303,7 @@ class OnlineRLMethod(Method):
         self._log(rollout, scores, completion_advantages(prepared["advantages"].detach().cpu(),
                                                          batch["segments"].cpu()))
         batch.update(prepared, rollout_metrics=metrics)
-        return batch
+        return rollout, batch
 
     def _log(self, rollout: Rollout, scores: Tensor, advantages: Tensor) -> None:
         if self.config.rollouts_shown:

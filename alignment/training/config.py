@@ -381,7 +381,10 @@ class PPOConfig(OnlineRLConfig):
     target_kl: float | None = _f(None, "Adaptive KL controller (Ziegler et al. 2019): steer the KL towards this "
                                        "value; empty: a fixed kl_coef.")
     kl_horizon: int = _f(10_000, "Adaptive KL controller horizon, in rollouts.")
-    ppo_epochs: int = _f(4, "Optimizer steps on each rollout (PPO epochs; the batch is one mini-batch).")
+    ppo_epochs: int = _f(4, "Passes over each rollout (PPO epochs).")
+    num_mini_batches: int = _f(1, "Mini-batches per PPO epoch: each epoch shuffles the rollout's prompts and "
+                                  "takes one optimizer step per share (steps per rollout = ppo_epochs x this).",
+                               label="Mini-batches per PPO epoch")
     whiten_advantages: bool = _f(True, "Normalise advantages to mean 0, std 1 over each rollout.")
     critic_from_reward_model: bool = _f(False, "Start the critic as the reward model: its LoRA and its score head "
                                                "as the value head (same base model only).")
@@ -403,6 +406,16 @@ class PPOConfig(OnlineRLConfig):
             raise ValueError(f"target_kl must be > 0 or empty, got {self.target_kl!r}")
         check_int("kl_horizon", self.kl_horizon, minimum=1, maximum=MAX_STEPS)
         check_int("ppo_epochs", self.ppo_epochs, minimum=1, maximum=MAX_EPOCHS)
+        check_int("num_mini_batches", self.num_mini_batches, minimum=1)
+        if self.num_mini_batches > self.batch_size:
+            raise ValueError(f"num_mini_batches ({self.num_mini_batches}) is more than the rollout's {self.batch_size} "
+                             f"prompts (batch_size): each mini-batch needs at least one prompt")
+        if self.num_mini_batches > 1 and self.resolved_micro_batch_size() < self.batch_size:
+            # the whole rollout is sampled and prepared (advantages whitened) before its first
+            # mini-batch trains, so it must be one forward chunk
+            raise ValueError(f"num_mini_batches {self.num_mini_batches} needs the whole rollout in one forward pass: "
+                             f"leave micro_batch_size empty (it is {self.micro_batch_size}, the batch "
+                             f"{self.batch_size}); the mini-batches are what keeps the training passes small")
         if self.critic_from_reward_model and not self.reward_model:
             raise ValueError("critic_from_reward_model needs reward_model")
 
