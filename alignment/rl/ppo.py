@@ -20,7 +20,7 @@ For each sampled chunk (:meth:`PPO.prepare`, no gradients):
 Then ``ppo_epochs`` passes over that rollout, each shuffling its prompts into ``num_mini_batches``
 mini-batches with one optimizer step each (:meth:`PPO.minibatches`; the usual PPO epochs and
 mini-batches, as in Schulman et al. 2017, Algorithm 1, and Huang et al. 2022, "The 37
-implementation details of PPO", details 5 and 6). Each step's loss (:meth:`PPO.loss`) is the
+implementation details of PPO", detail 6: mini-batch updates). Each step's loss (:meth:`PPO.loss`) is the
 clipped surrogate (actor) plus ``vf_coef`` times the clipped value loss (critic), averaged over
 the mini-batch's tokens.
 """
