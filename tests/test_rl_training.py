@@ -126,10 +126,11 @@ def test_the_rollout_log_holds_each_rounds_answers_with_their_rewards_and_advant
     rules.write_text("def chars(prompts, completions, **columns):\n"
                      "    return [float(len(c)) for c in completions]\n", encoding="utf-8")
     config = GRPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "run", max_steps=2, batch_size=2,
-                                   micro_batch_size=1, num_generations=4, eval_fraction=0.0, rollouts_shown=4,
+                                   micro_batch_size=1, num_generations=4, eval_fraction=0.0, rollouts_shown=8,
                                    reward_rule=[], reward_fn=[f"{rules}:chars"]))
     result = train_grpo(config)
-    assert [r["round"] for r in read_rollouts(result.out_dir)] == [1, 1, 2, 2]
+    # one rollout per step, both prompts sampled together though they train one forward chunk each
+    assert [r["round"] for r in read_rollouts(result.out_dir)] == [1, 2]
     rows = latest_round(result.out_dir)
     assert len(rows) == 8
     for group in (rows[:4], rows[4:]):
@@ -183,19 +184,26 @@ def test_ppo_epochs_shuffle_the_rollout_into_mini_batches(peaked_model_dir, prom
     from alignment.training.skeleton import train
 
     method = PPO(PPOConfig(**settings(peaked_model_dir, prompt_file, tmp_path / "run", max_steps=4, batch_size=8,
-                                      micro_batch_size=None, ppo_epochs=2, num_mini_batches=2, eval_fraction=0.0)))
+                                      micro_batch_size=2, ppo_epochs=2, num_mini_batches=2, eval_fraction=0.0)))
     seen = []
 
-    def spy(rollout, batch):
-        parts = PPO.minibatches(method, rollout, batch)
-        for part in parts:
-            with torch.no_grad():
-                logps, mask, _ = padded_token_logps(method.trainable.model, part)
+    def spy(rollout, batch, groups):
+        part = PPO.select(method, rollout, batch, groups)
+        was_training = method.trainable.model.training
+        method.trainable.model.eval()
+        with torch.no_grad():
+            logps, mask, _ = padded_token_logps(method.trainable.model, part)
+        method.trainable.model.train(was_training)
+        if not seen or len(seen[-1]) == 4:  # forward chunks of 2 prompts; a mini-batch takes 2 of them
+            seen.append([])
+        seen[-1] += part["prompt_index"]
+        # each completion's own rows, cut to the chunk's longest completion
+        assert part["old_logps"].shape == mask.shape and not (part["old_logps"] * ~mask).any()
+        if len(seen) == 1:  # before the first update, the policy re-scores them to the same log-probs
             assert torch.allclose(logps * mask, part["old_logps"] * mask, atol=1e-5)
-            seen.append(part["prompt_index"])
-        return parts
+        return part
 
-    method.minibatches = spy
+    method.select = spy
     result = train(method)
     assert result.steps == 4
     steps = [e for e in ProgressFile.read(result.out_dir / "progress.jsonl") if e["event"] == "step"]
@@ -255,8 +263,7 @@ def test_bad_settings_are_refused_before_launch(peaked_model_dir, prompt_file, t
         GRPOConfig(**{**base, "batch_size": 2048, "num_generations": 4})
     with pytest.raises(ValueError, match=r"num_mini_batches \(9\) is more than the rollout's 8 prompts"):
         PPOConfig(**{**base, "num_mini_batches": 9})
-    with pytest.raises(ValueError, match=r"num_mini_batches 2 needs the whole rollout in one forward pass"):
-        PPOConfig(**{**base, "num_mini_batches": 2, "micro_batch_size": 4})
+    PPOConfig(**{**base, "num_mini_batches": 2, "micro_batch_size": 1})  # mini-batches run in forward chunks too
 
 
 @pytest.mark.parametrize("body, message", [

@@ -37,20 +37,23 @@ class ToyReinforce(Method):
     def load_data(self) -> Data:
         return Data(PROMPTS, [])
 
-    def rollout(self, model, indices):
+    def rollout(self, model, indices, forward_size):
         self.rollout_calls.append((list(indices), model.training, torch.is_grad_enabled()))
-        rows, advantages = [], []
+        groups = []
         for i in indices:
             prompt_ids = self.tokenizer(self.data.train[i], add_special_tokens=False)["input_ids"]
             output = model.generate(input_ids=torch.tensor([prompt_ids] * 2), max_new_tokens=4, do_sample=True,
                                     pad_token_id=self.tokenizer.eos_token_id)
             answers = [row[len(prompt_ids):] for row in output.tolist()]
-            rows.append((prompt_ids, answers))
             longer = int(len(answers[1]) > len(answers[0]))
-            advantages += [1.0 if k == longer else -1.0 for k in range(2)]
-        batch = pack_shared_prefix(rows, pad=self.tokenizer.eos_token_id)
-        batch["advantages"] = torch.tensor(advantages)
-        return batch
+            groups.append(((prompt_ids, answers), [1.0 if k == longer else -1.0 for k in range(2)]))
+        chunks = []
+        for start in range(0, len(groups), forward_size):
+            part = groups[start:start + forward_size]
+            batch = pack_shared_prefix([rows for rows, _ in part], pad=self.tokenizer.eos_token_id)
+            batch["advantages"] = torch.tensor([a for _, advantages in part for a in advantages])
+            chunks.append((batch, len(part) / len(groups)))
+        return chunks
 
     def loss(self, forward, batch):
         self.loss_modes.append(self.trainable.model.training)
@@ -68,10 +71,10 @@ def test_a_rollout_method_samples_each_batch_from_the_policy_being_trained(tiny_
     torch.manual_seed(0)
     result = train(method, callbacks=[recorder])
 
-    # 2 steps x 2 prompts, one prompt per forward chunk: four rollouts, each of one whole prompt,
-    # in eval mode without gradients; the loss that follows each ran in train mode.
-    assert [len(prompts) for prompts, _, _ in method.rollout_calls] == [1, 1, 1, 1]
-    assert len({p for prompts, _, _ in method.rollout_calls[:2] for p in prompts}) == 2
+    # 2 steps x 2 prompts: one rollout per step, of both its prompts, in eval mode without
+    # gradients; then one forward chunk per prompt, each loss in train mode.
+    assert [len(prompts) for prompts, _, _ in method.rollout_calls] == [2, 2]
+    assert len(set(method.rollout_calls[0][0])) == 2
     assert all(not training and not grad for _, training, grad in method.rollout_calls)
     assert method.loss_modes == [True] * 4
     assert result.steps == 2 and math.isfinite(result.metrics["loss"])

@@ -1,6 +1,6 @@
 """GRPO (Shao et al. 2024, DeepSeekMath, eq. 3) with LoRA, and its siblings Dr. GRPO and RLOO.
 
-For each chunk of prompts with their K sampled completions (:meth:`GRPO.prepare`, no gradients):
+For each rollout, the prompts with their K sampled completions (:meth:`GRPO.prepare`, no gradients):
 
 1. advantages from the group (:func:`alignment.rl.advantages.group_advantages`): every token of
    completion ``i`` gets ``Â_i``;

@@ -9,13 +9,12 @@ Four roles, one copy of the base weights:
 * reference: the base with the adapters switched off (or the frozen ``init_adapter``);
 * reward: the weighted reward functions / reward model of :mod:`alignment.rl.rewards`.
 
-For each sampled chunk (:meth:`PPO.prepare`, no gradients):
+For each rollout (:meth:`PPO.prepare`, no gradients):
 
 1. the actor's ("old") and the reference's log-probs and the critic's values of every token;
 2. per-token rewards ``r_t = −β · KL_t`` plus the sequence's score at its last token (Ziegler et al.
    2019, eq. 2; Ouyang et al. 2022, eq. 2), β adaptive when ``target_kl`` is set;
-3. GAE advantages and returns (:func:`alignment.rl.advantages.gae`), whitened over the chunk (PPO
-   forwards the whole batch as one chunk unless ``micro_batch_size`` splits it).
+3. GAE advantages and returns (:func:`alignment.rl.advantages.gae`), whitened over the rollout.
 
 Then ``ppo_epochs`` passes over that rollout, each shuffling its prompts into ``num_mini_batches``
 mini-batches with one optimizer step each (:meth:`PPO.minibatches`; the usual PPO epochs and
@@ -39,7 +38,7 @@ from alignment.rl.advantages import explained_variance, gae, masked_mean, whiten
 from alignment.rl.kl import AdaptiveKLController, approx_kl, kl_penalty
 from alignment.rl.losses import aggregate, clipped_surrogate, clipped_value_loss
 from alignment.rl.rewards import RewardModelReward
-from alignment.rl.rollouts import Rollout, pack_rollout, to_padded
+from alignment.rl.rollouts import Rollout, to_padded
 from alignment.rl.trainer import OnlineRLMethod, active_adapter, padded_token_logps, reference_model
 from alignment.training.config import PPOConfig
 from alignment.training.lora import TrainableModel, lora_config
@@ -181,34 +180,19 @@ class PPO(OnlineRLMethod):
                 "metrics": metrics}
 
     # -- the steps on it ----------------------------------------------------------------------
-    def minibatches(self, rollout: Rollout, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """``ppo_epochs`` x ``num_mini_batches`` batches: each epoch a fresh permutation of the
-        rollout's prompts (seeded by the run's seed and the round, so a rerun repeats it), cut into
-        ``num_mini_batches`` near-equal shares, each repacked with its prompts' completions and
-        their rows of the prepared tensors."""
+    def minibatches(self, rollout: Rollout) -> list[list[int]]:
+        """``ppo_epochs`` x ``num_mini_batches`` shares of the rollout's prompts: each epoch a fresh
+        permutation (seeded by the run's seed and the round, so a rerun repeats it), cut into
+        ``num_mini_batches`` near-equal shares."""
         config = self.config
         if config.num_mini_batches == 1:
-            return [batch]
+            return [list(range(len(rollout.prompts)))]
         generator = torch.Generator().manual_seed(config.seed * 100_003 + self._round)
-        parts = []
+        shares = []
         for _ in range(config.ppo_epochs):
             order = torch.randperm(len(rollout.prompts), generator=generator)
-            parts += [self._select(rollout, batch, sorted(share.tolist()))
-                      for share in torch.tensor_split(order, config.num_mini_batches)]
-        return parts
-
-    def _select(self, rollout: Rollout, batch: dict[str, Any], groups: list[int]) -> dict[str, Any]:
-        """The packed batch of prompts ``groups`` with their completions' old log-probs, values,
-        advantages and returns (cut to the longest of those completions)."""
-        k, device = rollout.k, batch["old_logps"].device
-        completions = torch.tensor([g * k + j for g in groups for j in range(k)], device=device)
-        part: dict[str, Any] = {key: t.to(device) for key, t in
-                                pack_rollout(rollout, self.tokenizer.pad_token_id, groups).items()}
-        width = int(torch.bincount(part["segments"]).max())
-        for key in ("old_logps", "old_values", "advantages", "returns"):
-            part[key] = batch[key][completions, :width]
-        part.update(rollout_metrics=batch["rollout_metrics"], prompt_index=groups)
-        return part
+            shares += [sorted(share.tolist()) for share in torch.tensor_split(order, config.num_mini_batches)]
+        return shares
 
     def loss(self, forward: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         config = self.config

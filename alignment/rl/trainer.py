@@ -9,12 +9,15 @@
    reference; otherwise the reference is the base with the adapter switched off), a sampler over
    it, the method's own parts (PPO's critic), and the held-out reward before training;
 3. (no fixed reference rows: the KL term needs the reference on freshly sampled tokens);
-4. **loop**: for each forward chunk of prompts the loop asks :meth:`OnlineRLMethod.rollout`, which
-   samples K completions per prompt, rewards them, packs each prompt with its K completions into
-   one row and lets the method add what its loss needs (:meth:`prepare`: advantages, old and
-   reference log-probs, values). A sampled chunk serves :meth:`reuse` optimizer steps in a row
-   (GRPO's ``num_iterations``, PPO's ``ppo_epochs`` x ``num_mini_batches``: :meth:`minibatches`
-   says what each of those steps trains on); the prompts the loop offers meanwhile are skipped;
+4. **loop**: for each step's prompts the loop asks :meth:`OnlineRLMethod.rollout`, which samples
+   K completions for every prompt of the step in one batched generation, rewards them, packs each
+   prompt with its K completions into one row and lets the method add what its loss needs
+   (:meth:`prepare`, over the whole rollout: advantages, old and reference log-probs, values). A
+   rollout serves :meth:`reuse` optimizer steps in a row (GRPO's ``num_iterations``, PPO's
+   ``ppo_epochs`` x ``num_mini_batches``: :meth:`minibatches` says which prompts each of those
+   steps trains on); the prompts the loop offers meanwhile are skipped. Each step's prompts are
+   cut into forward chunks of ``micro_batch_size`` prompts (:meth:`select` repacks a chunk with
+   its rows of the prepared tensors), so memory follows the chunk, not the rollout;
 5. **held-out evaluation**: the held-out reward after training, beside the one before;
 6. **save**: the adapter; :meth:`save` adds the method's own files (PPO's value head).
 
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -221,7 +223,10 @@ class OnlineRLMethod(Method):
         self.rewards: list[WeightedReward] = []
         self.backend: TransformersBackend | None = None
         self.reward_before: float | None = None
-        self._buffer: list[dict[str, Any]] = []  # the chunks of the rollout being reused
+        self._rollout: Rollout | None = None  # the rollout being reused, its packed batch and
+        self._batch: dict[str, Any] = {}  # prepared tensors, and the prompts each of its steps takes
+        self._steps: list[list[int]] = []
+        self._prepared_keys: list[str] = []  # the prepared tensors with one row per completion
         self._calls = 0
         self._generations = 0
         self._round = 0  # rollout rounds started: the chunks sampled for one step share it
@@ -240,10 +245,27 @@ class OnlineRLMethod(Method):
         ``"metrics"`` entry is reported with the step."""
         raise NotImplementedError
 
-    def minibatches(self, rollout: Rollout, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """The batches the steps of this round train on, in order (default: the sampled chunk
-        itself, reused as a whole; PPO splits it into shuffled mini-batches)."""
-        return [batch]
+    def minibatches(self, rollout: Rollout) -> list[list[int]]:
+        """The prompts (indices into ``rollout.prompts``) each step of this round trains on, in
+        order, cycled through :meth:`reuse` steps (default: the whole rollout every time; PPO
+        shuffles it into mini-batches)."""
+        return [list(range(len(rollout.prompts)))]
+
+    def select(self, rollout: Rollout, batch: dict[str, Any], groups: list[int]) -> dict[str, Any]:
+        """The packed batch of prompts ``groups`` with their completions' rows of the prepared
+        tensors (cut to the longest of those completions); the batch itself for all of them."""
+        if groups == list(range(len(rollout.prompts))):
+            return batch
+        k, device = rollout.k, batch["last_index"].device
+        completions = torch.tensor([g * k + j for g in groups for j in range(k)], device=device)
+        part: dict[str, Any] = {key: t.to(device) for key, t in
+                                pack_rollout(rollout, self.tokenizer.pad_token_id, groups).items()}
+        width = int(torch.bincount(part["segments"]).max())
+        for key in self._prepared_keys:
+            rows = batch[key][completions]
+            part[key] = rows[:, :width] if rows.dim() == 2 else rows
+        part.update(rollout_metrics=batch["rollout_metrics"], prompt_index=list(groups))
+        return part
 
     # (1) and (2) -------------------------------------------------------------------------------
     def load_data(self) -> Data:
@@ -264,19 +286,18 @@ class OnlineRLMethod(Method):
         return policy
 
     # (4) ----------------------------------------------------------------------------------------
-    def rollout(self, model: Any, indices: list[int]) -> dict[str, Any]:
-        """A fresh chunk, or the next chunk of the rollout being reused (see the module docstring)."""
-        per_step = math.ceil(self.config.batch_size / self.config.resolved_micro_batch_size())
-        position = self._calls % (per_step * self.reuse())
+    def rollout(self, model: Any, indices: list[int], forward_size: int) -> list[tuple[dict[str, Any], float]]:
+        """This step's forward chunks: from a fresh rollout of the prompts at ``indices``, or from
+        the rollout being reused (see the module docstring)."""
+        position = self._calls % self.reuse()
         self._calls += 1
-        if position >= per_step and self._buffer:
-            return self._buffer[position % len(self._buffer)]
-        if position == 0:
-            self._buffer = []
+        if position == 0 or self._rollout is None:
             self._round += 1
-        parts = self.minibatches(*self._sample(model, [self.data.train[i] for i in indices]))
-        self._buffer.extend(parts)
-        return parts[0]
+            self._rollout, self._batch = self._sample(model, [self.data.train[i] for i in indices])
+            self._steps = self.minibatches(self._rollout)
+        groups = self._steps[position % len(self._steps)]
+        chunks = [groups[start:start + forward_size] for start in range(0, len(groups), forward_size)]
+        return [(self.select(self._rollout, self._batch, chunk), len(chunk) / len(groups)) for chunk in chunks]
 
     def _sample(self, model: Any, prompts: list[RLPrompt]) -> tuple[Rollout, dict[str, Any]]:
         config = self.config
@@ -293,6 +314,7 @@ class OnlineRLMethod(Method):
         device = self.trainable.device
         batch: dict[str, Any] = {k: t.to(device) for k, t in pack_rollout(rollout, self.tokenizer.pad_token_id).items()}
         prepared = self.prepare(rollout, scores.to(device), batch)
+        self._prepared_keys = [key for key, value in prepared.items() if isinstance(value, Tensor)]
         metrics = {**reward_metrics(rollout, scores, per_function), **prepared.pop("metrics", {}),
                    "time/generation_s": sampled - started, "time/reward_s": rewarded - sampled,
                    "time/prepare_s": time.monotonic() - rewarded,
@@ -302,7 +324,7 @@ class OnlineRLMethod(Method):
                 self.time_spent[name] = self.time_spent.get(name, 0.0) + seconds
         self._log(rollout, scores, completion_advantages(prepared["advantages"].detach().cpu(),
                                                          batch["segments"].cpu()))
-        batch.update(prepared, rollout_metrics=metrics)
+        batch.update(prepared, rollout_metrics=metrics, prompt_index=list(range(len(prompts))))
         return rollout, batch
 
     def _log(self, rollout: Rollout, scores: Tensor, advantages: Tensor) -> None:

@@ -410,19 +410,8 @@ class PPOConfig(OnlineRLConfig):
         if self.num_mini_batches > self.batch_size:
             raise ValueError(f"num_mini_batches ({self.num_mini_batches}) is more than the rollout's {self.batch_size} "
                              f"prompts (batch_size): each mini-batch needs at least one prompt")
-        if self.num_mini_batches > 1 and self.resolved_micro_batch_size() < self.batch_size:
-            # the whole rollout is sampled and prepared (advantages whitened) before its first
-            # mini-batch trains, so it must be one forward chunk
-            raise ValueError(f"num_mini_batches {self.num_mini_batches} needs the whole rollout in one forward pass: "
-                             f"leave micro_batch_size empty (it is {self.micro_batch_size}, the batch "
-                             f"{self.batch_size}); the mini-batches are what keeps the training passes small")
         if self.critic_from_reward_model and not self.reward_model:
             raise ValueError("critic_from_reward_model needs reward_model")
-
-    def resolved_micro_batch_size(self) -> int:
-        """The whole batch per forward pass unless set: advantages are whitened over a forward
-        chunk, which must hold more than one answer."""
-        return min(self.micro_batch_size or self.batch_size, self.batch_size)
 
 
 METHODS: dict[str, type[CommonConfig]] = {

@@ -18,6 +18,7 @@ writes checkpoints.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import shutil
@@ -59,9 +60,11 @@ class Task:
     """A method's part of the loop.
 
     ``collate(indices)`` builds a batch of the training examples at ``indices`` (tensors; keep an
-    ``"index"`` tensor to look up per-example caches). ``rollout(model, indices)``, when given,
-    builds it instead, from the model being trained (methods that sample their own data: the
-    model is in eval mode and gradients are off while it runs). ``loss(forward, batch)`` returns
+    ``"index"`` tensor to look up per-example caches). ``rollout(model, indices, forward_size)``,
+    when given, builds the whole batch instead, from the model being trained (methods that sample
+    their own data, all of a step's prompts in one go: the model is in eval mode and gradients are
+    off while it runs), already cut into forward chunks of about ``forward_size`` examples, each
+    with its share of the batch. ``loss(forward, batch)`` returns
     the mean loss and float metrics for logging. ``checkpoint_files`` names run-folder files
     copied into each checkpoint (e.g. the reference cache); ``save_extra(folder)`` writes the
     method's own state beside the adapter in each checkpoint (e.g. PPO's value head).
@@ -73,20 +76,26 @@ class Task:
     loss: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
     checkpoint_files: Sequence[str] = ()
     begin_info: dict[str, Any] = field(default_factory=dict)
-    rollout: Callable[[nn.Module, list[int]], dict[str, Tensor]] | None = None
+    rollout: Callable[[nn.Module, list[int], int], list[tuple[dict[str, Tensor], float]]] | None = None
     save_extra: Callable[[Path], None] | None = None
 
-    def batch(self, model: nn.Module, indices: list[int]) -> dict[str, Tensor]:
-        """The batch for ``indices``: collated from fixed examples, or rolled out by ``model``."""
+    def chunks(self, model: nn.Module, indices: list[int], forward_size: int
+               ) -> list[tuple[Callable[[], dict[str, Tensor]], float]]:
+        """The batch at ``indices`` as forward chunks, each a thunk that builds it and its share of
+        the batch: fixed examples collated ``forward_size`` at a time when the chunk's turn comes (one
+        chunk's tensors alive at a time), or a batch rolled out by ``model`` as a whole."""
         if self.rollout is None:
-            return self.collate(indices)
+            starts = range(0, len(indices), forward_size)
+            return [(functools.partial(self.collate, indices[start:start + forward_size]),
+                     len(indices[start:start + forward_size]) / len(indices)) for start in starts]
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                return self.rollout(model, indices)
+                parts = self.rollout(model, indices, forward_size)
         finally:
             model.train(was_training)
+        return [(functools.partial(dict, part), share) for part, share in parts]
 
 
 def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -223,16 +232,14 @@ def accumulate_batch(task: Task, forward: nn.Module, accelerator: Any, indices: 
     exactly once per step even when a short last batch gives it fewer chunks than the others.
     """
     totals: dict[str, float] = {}
-    starts = range(0, len(indices), forward_size)
-    for start in starts:
-        chunk = indices[start:start + forward_size]
-        synchronise = sync and start == starts[-1]
+    chunks = task.chunks(accelerator.unwrap_model(forward).model, indices, forward_size)
+    for position, (build, share) in enumerate(chunks):
+        synchronise = sync and position == len(chunks) - 1
         with contextlib.nullcontext() if synchronise else accelerator.no_sync(forward):
-            batch = send_to_device(task.batch(accelerator.unwrap_model(forward).model, chunk), accelerator.device)
+            batch = send_to_device(build(), accelerator.device)
             loss, metrics = task.loss(forward, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{task.name}: loss is {loss.item()} at step {step + 1}")
-            share = len(chunk) / len(indices)
             accelerator.backward(loss * (share * scale))
         for key, value in {"loss": loss.item(), **metrics}.items():
             totals[key] = totals.get(key, 0.0) + value * share

@@ -30,14 +30,16 @@ Methods that generate their data (PPO, GRPO). The loop walks ``range(len(data.tr
 resumable batches, whatever the examples are. For a rollout method they are prompts: it sets
 ``rollouts = True`` and ``uses_reference = False`` (its KL term needs the reference on freshly
 sampled tokens, so it scores them itself, e.g. under ``model.disable_adapter()``), and overrides
-:meth:`Method.rollout` ``(model, indices) -> batch``, which the loop then calls in place of
-:meth:`Method.collate` for each forward chunk of each step (``micro_batch_size`` prompts): the
-current policy is in eval mode and gradients are off there, so it can sample completions, score
-them (a reward model, the reference), compute advantages and return the tensors
-:meth:`Method.loss` needs (``old_logps``, ``advantages``, ...); the loop puts the policy back in
-train mode for the loss. A chunk holds whole prompts, so a GRPO group (all samples of one prompt)
-is never split across chunks. A method that takes several optimisation steps per rollout keeps
-the rollout in its own state and samples again when it is used up. :meth:`Method.evaluate` can be
+:meth:`Method.rollout` ``(model, indices, forward_size) -> [(batch, share), ...]``, which the
+loop then calls in place of :meth:`Method.collate`, once per step for all of the step's prompts
+(sampling them together is what keeps generation fast): the current policy is in eval mode and
+gradients are off there, so it can sample completions, score them (a reward model, the
+reference), compute advantages and return the tensors :meth:`Method.loss` needs
+(``old_logps``, ``advantages``, ...), cut into forward chunks of ``forward_size``
+(``micro_batch_size``) prompts with each chunk's share of the batch; the loop puts the policy back
+in train mode for the loss. A chunk holds whole prompts, so a GRPO group (all samples of one
+prompt) is never split across chunks. A method that takes several optimisation steps per rollout
+keeps the rollout in its own state and samples again when it is used up. :meth:`Method.evaluate` can be
 overridden as well (e.g. mean reward of greedy answers to the held-out prompts) when there are no
 fixed held-out rows to score. Extra run files (a rollout log) are named in
 :attr:`Method.checkpoint_files`.
@@ -150,9 +152,10 @@ class Method:
         batch["index"] = torch.tensor(indices)
         return batch
 
-    def rollout(self, model: Any, indices: list[int]) -> dict[str, Tensor]:
+    def rollout(self, model: Any, indices: list[int], forward_size: int) -> list[tuple[dict[str, Tensor], float]]:
         """A rollout method's batch for the prompts at ``indices``, sampled from ``model`` (the policy
-        being trained, in eval mode, gradients off); used in place of :meth:`collate` when
+        being trained, in eval mode, gradients off), as forward chunks of about ``forward_size``
+        prompts with their shares of the batch; used in place of :meth:`collate` when
         :attr:`rollouts` is set."""
         raise NotImplementedError
 
