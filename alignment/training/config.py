@@ -287,7 +287,8 @@ class OnlineRLConfig(CommonConfig):
                                         "as the reference; default: a fresh adapter, the bare base as reference.")
     eval_fraction: float = _f(0.1, "Share of the prompts held out to measure the reward before and after training.")
     eval_generations: int = _f(2, "Completions sampled per held-out prompt for the before/after reward.")
-    rollouts_shown: int = _f(4, "Completions of each rollout written with their rewards to rollouts.jsonl.")
+    rollouts_shown: int = _f(8, "Completions of each rollout (all of a step's prompts) written with their rewards "
+                                "to rollouts.jsonl.")
 
     def validate(self) -> None:
         super().validate()
