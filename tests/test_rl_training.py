@@ -69,7 +69,7 @@ def test_grpo_raises_the_held_out_reward(peaked_model_dir, prompt_file, tmp_path
     logged = [json.loads(line) for line in (result.out_dir / "rollouts.jsonl").read_text().splitlines()]
     assert [r["rollout"] for r in logged] == list(range(1, 17))
     table = logged[-1]["rows"]
-    assert len(table) == 4 and {"prompt", "completion", "reward", "finish_reason"} <= set(table[0])
+    assert len(table) == 8 and {"prompt", "completion", "reward", "finish_reason"} <= set(table[0])  # rollouts_shown
 
 
 def test_ppo_raises_the_held_out_reward(peaked_model_dir, prompt_file, tmp_path):
